@@ -3,6 +3,7 @@
 
 use std::borrow::Borrow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 
 use bytes::Bytes;
@@ -10,7 +11,7 @@ use bytes::Bytes;
 /// A UTF-8 string that shares its storage with a [`Bytes`] buffer.
 ///
 /// Invariant: the bytes are valid UTF-8. Cloning is a reference-count bump.
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteStr(Bytes);
 
 impl ByteStr {
@@ -60,6 +61,13 @@ impl ByteStr {
     }
 }
 
+// Hashes as `str` does, so that `Borrow<str>` lookups find the same entries.
+impl Hash for ByteStr {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
 impl Deref for ByteStr {
     type Target = str;
     fn deref(&self) -> &str {
@@ -88,6 +96,12 @@ impl From<String> for ByteStr {
 impl From<&str> for ByteStr {
     fn from(s: &str) -> Self {
         Self(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<&String> for ByteStr {
+    fn from(s: &String) -> Self {
+        Self::from(s.as_str())
     }
 }
 
@@ -128,6 +142,14 @@ mod tests {
             ByteStr::from_utf8(Bytes::from_static(b"a/b")).unwrap(),
             "a/b"
         );
+    }
+
+    #[test]
+    fn hashes_like_str() {
+        use std::collections::HashMap;
+        let mut m = HashMap::new();
+        m.insert(ByteStr::from("k"), 1);
+        assert_eq!(m.get("k"), Some(&1));
     }
 
     #[test]

@@ -47,8 +47,17 @@ impl fmt::Display for PacketId {
 }
 
 /// An MQTT client identifier, as sent in CONNECT or assigned by the server.
+///
+/// Hashes and borrows as `str`, so maps keyed by it can be searched with a
+/// `&str`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClientId(ByteStr);
+
+impl std::borrow::Borrow<str> for ClientId {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
 
 impl ClientId {
     /// Wraps a client identifier string.

@@ -11,8 +11,11 @@
 //! - [`topic`]: topic names and filters, wildcard matching, `$`-topics and
 //!   shared subscriptions (`$share/{group}/{filter}`).
 //! - [`trie`]: the subscription trie (filter → subscribers with options).
+//! - [`broker`]: the sans-IO shard: sessions, QoS flows, routing between
+//!   shards, retained messages, wills, `$SYS`.
 //! - [`ids`]: the distinct identifier types used across the broker.
 
+pub mod broker;
 pub mod bytestr;
 pub mod codec;
 pub mod ids;

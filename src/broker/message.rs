@@ -1,0 +1,144 @@
+//! What crosses shards: application messages and the typed [`ShardMsg`]
+//! enum. Everything here is `Send`; shard-local state never is.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::ShardId;
+use crate::codec::{PublishProperties, QoS};
+use crate::topic::{TopicFilter, TopicName};
+use crate::ClientId;
+
+/// An application message after it was accepted from a publisher. Shared
+/// (behind an `Arc`) by every shard and session it is delivered to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic name (never empty: topic aliases are resolved on arrival).
+    pub topic: TopicName,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS as published.
+    pub qos: QoS,
+    /// RETAIN as published.
+    pub retain: bool,
+    /// v5 properties to forward: payload format, content type, response
+    /// topic, correlation data, user properties. Topic alias and
+    /// subscription identifiers are per delivery and kept empty here; the
+    /// message expiry interval is recomputed from `expires_at` per delivery.
+    pub properties: PublishProperties,
+    /// When the message expires (v5 Message Expiry Interval).
+    pub expires_at: Option<Instant>,
+    /// The publishing client, for No Local; `None` for wills published
+    /// after their session ended and for `$SYS` messages.
+    pub origin: Option<ClientId>,
+}
+
+impl Message {
+    /// `true` once `now` has reached the expiry time.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| now >= t)
+    }
+
+    /// The Message Expiry Interval to send at `now`: the remaining whole
+    /// seconds, rounded up (v5 §3.3.2.3.3).
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
+}
+
+/// Counters a shard reports to shard 0 for `$SYS`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Open, connected MQTT connections.
+    pub connections: u64,
+    /// Sessions (connected or not).
+    pub sessions: u64,
+    /// Subscriptions of those sessions.
+    pub subscriptions: u64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: u64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: u64,
+    /// Messages dropped: queue full, too large for the client, expired.
+    pub messages_dropped: u64,
+    /// Retained messages held (each shard holds a full replica).
+    pub retained: u64,
+    /// Messages forwarded to other shards.
+    pub forwarded: u64,
+}
+
+/// Work sent from one shard to another, in batches, over the channel mesh.
+#[derive(Debug, Clone)]
+pub enum ShardMsg {
+    /// Deliver to this shard's non-shared subscribers whose filters match.
+    Publish(Arc<Message>),
+    /// Deliver to one member, on this shard, of the shared subscription
+    /// `filter` (`$share/{group}/{filter}`).
+    SharedPublish {
+        /// The full shared filter.
+        filter: TopicFilter,
+        /// The message.
+        msg: Arc<Message>,
+    },
+    /// Update the retained replica: store, or delete for an empty payload.
+    Retain(Arc<Message>),
+    /// Shard `from` now has subscribers for `filter`.
+    RouteAdd {
+        /// The filter (full, `$share/…` included).
+        filter: TopicFilter,
+        /// The shard that has subscribers.
+        from: ShardId,
+    },
+    /// Shard `from` no longer has subscribers for `filter`.
+    RouteRemove {
+        /// The filter.
+        filter: TopicFilter,
+        /// The shard.
+        from: ShardId,
+    },
+    /// Periodic counters for `$SYS`, sent to shard 0.
+    Stats {
+        /// The reporting shard.
+        from: ShardId,
+        /// Its counters.
+        stats: ShardStats,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn cross_shard_types_are_send() {
+        assert_send_sync::<Message>();
+        assert_send_sync::<ShardMsg>();
+    }
+
+    #[test]
+    fn remaining_expiry_rounds_up() {
+        let now = Instant::now();
+        let m = Message {
+            topic: TopicName::from_static("a").unwrap(),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: PublishProperties::default(),
+            expires_at: Some(now + Duration::from_millis(1500)),
+            origin: None,
+        };
+        assert_eq!(m.remaining_expiry(now), Some(2));
+        assert!(!m.is_expired(now));
+        assert!(m.is_expired(now + Duration::from_secs(2)));
+        assert_eq!(m.remaining_expiry(now + Duration::from_secs(3)), Some(0));
+    }
+}

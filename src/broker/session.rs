@@ -1,0 +1,355 @@
+//! [`Session`]: the state MQTT keeps for a client identifier across network
+//! connections (MQTT 5.0 §4.1): subscriptions, the outbound QoS 1/2 flows
+//! with their packet identifiers, the queue of messages waiting for the
+//! inflight window (or for the client to come back), and the inbound QoS 2
+//! packet identifiers awaiting PUBREL.
+//!
+//! Lives on the home shard of its client identifier, and only there.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use super::{ConnId, Message};
+use crate::codec::{LastWill, ProtocolVersion, QoS, SubscriptionOptions};
+use crate::topic::TopicFilter;
+use crate::{ClientId, PacketId};
+
+/// One subscription of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    /// Options from SUBSCRIBE (maximum QoS, no local, retain as published,
+    /// retain handling).
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier (v5).
+    pub id: Option<u32>,
+}
+
+/// A message on its way to this session, with the per-delivery fields.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) msg: Arc<Message>,
+    /// min(published QoS, subscription maximum QoS).
+    pub(crate) qos: QoS,
+    /// RETAIN flag to send.
+    pub(crate) retain: bool,
+    /// Subscription identifiers of the matching subscriptions.
+    pub(crate) sub_ids: Vec<u32>,
+}
+
+/// Where an outbound QoS 1/2 message is in its flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // the spec names them "awaiting …"
+pub(crate) enum Stage {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitComp,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    pub(crate) packet_id: PacketId,
+    pub(crate) delivery: Delivery,
+    pub(crate) stage: Stage,
+}
+
+/// The session of one client identifier.
+#[derive(Debug)]
+pub struct Session {
+    pub(crate) client_id: ClientId,
+    pub(crate) version: ProtocolVersion,
+    /// Subscriptions by full filter (`$share/…` included).
+    pub(crate) subscriptions: HashMap<TopicFilter, Subscription, ahash::RandomState>,
+    /// Session Expiry Interval in seconds; `u32::MAX` never expires.
+    pub(crate) expiry_interval: u32,
+    /// The will of the current (or last) connection.
+    pub(crate) will: Option<LastWill>,
+    /// The connection this session is attached to.
+    pub(crate) conn: Option<ConnId>,
+    /// Bumped on every attach and detach; timers carry it to detect staleness.
+    pub(crate) generation: u64,
+    /// Outbound QoS 1/2 messages sent and not yet fully acknowledged, in
+    /// send order (the key is a sequence number).
+    inflight: BTreeMap<u64, Inflight>,
+    inflight_by_id: HashMap<PacketId, u64, ahash::RandomState>,
+    seq: u64,
+    /// Messages waiting for a free inflight slot or for the client.
+    queue: VecDeque<Delivery>,
+    /// Inbound QoS 2 packet identifiers received and not yet released.
+    incoming_qos2: HashSet<PacketId, ahash::RandomState>,
+    next_packet_id: PacketId,
+    /// Messages dropped for this session (queue full, too large, expired).
+    pub(crate) dropped: u64,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(client_id: ClientId, version: ProtocolVersion) -> Self {
+        Self {
+            client_id,
+            version,
+            subscriptions: HashMap::default(),
+            expiry_interval: 0,
+            will: None,
+            conn: None,
+            generation: 0,
+            inflight: BTreeMap::new(),
+            inflight_by_id: HashMap::default(),
+            seq: 0,
+            queue: VecDeque::new(),
+            incoming_qos2: HashSet::default(),
+            next_packet_id: PacketId::new(1).unwrap_or_else(|| unreachable!()),
+            dropped: 0,
+        }
+    }
+
+    /// The client identifier.
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
+    }
+
+    /// Number of outbound messages in flight.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Number of messages queued behind the inflight window.
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Queues a QoS 1/2 delivery; returns `false` (and counts a drop) when
+    /// the queue already holds `limit` messages.
+    pub(crate) fn enqueue(&mut self, d: Delivery, limit: usize) -> bool {
+        if self.queue.len() >= limit {
+            self.dropped += 1;
+            return false;
+        }
+        self.queue.push_back(d);
+        true
+    }
+
+    /// Takes the next queued delivery if fewer than `window` are in flight,
+    /// assigning it a packet identifier and recording it as in flight.
+    pub(crate) fn start_next(&mut self, window: usize) -> Option<(PacketId, Delivery)> {
+        if self.inflight.len() >= window {
+            return None;
+        }
+        let d = self.queue.pop_front()?;
+        let packet_id = self.allocate_packet_id()?;
+        let stage = if d.qos == QoS::ExactlyOnce {
+            Stage::AwaitRec
+        } else {
+            Stage::AwaitAck
+        };
+        self.seq += 1;
+        self.inflight_by_id.insert(packet_id, self.seq);
+        self.inflight.insert(
+            self.seq,
+            Inflight {
+                packet_id,
+                delivery: d.clone(),
+                stage,
+            },
+        );
+        Some((packet_id, d))
+    }
+
+    /// Puts back a delivery that could not be sent after [`Session::start_next`]
+    /// (e.g. too large for the client): forgets its packet identifier.
+    pub(crate) fn abandon(&mut self, packet_id: PacketId) {
+        if let Some(seq) = self.inflight_by_id.remove(&packet_id) {
+            self.inflight.remove(&seq);
+        }
+    }
+
+    fn allocate_packet_id(&mut self) -> Option<PacketId> {
+        // At most 65,535 identifiers can be in use; the window is smaller.
+        for _ in 0..u16::MAX {
+            let id = self.next_packet_id;
+            self.next_packet_id = id.next();
+            if !self.inflight_by_id.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// PUBACK: completes a QoS 1 flow. Returns `false` for an unknown id.
+    pub(crate) fn puback(&mut self, packet_id: PacketId) -> bool {
+        self.finish(packet_id, Stage::AwaitAck)
+    }
+
+    /// PUBREC: a success moves the QoS 2 flow to PUBREL (returns `true`: send
+    /// PUBREL); a failure code ends the flow.
+    pub(crate) fn pubrec(&mut self, packet_id: PacketId, success: bool) -> bool {
+        let Some(seq) = self.inflight_by_id.get(&packet_id).copied() else {
+            return false;
+        };
+        let Some(entry) = self.inflight.get_mut(&seq) else {
+            return false;
+        };
+        match entry.stage {
+            Stage::AwaitRec if success => {
+                entry.stage = Stage::AwaitComp;
+                true
+            }
+            Stage::AwaitRec => {
+                self.finish(packet_id, Stage::AwaitRec);
+                false
+            }
+            // A repeated PUBREC: answer with PUBREL again.
+            Stage::AwaitComp => true,
+            Stage::AwaitAck => false,
+        }
+    }
+
+    /// PUBCOMP: completes a QoS 2 flow.
+    pub(crate) fn pubcomp(&mut self, packet_id: PacketId) -> bool {
+        self.finish(packet_id, Stage::AwaitComp)
+    }
+
+    fn finish(&mut self, packet_id: PacketId, stage: Stage) -> bool {
+        let Some(seq) = self.inflight_by_id.get(&packet_id).copied() else {
+            return false;
+        };
+        if self.inflight.get(&seq).map(|e| e.stage) != Some(stage) {
+            return false;
+        }
+        self.inflight.remove(&seq);
+        self.inflight_by_id.remove(&packet_id);
+        true
+    }
+
+    /// The in-flight messages in send order, for resending on reconnect
+    /// ([MQTT-4.4.0-1]: PUBLISH with DUP=1 before PUBREC, PUBREL after).
+    pub(crate) fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.inflight.values()
+    }
+
+    /// Inbound QoS 2: records `packet_id`; `false` if it was already there
+    /// (a resent PUBLISH that must not be delivered twice).
+    pub(crate) fn begin_incoming_qos2(&mut self, packet_id: PacketId) -> bool {
+        self.incoming_qos2.insert(packet_id)
+    }
+
+    /// `true` if `packet_id` is an inbound QoS 2 message awaiting PUBREL.
+    pub(crate) fn has_incoming_qos2(&self, packet_id: PacketId) -> bool {
+        self.incoming_qos2.contains(&packet_id)
+    }
+
+    /// Inbound PUBREL: releases `packet_id`; `false` if unknown.
+    pub(crate) fn release_incoming_qos2(&mut self, packet_id: PacketId) -> bool {
+        self.incoming_qos2.remove(&packet_id)
+    }
+
+    /// Inbound QoS 2 messages awaiting PUBREL (they count against the
+    /// server's Receive Maximum).
+    pub(crate) fn incoming_qos2_len(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::PublishProperties;
+    use crate::topic::TopicName;
+    use crate::ByteStr;
+    use bytes::Bytes;
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            msg: Arc::new(Message {
+                topic: TopicName::from_static("t").unwrap(),
+                payload: Bytes::from_static(b"x"),
+                qos,
+                retain: false,
+                properties: PublishProperties::default(),
+                expires_at: None,
+                origin: None,
+            }),
+            qos,
+            retain: false,
+            sub_ids: vec![],
+        }
+    }
+
+    fn session() -> Session {
+        Session::new(
+            ClientId::new(ByteStr::from_static("c")),
+            ProtocolVersion::V5,
+        )
+    }
+
+    #[test]
+    fn window_limits_inflight_and_acks_free_slots() {
+        let mut s = session();
+        for _ in 0..3 {
+            assert!(s.enqueue(delivery(QoS::AtLeastOnce), 10));
+        }
+        let (a, _) = s.start_next(2).unwrap();
+        let (b, _) = s.start_next(2).unwrap();
+        assert!(s.start_next(2).is_none(), "window of 2 is full");
+        assert_ne!(a, b);
+        assert!(s.puback(a));
+        assert!(!s.puback(a), "a second PUBACK is ignored");
+        let (c, _) = s.start_next(2).unwrap();
+        assert_ne!(c, b);
+        assert_eq!((s.inflight_len(), s.queued_len()), (2, 0));
+    }
+
+    #[test]
+    fn queue_is_bounded_and_counts_drops() {
+        let mut s = session();
+        assert!(s.enqueue(delivery(QoS::AtLeastOnce), 1));
+        assert!(!s.enqueue(delivery(QoS::AtLeastOnce), 1));
+        assert_eq!(s.dropped, 1);
+    }
+
+    #[test]
+    fn qos2_flow_and_resend_state() {
+        let mut s = session();
+        s.enqueue(delivery(QoS::ExactlyOnce), 10);
+        let (id, _) = s.start_next(10).unwrap();
+        assert!(!s.puback(id), "PUBACK does not complete a QoS 2 flow");
+        assert!(!s.pubcomp(id), "PUBCOMP before PUBREC is ignored");
+        assert!(s.pubrec(id, true));
+        assert_eq!(s.inflight().next().map(|e| e.stage), Some(Stage::AwaitComp));
+        assert!(s.pubrec(id, true), "a repeated PUBREC gets PUBREL again");
+        assert!(s.pubcomp(id));
+        assert_eq!(s.inflight_len(), 0);
+        // A failed PUBREC ends the flow.
+        s.enqueue(delivery(QoS::ExactlyOnce), 10);
+        let (id, _) = s.start_next(10).unwrap();
+        assert!(!s.pubrec(id, false));
+        assert_eq!(s.inflight_len(), 0);
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_use_and_wrap() {
+        let mut s = session();
+        s.next_packet_id = PacketId::new(65535).unwrap();
+        s.enqueue(delivery(QoS::AtLeastOnce), 10);
+        s.enqueue(delivery(QoS::AtLeastOnce), 10);
+        let (a, _) = s.start_next(10).unwrap();
+        let (b, _) = s.start_next(10).unwrap();
+        assert_eq!((a.get(), b.get()), (65535, 1));
+    }
+
+    #[test]
+    fn incoming_qos2_is_exactly_once() {
+        let mut s = session();
+        let id = PacketId::new(9).unwrap();
+        assert!(s.begin_incoming_qos2(id));
+        assert!(!s.begin_incoming_qos2(id));
+        assert!(s.release_incoming_qos2(id));
+        assert!(!s.release_incoming_qos2(id));
+        assert!(
+            s.begin_incoming_qos2(id),
+            "the id is free again after PUBREL"
+        );
+    }
+}

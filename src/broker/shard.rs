@@ -1,0 +1,1550 @@
+//! [`ShardCore`]: the sans-IO state of one shard.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::session::{Delivery, Stage, Subscription};
+use super::{home_shard, ConnId, Message, RetainedStore, Session, ShardId, ShardMsg, ShardStats};
+use crate::codec::{
+    self, AckProperties, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
+    ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode, RetainHandling,
+    SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::topic::{TopicFilter, TopicName};
+use crate::trie::SubscriptionTrie;
+use crate::{ByteStr, ClientId, PacketId};
+
+/// Limits and settings of one shard's MQTT behaviour.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Largest packet accepted from clients, in bytes (sent as Maximum Packet
+    /// Size in CONNACK).
+    pub max_packet_size: u32,
+    /// If non-zero, the largest keep alive granted; a client asking for more
+    /// (or for 0) gets this as Server Keep Alive (v5).
+    pub max_keepalive: u16,
+    /// Receive Maximum: inbound QoS 2 messages awaiting PUBREL per client.
+    pub receive_maximum: u16,
+    /// Topic Alias Maximum accepted from clients (0 disables aliases).
+    pub topic_alias_maximum: u16,
+    /// Outbound QoS 1/2 messages in flight per session (further bounded by
+    /// the client's Receive Maximum).
+    pub max_inflight: u16,
+    /// Messages queued per session behind the inflight window or while the
+    /// client is away; beyond it messages are dropped and counted.
+    pub max_queued_messages: usize,
+    /// Bytes of encoded output buffered per connection before QoS 0 messages
+    /// are dropped and QoS 1/2 wait in the session queue.
+    pub max_output_buffer: usize,
+    /// A connection that has not sent CONNECT by then is closed.
+    pub connect_timeout: Duration,
+    /// Largest Session Expiry Interval granted, in seconds.
+    pub max_session_expiry: u32,
+    /// Whether retained messages are supported.
+    pub retain_available: bool,
+    /// Interval of `$SYS` updates.
+    pub sys_interval: Duration,
+    /// Distinguishes server-assigned client ids of this process from those
+    /// of earlier runs (e.g. the start time).
+    pub instance: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 1024 * 1024,
+            max_keepalive: 0,
+            receive_maximum: 1024,
+            topic_alias_maximum: 64,
+            max_inflight: 1024,
+            max_queued_messages: 1000,
+            max_output_buffer: 256 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            max_session_expiry: u32::MAX,
+            retain_available: true,
+            sys_interval: Duration::from_secs(10),
+            instance: 0,
+        }
+    }
+}
+
+/// What the I/O layer must do for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoEvent {
+    /// Output is waiting: call [`ShardCore::take_output`] and write it.
+    Wake(ConnId),
+    /// Write what output is left, then close the socket and call
+    /// [`ShardCore::handle_closed`].
+    Close(ConnId, CloseReason),
+}
+
+/// Why the server closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT.
+    ClientDisconnect,
+    /// A malformed packet or a protocol error (v5 reason code).
+    ProtocolError(ReasonCode),
+    /// No packet within 1.5 × keep alive.
+    KeepAliveTimeout,
+    /// No CONNECT within the connect timeout.
+    ConnectTimeout,
+    /// Another connection took over the session.
+    TakenOver,
+    /// CONNECT refused (CONNACK with a failure code was sent).
+    Refused(ReasonCode),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ConnState {
+    AwaitConnect,
+    Connected,
+    Closing,
+}
+
+/// A network connection on this shard.
+#[derive(Debug)]
+struct Conn {
+    state: ConnState,
+    /// The session this connection is attached to.
+    client_id: Option<ClientId>,
+    version: ProtocolVersion,
+    keep_alive: Duration,
+    last_rx: Instant,
+    out: BytesMut,
+    woken: bool,
+    aliases_in: HashMap<u16, TopicName, ahash::RandomState>,
+    client_receive_max: u16,
+    client_max_packet: u32,
+    problem_info: bool,
+    /// Session Expiry Interval in CONNECT was 0 (a DISCONNECT may not raise it).
+    connect_expiry_zero: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RouteKey {
+    shard: ShardId,
+    /// For a shared subscription, its full filter.
+    shared: Option<TopicFilter>,
+}
+
+#[derive(Debug, Default)]
+struct SharedGroup {
+    members: Vec<ClientId>,
+    next: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    ConnectTimeout(ConnId),
+    KeepAlive(ConnId),
+    Will(ClientId, u64),
+    SessionExpiry(ClientId, u64),
+    Sys,
+}
+
+#[derive(Debug, Default)]
+struct Agg {
+    qos: u8,
+    retain_as_published: bool,
+    ids: Vec<u32>,
+}
+
+/// The state of one shard: its connections and sessions, their
+/// subscriptions, its copy of the route table and of the retained messages.
+///
+/// Lives on one core; reached only from that core's executor.
+#[derive(Debug)]
+pub struct ShardCore {
+    id: ShardId,
+    shards: usize,
+    config: CoreConfig,
+    conns: HashMap<ConnId, Conn, ahash::RandomState>,
+    next_conn: u64,
+    next_assigned: u64,
+    sessions: HashMap<ClientId, Session, ahash::RandomState>,
+    /// Non-shared subscriptions of local sessions.
+    subs: SubscriptionTrie<ClientId, Subscription>,
+    /// Shared subscriptions with members on this shard, by full filter.
+    shared: HashMap<TopicFilter, SharedGroup, ahash::RandomState>,
+    /// Local subscriber count per full filter (route announcements).
+    local_filters: HashMap<TopicFilter, usize, ahash::RandomState>,
+    /// This shard's copy of the route table: filter → shards.
+    routes: SubscriptionTrie<RouteKey, ()>,
+    /// Round-robin position per shared filter, for publishes from here.
+    shared_rr: HashMap<TopicFilter, usize, ahash::RandomState>,
+    retained: RetainedStore,
+    outbox: Vec<Vec<ShardMsg>>,
+    events: VecDeque<IoEvent>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    stats: ShardStats,
+    /// On shard 0: latest counters from every shard.
+    sys_stats: Vec<ShardStats>,
+    started: Instant,
+    scratch: HashMap<ClientId, Agg, ahash::RandomState>,
+}
+
+impl ShardCore {
+    /// Shard `id` of `shards`, starting at `now`.
+    pub fn new(id: ShardId, shards: usize, config: CoreConfig, now: Instant) -> Self {
+        let shards = shards.max(1);
+        let mut core = Self {
+            id,
+            shards,
+            conns: HashMap::default(),
+            next_conn: 0,
+            next_assigned: 0,
+            sessions: HashMap::default(),
+            subs: SubscriptionTrie::new(),
+            shared: HashMap::default(),
+            local_filters: HashMap::default(),
+            routes: SubscriptionTrie::new(),
+            shared_rr: HashMap::default(),
+            retained: RetainedStore::new(),
+            outbox: (0..shards).map(|_| Vec::new()).collect(),
+            events: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            stats: ShardStats::default(),
+            sys_stats: vec![ShardStats::default(); shards],
+            started: now,
+            scratch: HashMap::default(),
+            config,
+        };
+        let first = now + core.config.sys_interval;
+        core.timers.push(Reverse((first, Timer::Sys)));
+        core
+    }
+
+    /// This shard's id.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> ShardStats {
+        let mut s = self.stats;
+        s.connections = self
+            .conns
+            .values()
+            .filter(|c| c.state == ConnState::Connected)
+            .count() as u64;
+        s.sessions = self.sessions.len() as u64;
+        s.subscriptions = self
+            .sessions
+            .values()
+            .map(|s| s.subscriptions.len() as u64)
+            .sum();
+        s.retained = self.retained.len() as u64;
+        s
+    }
+
+    /// The session of `client_id`, if it lives here.
+    pub fn session(&self, client_id: &str) -> Option<&Session> {
+        self.sessions.get(client_id)
+    }
+
+    // ------------------------------------------------------------ inputs
+
+    /// A new network connection; it must send CONNECT within the connect
+    /// timeout.
+    pub fn handle_open(&mut self, now: Instant) -> ConnId {
+        self.next_conn += 1;
+        let id = ConnId(self.next_conn);
+        self.conns.insert(
+            id,
+            Conn {
+                state: ConnState::AwaitConnect,
+                client_id: None,
+                version: ProtocolVersion::V3_1_1,
+                keep_alive: Duration::ZERO,
+                last_rx: now,
+                out: BytesMut::new(),
+                woken: false,
+                aliases_in: HashMap::default(),
+                client_receive_max: u16::MAX,
+                client_max_packet: u32::MAX,
+                problem_info: true,
+                connect_expiry_zero: true,
+            },
+        );
+        self.timers.push(Reverse((
+            now + self.config.connect_timeout,
+            Timer::ConnectTimeout(id),
+        )));
+        id
+    }
+
+    /// Bytes read from a connection: decodes and handles every complete
+    /// packet in `buf`, leaving a partial one there.
+    pub fn handle_bytes(&mut self, now: Instant, conn_id: ConnId, buf: &mut BytesMut) {
+        loop {
+            let (version, state) = match self.conns.get_mut(&conn_id) {
+                Some(c) => {
+                    c.last_rx = now;
+                    (c.version, &c.state)
+                }
+                None => return,
+            };
+            if *state == ConnState::Closing {
+                buf.clear();
+                return;
+            }
+            let awaiting_connect = *state == ConnState::AwaitConnect;
+            let level = if awaiting_connect {
+                peek_connect_level(buf)
+            } else {
+                None
+            };
+            match codec::decode(buf, version, self.config.max_packet_size) {
+                Ok(None) => return,
+                Ok(Some(packet)) => self.handle_packet(now, conn_id, packet),
+                Err(e) => {
+                    buf.clear();
+                    self.decode_failed(now, conn_id, awaiting_connect, level, &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The socket closed (EOF, error, or after an [`IoEvent::Close`]).
+    pub fn handle_closed(&mut self, now: Instant, conn_id: ConnId) {
+        let Some(conn) = self.conns.remove(&conn_id) else {
+            return;
+        };
+        if let Some(cid) = conn.client_id {
+            // Closed without a DISCONNECT from the client: abnormal.
+            self.detach(now, &cid, conn_id, true);
+        }
+    }
+
+    /// A batch of messages from another shard.
+    pub fn handle_shard_msgs(&mut self, now: Instant, msgs: Vec<ShardMsg>) {
+        for msg in msgs {
+            self.handle_shard_msg(now, msg);
+        }
+    }
+
+    /// One message from another shard.
+    pub fn handle_shard_msg(&mut self, now: Instant, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Publish(m) => self.deliver_local(now, &m),
+            ShardMsg::SharedPublish { filter, msg } => self.deliver_shared(now, &filter, &msg),
+            ShardMsg::Retain(m) => self.retained.apply(m),
+            ShardMsg::RouteAdd { filter, from } => self.route_add(&filter, from),
+            ShardMsg::RouteRemove { filter, from } => self.route_remove(&filter, from),
+            ShardMsg::Stats { from, stats } => {
+                if let Some(slot) = self.sys_stats.get_mut(from.get()) {
+                    *slot = stats;
+                }
+            }
+        }
+    }
+
+    /// Handles every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, timer))) = self.timers.pop() else {
+                break;
+            };
+            self.fire(now, timer);
+        }
+    }
+
+    // ----------------------------------------------------------- outputs
+
+    /// The next I/O event.
+    pub fn poll_event(&mut self) -> Option<IoEvent> {
+        self.events.pop_front()
+    }
+
+    /// Takes the bytes to write to `conn_id`, then refills its buffer from
+    /// the session queue for the next write.
+    pub fn take_output(&mut self, now: Instant, conn_id: ConnId) -> Option<BytesMut> {
+        let conn = self.conns.get_mut(&conn_id)?;
+        conn.woken = false;
+        let out = conn.out.split();
+        if let Some(cid) = conn.client_id.clone() {
+            self.pump(now, &cid);
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// Batches for other shards, as `(destination, messages)`.
+    pub fn poll_shard_msgs(&mut self) -> impl Iterator<Item = (ShardId, Vec<ShardMsg>)> + '_ {
+        self.outbox
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(i, v)| (ShardId::new(i as u16), std::mem::take(v)))
+    }
+
+    /// The next deadline: call [`ShardCore::handle_timeout`] then.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    // ----------------------------------------------------------- packets
+
+    fn handle_packet(&mut self, now: Instant, conn_id: ConnId, packet: Packet) {
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        if conn.state == ConnState::AwaitConnect {
+            match packet {
+                Packet::Connect(c) => self.on_connect(now, conn_id, *c),
+                // [MQTT-3.1.0-1]: the first packet must be CONNECT.
+                _ => self.close(
+                    now,
+                    conn_id,
+                    CloseReason::ProtocolError(ReasonCode::PROTOCOL_ERROR),
+                ),
+            }
+            return;
+        }
+        let Some(cid) = conn.client_id.clone() else {
+            return;
+        };
+        let v5 = conn.version.is_v5();
+        match packet {
+            Packet::Publish(p) => self.on_publish(now, conn_id, &cid, p),
+            Packet::PubAck(r) => {
+                if let Some(s) = self.sessions.get_mut(&cid) {
+                    s.puback(r.packet_id);
+                }
+                self.pump(now, &cid);
+            }
+            Packet::PubRec(r) => {
+                let known = match self.sessions.get_mut(&cid) {
+                    Some(s) => s.pubrec(r.packet_id, r.reason.is_success()),
+                    None => false,
+                };
+                if known {
+                    self.send(conn_id, &Packet::PubRel(PubResponse::new(r.packet_id)));
+                } else if r.reason.is_success() {
+                    let rc = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                    self.send(
+                        conn_id,
+                        &Packet::PubRel(PubResponse::with_reason(r.packet_id, rc)),
+                    );
+                }
+                self.pump(now, &cid);
+            }
+            Packet::PubRel(r) => {
+                let known = self
+                    .sessions
+                    .get_mut(&cid)
+                    .is_some_and(|s| s.release_incoming_qos2(r.packet_id));
+                let rc = if known || !v5 {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.send(
+                    conn_id,
+                    &Packet::PubComp(PubResponse::with_reason(r.packet_id, rc)),
+                );
+            }
+            Packet::PubComp(r) => {
+                if let Some(s) = self.sessions.get_mut(&cid) {
+                    s.pubcomp(r.packet_id);
+                }
+                self.pump(now, &cid);
+            }
+            Packet::Subscribe(s) => self.on_subscribe(now, conn_id, &cid, s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(conn_id, &cid, u),
+            Packet::PingReq => self.send(conn_id, &Packet::PingResp),
+            Packet::Disconnect(d) => self.on_disconnect(now, conn_id, &cid, d),
+            // No enhanced authentication method is offered, so AUTH is
+            // unexpected; so is a second CONNECT and any server-to-client packet.
+            Packet::Auth(_)
+            | Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => self.close(
+                now,
+                conn_id,
+                CloseReason::ProtocolError(ReasonCode::PROTOCOL_ERROR),
+            ),
+        }
+    }
+
+    fn decode_failed(
+        &mut self,
+        now: Instant,
+        conn_id: ConnId,
+        awaiting_connect: bool,
+        level: Option<u8>,
+        e: &DecodeError,
+    ) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if awaiting_connect {
+            // Answer the CONNECT in the version it asked for, where the spec
+            // gives an answer; otherwise just close.
+            let reply = match (level, e.v3_connack_code()) {
+                (Some(5), _) => Some((ProtocolVersion::V5, e.reason_code())),
+                (_, Some(_)) => Some((ProtocolVersion::V3_1_1, e.reason_code())),
+                _ => None,
+            };
+            if let Some((version, rc)) = reply {
+                conn.version = version;
+                self.send(conn_id, &Packet::ConnAck(ConnAck::refuse(rc)));
+                self.close(now, conn_id, CloseReason::Refused(rc));
+            } else {
+                self.close(now, conn_id, CloseReason::ProtocolError(e.reason_code()));
+            }
+        } else {
+            self.close(now, conn_id, CloseReason::ProtocolError(e.reason_code()));
+        }
+    }
+
+    fn on_connect(&mut self, now: Instant, conn_id: ConnId, c: Connect) {
+        let v5 = c.protocol.is_v5();
+        let assigned = c.client_id.is_empty();
+        let client_id = if assigned {
+            self.assign_client_id()
+        } else {
+            ClientId::new(c.client_id.clone())
+        };
+
+        let mut ack = ConnAck::accept(false);
+        let mut keep_alive = c.keep_alive;
+        if self.config.max_keepalive > 0
+            && (keep_alive == 0 || keep_alive > self.config.max_keepalive)
+        {
+            keep_alive = self.config.max_keepalive;
+            if v5 {
+                ack.properties.server_keep_alive = Some(keep_alive);
+            }
+        }
+        let expiry = if v5 {
+            let asked = c.properties.session_expiry_interval.unwrap_or(0);
+            let granted = asked.min(self.config.max_session_expiry);
+            if granted != asked {
+                ack.properties.session_expiry_interval = Some(granted);
+            }
+            granted
+        } else if c.clean_start {
+            0
+        } else {
+            self.config.max_session_expiry
+        };
+
+        // Take over: close the connection that holds the session now.
+        if let Some(old) = self
+            .sessions
+            .get_mut(&client_id)
+            .and_then(|s| s.conn.take())
+        {
+            if let Some(oc) = self.conns.get_mut(&old) {
+                oc.client_id = None;
+                let old_v5 = oc.version.is_v5();
+                if old_v5 {
+                    let d = Disconnect::new(ReasonCode::SESSION_TAKEN_OVER);
+                    self.send(old, &Packet::Disconnect(d));
+                }
+                self.close(now, old, CloseReason::TakenOver);
+            }
+        }
+        let session_present = !c.clean_start && self.sessions.contains_key(&client_id);
+        if c.clean_start {
+            // The old session ends: its will (if any) goes out now.
+            if let Some(will) = self
+                .sessions
+                .get_mut(&client_id)
+                .and_then(|s| s.will.take())
+            {
+                self.publish_will(now, &client_id, will);
+            }
+            self.remove_session(&client_id);
+        }
+        let session = self
+            .sessions
+            .entry(client_id.clone())
+            .or_insert_with(|| Session::new(client_id.clone(), c.protocol));
+        session.version = c.protocol;
+        session.conn = Some(conn_id);
+        session.generation += 1;
+        session.expiry_interval = expiry;
+        // A reconnect cancels a pending will of the previous connection.
+        session.will = c.will;
+
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        conn.state = ConnState::Connected;
+        conn.client_id = Some(client_id.clone());
+        conn.version = c.protocol;
+        conn.keep_alive = Duration::from_secs(u64::from(keep_alive));
+        conn.client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+        conn.client_max_packet = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
+        conn.problem_info = c.properties.request_problem_information.unwrap_or(true);
+        conn.connect_expiry_zero = expiry == 0;
+        if keep_alive > 0 {
+            let deadline = now + conn.keep_alive.mul_f32(1.5);
+            self.timers
+                .push(Reverse((deadline, Timer::KeepAlive(conn_id))));
+        }
+
+        ack.session_present = session_present;
+        if v5 {
+            let p = &mut ack.properties;
+            p.receive_maximum = Some(self.config.receive_maximum.max(1));
+            p.maximum_packet_size = Some(self.config.max_packet_size);
+            p.topic_alias_maximum = Some(self.config.topic_alias_maximum);
+            if !self.config.retain_available {
+                p.retain_available = Some(false);
+            }
+            if assigned {
+                p.assigned_client_identifier = Some(client_id.as_bytestr().clone());
+            }
+        }
+        self.send(conn_id, &Packet::ConnAck(ack));
+        self.resend_inflight(now, conn_id, &client_id);
+        self.pump(now, &client_id);
+    }
+
+    /// A server-assigned client id that hashes to this shard.
+    fn assign_client_id(&mut self) -> ClientId {
+        loop {
+            self.next_assigned += 1;
+            let id = format!(
+                "vmqtt-{:x}-{:x}-{}",
+                self.config.instance,
+                self.id.get(),
+                self.next_assigned
+            );
+            if home_shard(&id, self.shards) == self.id && !self.sessions.contains_key(id.as_str()) {
+                return ClientId::new(ByteStr::from(id));
+            }
+        }
+    }
+
+    fn on_publish(&mut self, now: Instant, conn_id: ConnId, cid: &ClientId, mut p: Publish) {
+        self.stats.messages_received += 1;
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let v5 = conn.version.is_v5();
+        // Topic alias (v5 §3.3.2.3.4).
+        if let Some(alias) = p.properties.topic_alias.take() {
+            if alias > self.config.topic_alias_maximum {
+                let rc = ReasonCode::TOPIC_ALIAS_INVALID;
+                return self.close(now, conn_id, CloseReason::ProtocolError(rc));
+            }
+            if p.topic.is_empty() {
+                match conn.aliases_in.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        let rc = ReasonCode::PROTOCOL_ERROR;
+                        return self.close(now, conn_id, CloseReason::ProtocolError(rc));
+                    }
+                }
+            } else {
+                conn.aliases_in.insert(alias, p.topic.clone());
+            }
+        }
+        // [MQTT-3.3.4-6]: clients do not send subscription identifiers.
+        if !p.properties.subscription_identifiers.is_empty() {
+            let rc = ReasonCode::PROTOCOL_ERROR;
+            return self.close(now, conn_id, CloseReason::ProtocolError(rc));
+        }
+        if p.retain && !self.config.retain_available {
+            let rc = ReasonCode::RETAIN_NOT_SUPPORTED;
+            return self.close(now, conn_id, CloseReason::ProtocolError(rc));
+        }
+        if v5 && !p.payload_format_valid() {
+            let rc = ReasonCode::PAYLOAD_FORMAT_INVALID;
+            match (p.qos, p.packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => {
+                    self.send(conn_id, &Packet::PubAck(PubResponse::with_reason(id, rc)))
+                }
+                (QoS::ExactlyOnce, Some(id)) => {
+                    self.send(conn_id, &Packet::PubRec(PubResponse::with_reason(id, rc)))
+                }
+                _ => self.close(now, conn_id, CloseReason::ProtocolError(rc)),
+            }
+            return;
+        }
+        if p.topic.as_str().starts_with('$') {
+            // Clients may not publish into $-topics (reserved for the server).
+            let rc = ReasonCode::TOPIC_NAME_INVALID;
+            match (p.qos, p.packet_id) {
+                (QoS::AtLeastOnce, Some(id)) if v5 => {
+                    self.send(conn_id, &Packet::PubAck(PubResponse::with_reason(id, rc)))
+                }
+                (QoS::ExactlyOnce, Some(id)) if v5 => {
+                    self.send(conn_id, &Packet::PubRec(PubResponse::with_reason(id, rc)))
+                }
+                (QoS::AtLeastOnce, Some(id)) => {
+                    self.send(conn_id, &Packet::PubAck(PubResponse::new(id)))
+                }
+                (QoS::ExactlyOnce, Some(id)) => {
+                    self.send(conn_id, &Packet::PubRec(PubResponse::new(id)))
+                }
+                _ => {}
+            }
+            return;
+        }
+        if p.qos == QoS::ExactlyOnce {
+            let Some(id) = p.packet_id else { return };
+            let Some(session) = self.sessions.get_mut(cid) else {
+                return;
+            };
+            if session.incoming_qos2_len() >= usize::from(self.config.receive_maximum.max(1))
+                && !session.has_incoming_qos2(id)
+            {
+                let rc = ReasonCode::RECEIVE_MAXIMUM_EXCEEDED;
+                return self.close(now, conn_id, CloseReason::ProtocolError(rc));
+            }
+            if !session.begin_incoming_qos2(id) {
+                // A resend of a message already accepted: acknowledge, do not
+                // deliver twice.
+                self.send(conn_id, &Packet::PubRec(PubResponse::new(id)));
+                return;
+            }
+        }
+        let qos = p.qos;
+        let packet_id = p.packet_id;
+        let msg = self.message_from_publish(now, cid, p);
+        let matched = self.publish(now, msg);
+        let rc = if matched || !v5 {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        };
+        match (qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => {
+                self.send(conn_id, &Packet::PubAck(PubResponse::with_reason(id, rc)))
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                self.send(conn_id, &Packet::PubRec(PubResponse::with_reason(id, rc)))
+            }
+            _ => {}
+        }
+    }
+
+    fn message_from_publish(&self, now: Instant, cid: &ClientId, p: Publish) -> Arc<Message> {
+        let mut properties = p.properties;
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        properties.topic_alias = None;
+        Arc::new(Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            expires_at,
+            origin: Some(cid.clone()),
+        })
+    }
+
+    fn on_subscribe(&mut self, now: Instant, conn_id: ConnId, cid: &ClientId, sub: Subscribe) {
+        let mut reasons = Vec::with_capacity(sub.filters.len());
+        let mut retained_for = Vec::new();
+        for (filter, options) in sub.filters {
+            let entry = Subscription {
+                options,
+                id: sub.properties.subscription_identifier,
+            };
+            let Some(session) = self.sessions.get_mut(cid) else {
+                return;
+            };
+            let existed = session
+                .subscriptions
+                .insert(filter.clone(), entry)
+                .is_some();
+            if filter.is_shared() {
+                if !existed {
+                    self.shared
+                        .entry(filter.clone())
+                        .or_default()
+                        .members
+                        .push(cid.clone());
+                }
+            } else {
+                self.subs
+                    .insert(filter.matching_filter(), cid.clone(), entry);
+                let send = match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+                if send {
+                    retained_for.push((filter.clone(), entry));
+                }
+            }
+            if !existed {
+                self.add_local_filter(&filter);
+            }
+            reasons.push(ReasonCode(options.qos as u8));
+        }
+        let ack = SubAck {
+            packet_id: sub.packet_id,
+            properties: AckProperties::default(),
+            reasons,
+        };
+        self.send(conn_id, &Packet::SubAck(ack));
+        // [MQTT-3.3.1-9]: retained messages of a new subscription go out
+        // with RETAIN set.
+        for (filter, entry) in retained_for {
+            let mut found = Vec::new();
+            self.retained
+                .for_each_match(now, filter.matching_filter(), |m| found.push(m.clone()));
+            for m in found {
+                if entry.options.no_local && m.origin.as_ref() == Some(cid) {
+                    continue;
+                }
+                let d = Delivery {
+                    qos: m.qos.min(entry.options.qos),
+                    retain: true,
+                    sub_ids: entry.id.into_iter().collect(),
+                    msg: m,
+                };
+                self.deliver(now, cid, d);
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, conn_id: ConnId, cid: &ClientId, u: Unsubscribe) {
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            let removed = self.unsubscribe(cid, filter);
+            reasons.push(if removed {
+                ReasonCode::SUCCESS
+            } else {
+                ReasonCode::NO_SUBSCRIPTION_EXISTED
+            });
+        }
+        let ack = UnsubAck {
+            packet_id: u.packet_id,
+            properties: AckProperties::default(),
+            reasons,
+        };
+        self.send(conn_id, &Packet::UnsubAck(ack));
+    }
+
+    fn unsubscribe(&mut self, cid: &ClientId, filter: &TopicFilter) -> bool {
+        let Some(session) = self.sessions.get_mut(cid) else {
+            return false;
+        };
+        if session.subscriptions.remove(filter).is_none() {
+            return false;
+        }
+        if filter.is_shared() {
+            if let Some(g) = self.shared.get_mut(filter) {
+                g.members.retain(|m| m != cid);
+                if g.members.is_empty() {
+                    self.shared.remove(filter);
+                }
+            }
+        } else {
+            self.subs.remove(filter.matching_filter(), cid);
+        }
+        self.remove_local_filter(filter);
+        true
+    }
+
+    fn on_disconnect(&mut self, now: Instant, conn_id: ConnId, cid: &ClientId, d: Disconnect) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if let Some(exp) = d.properties.session_expiry_interval {
+            // [MQTT-3.14.2-2]: a session that had expiry 0 cannot get one now.
+            if conn.connect_expiry_zero && exp != 0 {
+                let rc = ReasonCode::PROTOCOL_ERROR;
+                return self.close(now, conn_id, CloseReason::ProtocolError(rc));
+            }
+            if let Some(s) = self.sessions.get_mut(cid) {
+                s.expiry_interval = exp.min(self.config.max_session_expiry);
+            }
+        }
+        let with_will = d.reason == ReasonCode::DISCONNECT_WITH_WILL;
+        conn.client_id = None;
+        conn.state = ConnState::Closing;
+        self.events
+            .push_back(IoEvent::Close(conn_id, CloseReason::ClientDisconnect));
+        self.detach(now, cid, conn_id, with_will);
+    }
+
+    // -------------------------------------------------------- sessions
+
+    /// The connection of `cid` ended; `abnormal` publishes the will.
+    fn detach(&mut self, now: Instant, cid: &ClientId, conn_id: ConnId, abnormal: bool) {
+        let Some(session) = self.sessions.get_mut(cid) else {
+            return;
+        };
+        if session.conn != Some(conn_id) {
+            return;
+        }
+        session.conn = None;
+        session.generation += 1;
+        let generation = session.generation;
+        let expiry = session.expiry_interval;
+        let will = session.will.take().filter(|_| abnormal);
+        if expiry == 0 {
+            if let Some(w) = will {
+                self.publish_will(now, cid, w);
+            }
+            self.remove_session(cid);
+            return;
+        }
+        if let Some(w) = will {
+            let delay = w.properties.will_delay_interval.unwrap_or(0).min(expiry);
+            if delay == 0 {
+                self.publish_will(now, cid, w);
+            } else if let Some(s) = self.sessions.get_mut(cid) {
+                s.will = Some(w);
+                let at = now + Duration::from_secs(u64::from(delay));
+                self.timers
+                    .push(Reverse((at, Timer::Will(cid.clone(), generation))));
+            }
+        }
+        if expiry != u32::MAX {
+            let at = now + Duration::from_secs(u64::from(expiry));
+            self.timers
+                .push(Reverse((at, Timer::SessionExpiry(cid.clone(), generation))));
+        }
+    }
+
+    fn remove_session(&mut self, cid: &ClientId) {
+        let Some(session) = self.sessions.get(cid) else {
+            return;
+        };
+        let filters: Vec<TopicFilter> = session.subscriptions.keys().cloned().collect();
+        for f in &filters {
+            self.unsubscribe(cid, f);
+        }
+        self.sessions.remove(cid);
+    }
+
+    fn publish_will(&mut self, now: Instant, cid: &ClientId, w: LastWill) {
+        let mut properties = PublishProperties {
+            payload_format_indicator: w.properties.payload_format_indicator,
+            content_type: w.properties.content_type,
+            response_topic: w.properties.response_topic,
+            correlation_data: w.properties.correlation_data,
+            user_properties: w.properties.user_properties,
+            ..PublishProperties::default()
+        };
+        let expires_at = properties
+            .message_expiry_interval
+            .take()
+            .or(w.properties.message_expiry_interval)
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        let msg = Arc::new(Message {
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain && self.config.retain_available,
+            properties,
+            expires_at,
+            origin: Some(cid.clone()),
+        });
+        self.publish(now, msg);
+    }
+
+    // --------------------------------------------------------- routing
+
+    /// Publishes `msg` from this shard: updates the retained replicas and
+    /// routes it to every shard with matching subscribers. Returns whether
+    /// any subscription matched.
+    fn publish(&mut self, now: Instant, msg: Arc<Message>) -> bool {
+        if msg.retain {
+            self.retained.apply(msg.clone());
+            for s in 0..self.shards {
+                if s != self.id.get() {
+                    self.outbox[s].push(ShardMsg::Retain(msg.clone()));
+                }
+            }
+        }
+        self.route(now, msg)
+    }
+
+    fn route(&mut self, now: Instant, msg: Arc<Message>) -> bool {
+        let mut shards = [false; 64];
+        let mut wide: Vec<ShardId> = Vec::new();
+        let mut shared: Vec<(TopicFilter, ShardId)> = Vec::new();
+        self.routes
+            .for_each_match(&msg.topic, |key, _| match &key.shared {
+                None if key.shard.get() < 64 => shards[key.shard.get()] = true,
+                None => wide.push(key.shard),
+                Some(f) => shared.push((f.clone(), key.shard)),
+            });
+        let mut matched = !shared.is_empty() || !wide.is_empty();
+        let targets = (0..self.shards.min(64))
+            .filter(|&s| shards[s])
+            .map(|s| ShardId::new(s as u16))
+            .chain(wide);
+        for shard in targets {
+            matched = true;
+            if shard == self.id {
+                self.deliver_local(now, &msg);
+            } else if let Some(q) = self.outbox.get_mut(shard.get()) {
+                q.push(ShardMsg::Publish(msg.clone()));
+                self.stats.forwarded += 1;
+            }
+        }
+        if !shared.is_empty() {
+            shared.sort();
+            let mut i = 0;
+            while i < shared.len() {
+                let j = i + shared[i..]
+                    .iter()
+                    .take_while(|(f, _)| *f == shared[i].0)
+                    .count();
+                let filter = shared[i].0.clone();
+                let rr = self.shared_rr.entry(filter.clone()).or_insert(0);
+                let target = shared[i + *rr % (j - i)].1;
+                *rr = rr.wrapping_add(1);
+                if target == self.id {
+                    self.deliver_shared(now, &filter, &msg);
+                } else if let Some(q) = self.outbox.get_mut(target.get()) {
+                    q.push(ShardMsg::SharedPublish {
+                        filter,
+                        msg: msg.clone(),
+                    });
+                    self.stats.forwarded += 1;
+                }
+                i = j;
+            }
+        }
+        matched
+    }
+
+    /// Delivers to this shard's non-shared subscribers of `msg.topic`, once
+    /// per session whatever the number of its matching subscriptions (with
+    /// the highest QoS and every subscription identifier, v5 §3.3.4).
+    fn deliver_local(&mut self, now: Instant, msg: &Arc<Message>) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.subs.for_each_match(&msg.topic, |cid, sub| {
+            if sub.options.no_local && msg.origin.as_ref() == Some(cid) {
+                return;
+            }
+            let agg = scratch.entry(cid.clone()).or_default();
+            agg.qos = agg.qos.max(sub.options.qos as u8);
+            agg.retain_as_published |= sub.options.retain_as_published;
+            if let Some(id) = sub.id {
+                agg.ids.push(id);
+            }
+        });
+        for (cid, agg) in scratch.drain() {
+            let qos = msg
+                .qos
+                .min(QoS::from_u8(agg.qos).unwrap_or(QoS::ExactlyOnce));
+            let d = Delivery {
+                msg: msg.clone(),
+                qos,
+                retain: msg.retain && agg.retain_as_published,
+                sub_ids: agg.ids,
+            };
+            self.deliver(now, &cid, d);
+        }
+        self.scratch = scratch;
+    }
+
+    /// Delivers to one local member of a shared subscription, round robin,
+    /// preferring connected members.
+    fn deliver_shared(&mut self, now: Instant, filter: &TopicFilter, msg: &Arc<Message>) {
+        let Some(group) = self.shared.get_mut(filter) else {
+            return;
+        };
+        let n = group.members.len();
+        if n == 0 {
+            return;
+        }
+        let start = group.next;
+        let pick = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| {
+                self.sessions
+                    .get(&group.members[i])
+                    .is_some_and(|s| s.conn.is_some())
+            })
+            .unwrap_or(start % n);
+        group.next = pick + 1;
+        let cid = group.members[pick].clone();
+        let Some(sub) = self
+            .sessions
+            .get(&cid)
+            .and_then(|s| s.subscriptions.get(filter))
+            .copied()
+        else {
+            return;
+        };
+        let d = Delivery {
+            msg: msg.clone(),
+            qos: msg.qos.min(sub.options.qos),
+            retain: msg.retain && sub.options.retain_as_published,
+            sub_ids: sub.id.into_iter().collect(),
+        };
+        self.deliver(now, &cid, d);
+    }
+
+    fn deliver(&mut self, now: Instant, cid: &ClientId, d: Delivery) {
+        let Some(session) = self.sessions.get_mut(cid) else {
+            return;
+        };
+        if d.qos == QoS::AtMostOnce {
+            let target = session
+                .conn
+                .and_then(|c| self.conns.get(&c).map(|x| (c, x)));
+            let sent = match target {
+                Some((conn_id, conn)) if conn.out.len() < self.config.max_output_buffer => {
+                    match outbound_publish(now, &d, None, false, conn.version) {
+                        Some(p) => self.send_publish(conn_id, p),
+                        None => false,
+                    }
+                }
+                _ => false,
+            };
+            if !sent {
+                if let Some(session) = self.sessions.get_mut(cid) {
+                    session.dropped += 1;
+                }
+                self.stats.messages_dropped += 1;
+            }
+            return;
+        }
+        if !session.enqueue(d, self.config.max_queued_messages) {
+            self.stats.messages_dropped += 1;
+            return;
+        }
+        if session.conn.is_some() {
+            self.pump(now, cid);
+        }
+    }
+
+    /// Moves queued QoS 1/2 messages of `cid` into flight while the window and
+    /// the connection's output buffer allow.
+    fn pump(&mut self, now: Instant, cid: &ClientId) {
+        let Some(session) = self.sessions.get_mut(cid) else {
+            return;
+        };
+        let Some(conn_id) = session.conn else { return };
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return;
+        };
+        let version = conn.version;
+        let window = usize::from(conn.client_receive_max.min(self.config.max_inflight).max(1));
+        loop {
+            let Some(conn) = self.conns.get(&conn_id) else {
+                return;
+            };
+            if conn.out.len() >= self.config.max_output_buffer {
+                return;
+            }
+            let Some(session) = self.sessions.get_mut(cid) else {
+                return;
+            };
+            let Some((id, d)) = session.start_next(window) else {
+                return;
+            };
+            let sent = match outbound_publish(now, &d, Some(id), false, version) {
+                Some(p) => self.send_publish(conn_id, p),
+                None => false,
+            };
+            if !sent {
+                if let Some(session) = self.sessions.get_mut(cid) {
+                    session.abandon(id);
+                    session.dropped += 1;
+                }
+                self.stats.messages_dropped += 1;
+            }
+        }
+    }
+
+    /// On reconnect, resends what was in flight ([MQTT-4.4.0-1]).
+    fn resend_inflight(&mut self, now: Instant, conn_id: ConnId, cid: &ClientId) {
+        let Some(session) = self.sessions.get(cid) else {
+            return;
+        };
+        let Some(version) = self.conns.get(&conn_id).map(|c| c.version) else {
+            return;
+        };
+        let mut packets = Vec::new();
+        for f in session.inflight() {
+            match f.stage {
+                Stage::AwaitComp => {
+                    packets.push(Packet::PubRel(PubResponse::new(f.packet_id)));
+                }
+                Stage::AwaitAck | Stage::AwaitRec => {
+                    // An expired message is still resent: its packet id is in
+                    // use until acknowledged, and the spec does not allow
+                    // dropping a message that is partway through delivery.
+                    let mut d = f.delivery.clone();
+                    if d.msg.is_expired(now) {
+                        let mut m = (*d.msg).clone();
+                        m.expires_at = None;
+                        d.msg = Arc::new(m);
+                    }
+                    if let Some(p) = outbound_publish(now, &d, Some(f.packet_id), true, version) {
+                        packets.push(Packet::Publish(p));
+                    }
+                }
+            }
+        }
+        for p in packets {
+            match p {
+                Packet::Publish(p) => {
+                    self.send_publish(conn_id, p);
+                }
+                other => self.send(conn_id, &other),
+            }
+        }
+    }
+
+    fn add_local_filter(&mut self, filter: &TopicFilter) {
+        let n = self.local_filters.entry(filter.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            self.route_add(filter, self.id);
+            for s in 0..self.shards {
+                if s != self.id.get() {
+                    self.outbox[s].push(ShardMsg::RouteAdd {
+                        filter: filter.clone(),
+                        from: self.id,
+                    });
+                }
+            }
+        }
+    }
+
+    fn remove_local_filter(&mut self, filter: &TopicFilter) {
+        let Some(n) = self.local_filters.get_mut(filter) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.local_filters.remove(filter);
+            self.route_remove(filter, self.id);
+            for s in 0..self.shards {
+                if s != self.id.get() {
+                    let msg = ShardMsg::RouteRemove {
+                        filter: filter.clone(),
+                        from: self.id,
+                    };
+                    self.outbox[s].push(msg);
+                }
+            }
+        }
+    }
+
+    fn route_add(&mut self, filter: &TopicFilter, from: ShardId) {
+        let key = RouteKey {
+            shard: from,
+            shared: filter.is_shared().then(|| filter.clone()),
+        };
+        self.routes.insert(filter.matching_filter(), key, ());
+    }
+
+    fn route_remove(&mut self, filter: &TopicFilter, from: ShardId) {
+        let key = RouteKey {
+            shard: from,
+            shared: filter.is_shared().then(|| filter.clone()),
+        };
+        self.routes.remove(filter.matching_filter(), &key);
+        if filter.is_shared() && self.routes.subscriber_count(filter.matching_filter()) == 0 {
+            self.shared_rr.remove(filter);
+        }
+    }
+
+    // ---------------------------------------------------------- output
+
+    /// Encodes `packet` into the connection's output buffer.
+    fn send(&mut self, conn_id: ConnId, packet: &Packet) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let was_empty = conn.out.is_empty();
+        let stripped;
+        let packet = if !conn.problem_info && has_problem_info(packet) {
+            // [MQTT-3.1.2-29]: without Request Problem Information, reason
+            // strings and user properties go only in PUBLISH, CONNACK and
+            // DISCONNECT.
+            stripped = strip_problem_info(packet);
+            &stripped
+        } else {
+            packet
+        };
+        if packet.encode(conn.version, &mut conn.out).is_err() {
+            return;
+        }
+        if was_empty && !conn.woken {
+            conn.woken = true;
+            self.events.push_back(IoEvent::Wake(conn_id));
+        }
+    }
+
+    /// Encodes a PUBLISH unless it exceeds the client's Maximum Packet Size
+    /// ([MQTT-3.1.2-25]: such a message is discarded). Returns whether it was
+    /// written.
+    fn send_publish(&mut self, conn_id: ConnId, p: Publish) -> bool {
+        let Some(conn) = self.conns.get(&conn_id) else {
+            return false;
+        };
+        let packet = Packet::Publish(p);
+        match packet.encoded_len(conn.version) {
+            Ok(len) if len as u64 <= u64::from(conn.client_max_packet) => {}
+            _ => return false,
+        }
+        self.send(conn_id, &packet);
+        self.stats.messages_sent += 1;
+        true
+    }
+
+    /// Closes a connection from the server side: v5 clients get DISCONNECT
+    /// with the reason first; the session is detached at once.
+    fn close(&mut self, now: Instant, conn_id: ConnId, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if conn.state == ConnState::Closing {
+            return;
+        }
+        let connected = conn.state == ConnState::Connected;
+        let v5 = conn.version.is_v5();
+        conn.state = ConnState::Closing;
+        let rc = match reason {
+            CloseReason::ProtocolError(rc) => Some(rc),
+            CloseReason::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+            _ => None,
+        };
+        if let (true, true, Some(rc)) = (connected, v5, rc) {
+            // The DISCONNECT goes out even if the buffer is otherwise full.
+            conn.state = ConnState::Connected;
+            self.send(conn_id, &Packet::Disconnect(Disconnect::new(rc)));
+            if let Some(c) = self.conns.get_mut(&conn_id) {
+                c.state = ConnState::Closing;
+            }
+        }
+        let cid = self
+            .conns
+            .get_mut(&conn_id)
+            .and_then(|c| c.client_id.take());
+        self.events.push_back(IoEvent::Close(conn_id, reason));
+        if let Some(cid) = cid {
+            self.detach(now, &cid, conn_id, true);
+        }
+    }
+
+    // ---------------------------------------------------------- timers
+
+    fn fire(&mut self, now: Instant, timer: Timer) {
+        match timer {
+            Timer::ConnectTimeout(id) => {
+                if self
+                    .conns
+                    .get(&id)
+                    .is_some_and(|c| c.state == ConnState::AwaitConnect)
+                {
+                    self.close(now, id, CloseReason::ConnectTimeout);
+                }
+            }
+            Timer::KeepAlive(id) => {
+                let Some(c) = self.conns.get(&id) else { return };
+                if c.state != ConnState::Connected || c.keep_alive.is_zero() {
+                    return;
+                }
+                let deadline = c.last_rx + c.keep_alive.mul_f32(1.5);
+                if now >= deadline {
+                    self.close(now, id, CloseReason::KeepAliveTimeout);
+                } else {
+                    self.timers.push(Reverse((deadline, Timer::KeepAlive(id))));
+                }
+            }
+            Timer::Will(cid, generation) => {
+                let will = match self.sessions.get_mut(&cid) {
+                    Some(s) if s.generation == generation && s.conn.is_none() => s.will.take(),
+                    _ => None,
+                };
+                if let Some(w) = will {
+                    self.publish_will(now, &cid, w);
+                }
+            }
+            Timer::SessionExpiry(cid, generation) => {
+                let will = match self.sessions.get_mut(&cid) {
+                    Some(s) if s.generation == generation && s.conn.is_none() => {
+                        Some(s.will.take())
+                    }
+                    _ => None,
+                };
+                if let Some(will) = will {
+                    if let Some(w) = will {
+                        self.publish_will(now, &cid, w);
+                    }
+                    self.remove_session(&cid);
+                }
+            }
+            Timer::Sys => {
+                self.timers
+                    .push(Reverse((now + self.config.sys_interval, Timer::Sys)));
+                let stats = self.stats();
+                if self.id.get() == 0 {
+                    self.sys_stats[0] = stats;
+                    self.publish_sys(now);
+                } else {
+                    self.outbox[0].push(ShardMsg::Stats {
+                        from: self.id,
+                        stats,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Shard 0 publishes the `$SYS` topics, retained, from every shard's
+    /// latest counters.
+    fn publish_sys(&mut self, now: Instant) {
+        let mut total = ShardStats::default();
+        for s in &self.sys_stats {
+            total.connections += s.connections;
+            total.sessions += s.sessions;
+            total.subscriptions += s.subscriptions;
+            total.messages_received += s.messages_received;
+            total.messages_sent += s.messages_sent;
+            total.messages_dropped += s.messages_dropped;
+            total.forwarded += s.forwarded;
+        }
+        total.retained = self.retained.len() as u64;
+        let uptime = now.saturating_duration_since(self.started).as_secs();
+        let items: [(&'static str, String); 10] = [
+            (
+                "$SYS/broker/version",
+                concat!("vmqtt ", env!("CARGO_PKG_VERSION")).to_string(),
+            ),
+            ("$SYS/broker/uptime", format!("{uptime} seconds")),
+            (
+                "$SYS/broker/clients/connected",
+                total.connections.to_string(),
+            ),
+            ("$SYS/broker/sessions/count", total.sessions.to_string()),
+            (
+                "$SYS/broker/subscriptions/count",
+                total.subscriptions.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/received",
+                total.messages_received.to_string(),
+            ),
+            ("$SYS/broker/messages/sent", total.messages_sent.to_string()),
+            (
+                "$SYS/broker/messages/dropped",
+                total.messages_dropped.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/forwarded",
+                total.forwarded.to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                total.retained.to_string(),
+            ),
+        ];
+        for (topic, value) in items {
+            let Ok(topic) = TopicName::from_static(topic) else {
+                continue;
+            };
+            let msg = Arc::new(Message {
+                topic,
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: PublishProperties::default(),
+                expires_at: None,
+                origin: None,
+            });
+            self.publish(now, msg);
+        }
+    }
+}
+
+/// Builds the PUBLISH for one delivery at `now`, or `None` if the message
+/// has expired ([MQTT-3.3.2-5]).
+fn outbound_publish(
+    now: Instant,
+    d: &Delivery,
+    packet_id: Option<PacketId>,
+    dup: bool,
+    version: ProtocolVersion,
+) -> Option<Publish> {
+    if d.msg.is_expired(now) {
+        return None;
+    }
+    let properties = if version.is_v5() {
+        let mut p = d.msg.properties.clone();
+        p.message_expiry_interval = d.msg.remaining_expiry(now);
+        p.subscription_identifiers.clone_from(&d.sub_ids);
+        p
+    } else {
+        PublishProperties::default()
+    };
+    Some(Publish {
+        dup: dup && d.qos != QoS::AtMostOnce,
+        qos: d.qos,
+        retain: d.retain,
+        topic: d.msg.topic.clone(),
+        packet_id,
+        properties,
+        payload: d.msg.payload.clone(),
+    })
+}
+
+fn has_problem_info(packet: &Packet) -> bool {
+    match packet {
+        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+            !r.properties.is_empty()
+        }
+        Packet::SubAck(a) => !a.properties.is_empty(),
+        Packet::UnsubAck(a) => !a.properties.is_empty(),
+        _ => false,
+    }
+}
+
+fn strip_problem_info(packet: &Packet) -> Packet {
+    let mut p = packet.clone();
+    match &mut p {
+        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+            r.properties = AckProperties::default();
+        }
+        Packet::SubAck(a) => a.properties = AckProperties::default(),
+        Packet::UnsubAck(a) => a.properties = AckProperties::default(),
+        _ => {}
+    }
+    p
+}
+
+/// The protocol level of a CONNECT at the start of `buf`, if enough of it is
+/// there, so a refusal can be answered in the client's version.
+fn peek_connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let mut i = 1;
+    while buf.get(i)? & 0x80 != 0 {
+        i += 1;
+        if i > 4 {
+            return None;
+        }
+    }
+    let name_len = usize::from(u16::from_be_bytes([*buf.get(i + 1)?, *buf.get(i + 2)?]));
+    buf.get(i + 3 + name_len).copied()
+}

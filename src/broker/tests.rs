@@ -1,0 +1,1133 @@
+//! Deterministic broker tests: several [`ShardCore`]s wired together in
+//! memory, clients that speak bytes, and simulated time (quinn's `Pair`
+//! idea, for a cluster of shards). Every pub/sub test puts publisher and
+//! subscriber on different shards.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::codec::*;
+use crate::topic::{TopicFilter, TopicName};
+use crate::{ByteStr, PacketId};
+
+struct Cluster {
+    cores: Vec<ShardCore>,
+    now: Instant,
+    inbox: HashMap<(usize, ConnId), BytesMut>,
+    closed: HashSet<(usize, ConnId)>,
+}
+
+#[derive(Debug, Clone)]
+struct Client {
+    shard: usize,
+    conn: ConnId,
+    version: ProtocolVersion,
+}
+
+fn pid(n: u16) -> PacketId {
+    PacketId::new(n).unwrap()
+}
+
+fn filter(s: &str) -> TopicFilter {
+    TopicFilter::new(ByteStr::from(s)).unwrap()
+}
+
+fn topic(s: &str) -> TopicName {
+    TopicName::new(ByteStr::from(s)).unwrap()
+}
+
+/// Two client ids whose home shards differ (for a 2-shard cluster).
+fn ids_apart(prefix: &str) -> (String, String) {
+    let a = format!("{prefix}-a");
+    let sa = home_shard(&a, 2);
+    let b = (0..)
+        .map(|i| format!("{prefix}-b{i}"))
+        .find(|b| home_shard(b, 2) != sa)
+        .unwrap();
+    (a, b)
+}
+
+impl Cluster {
+    fn new(shards: usize) -> Self {
+        Self::with_config(shards, CoreConfig::default())
+    }
+
+    fn with_config(shards: usize, config: CoreConfig) -> Self {
+        let now = Instant::now();
+        let cores = (0..shards)
+            .map(|i| ShardCore::new(ShardId::new(i as u16), shards, config.clone(), now))
+            .collect();
+        Self {
+            cores,
+            now,
+            inbox: HashMap::new(),
+            closed: HashSet::new(),
+        }
+    }
+
+    /// Moves shard messages and output until nothing is left to move.
+    fn run(&mut self) {
+        loop {
+            let mut progress = false;
+            for i in 0..self.cores.len() {
+                let batches: Vec<_> = self.cores[i].poll_shard_msgs().collect();
+                for (to, msgs) in batches {
+                    progress = true;
+                    self.cores[to.get()].handle_shard_msgs(self.now, msgs);
+                }
+                while let Some(ev) = self.cores[i].poll_event() {
+                    progress = true;
+                    match ev {
+                        IoEvent::Wake(c) => {
+                            if let Some(out) = self.cores[i].take_output(self.now, c) {
+                                self.inbox
+                                    .entry((i, c))
+                                    .or_default()
+                                    .extend_from_slice(&out);
+                            }
+                        }
+                        IoEvent::Close(c, _) => {
+                            if let Some(out) = self.cores[i].take_output(self.now, c) {
+                                self.inbox
+                                    .entry((i, c))
+                                    .or_default()
+                                    .extend_from_slice(&out);
+                            }
+                            self.closed.insert((i, c));
+                            self.cores[i].handle_closed(self.now, c);
+                        }
+                    }
+                }
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    fn open(&mut self, shard: usize, version: ProtocolVersion) -> Client {
+        let conn = self.cores[shard].handle_open(self.now);
+        Client {
+            shard,
+            conn,
+            version,
+        }
+    }
+
+    fn send_bytes(&mut self, c: &Client, bytes: &[u8]) {
+        let mut buf = BytesMut::from(bytes);
+        self.cores[c.shard].handle_bytes(self.now, c.conn, &mut buf);
+        self.run();
+    }
+
+    fn send(&mut self, c: &Client, p: Packet) {
+        let mut buf = BytesMut::new();
+        p.encode(c.version, &mut buf).unwrap();
+        self.send_bytes(c, &buf);
+    }
+
+    fn connect_with(&mut self, connect: Connect) -> (Client, ConnAck) {
+        let shard = if connect.client_id.is_empty() {
+            0
+        } else {
+            home_shard(&connect.client_id, self.cores.len()).get()
+        };
+        let c = self.open(shard, connect.protocol);
+        self.send(&c, Packet::Connect(Box::new(connect)));
+        match self.recv_one(&c) {
+            Some(Packet::ConnAck(a)) => (c, a),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    fn connect(&mut self, version: ProtocolVersion, id: &str) -> Client {
+        self.connect_with(Connect::new(version, id)).0
+    }
+
+    /// The next packet the client received, leaving the rest.
+    fn recv_one(&mut self, c: &Client) -> Option<Packet> {
+        let buf = self.inbox.entry((c.shard, c.conn)).or_default();
+        decode(buf, c.version, u32::MAX).unwrap()
+    }
+
+    fn recv(&mut self, c: &Client) -> Vec<Packet> {
+        let buf = self.inbox.entry((c.shard, c.conn)).or_default();
+        let mut out = vec![];
+        while let Some(p) = decode(buf, c.version, u32::MAX).unwrap() {
+            out.push(p);
+        }
+        out
+    }
+
+    fn publishes(&mut self, c: &Client) -> Vec<Publish> {
+        self.recv(c)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closed(&self, c: &Client) -> bool {
+        self.closed.contains(&(c.shard, c.conn))
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        for core in &mut self.cores {
+            core.handle_timeout(self.now);
+        }
+        self.run();
+    }
+
+    fn drop_socket(&mut self, c: &Client) {
+        self.cores[c.shard].handle_closed(self.now, c.conn);
+        self.closed.insert((c.shard, c.conn));
+        self.run();
+    }
+
+    fn subscribe(&mut self, c: &Client, f: &str, options: SubscriptionOptions) {
+        self.subscribe_with(c, f, options, None);
+    }
+
+    fn subscribe_with(
+        &mut self,
+        c: &Client,
+        f: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) {
+        let sub = Subscribe {
+            packet_id: pid(1),
+            properties: SubscribeProperties {
+                subscription_identifier: id,
+                ..Default::default()
+            },
+            filters: vec![(filter(f), options)],
+        };
+        self.send(c, Packet::Subscribe(sub));
+        let got = self.recv_one(c);
+        assert!(
+            matches!(&got, Some(Packet::SubAck(a)) if a.reasons[0] == ReasonCode(options.qos as u8)),
+            "SUBACK: {got:?}"
+        );
+    }
+
+    fn publish(&mut self, c: &Client, t: &str, payload: &'static [u8], qos: QoS, id: u16) {
+        let mut p = Publish::new(topic(t), Bytes::from_static(payload));
+        p.qos = qos;
+        if qos != QoS::AtMostOnce {
+            p.packet_id = Some(pid(id));
+        }
+        self.send(c, Packet::Publish(p));
+    }
+}
+
+use ProtocolVersion::{V3_1_1, V5};
+
+fn q(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions::qos(qos)
+}
+
+#[test]
+fn home_shard_is_stable_and_spreads() {
+    assert_eq!(home_shard("client-1", 8), home_shard("client-1", 8));
+    let mut seen = HashSet::new();
+    for i in 0..100 {
+        seen.insert(home_shard(&format!("c{i}"), 4));
+    }
+    assert_eq!(seen.len(), 4);
+    assert_eq!(home_shard("anything", 1), ShardId::new(0));
+}
+
+#[test]
+fn route_connect_finds_the_home_shard() {
+    let mut buf = BytesMut::new();
+    Packet::Connect(Box::new(Connect::new(V5, "abc")))
+        .encode(V5, &mut buf)
+        .unwrap();
+    assert_eq!(route_connect(&buf[..3], 4, 1024), ConnectRoute::NeedMore);
+    assert_eq!(
+        route_connect(&buf, 4, 1024),
+        ConnectRoute::Shard(home_shard("abc", 4))
+    );
+    let mut buf = BytesMut::new();
+    Packet::Connect(Box::new(Connect::new(V5, "")))
+        .encode(V5, &mut buf)
+        .unwrap();
+    assert_eq!(route_connect(&buf, 4, 1024), ConnectRoute::Local);
+    assert_eq!(route_connect(b"\x30\x00", 4, 1024), ConnectRoute::Local);
+}
+
+#[test]
+fn connack_v5_advertises_limits_and_assigns_an_id_on_this_shard() {
+    let mut cl = Cluster::new(2);
+    let (c, ack) = cl.connect_with(Connect::new(V5, ""));
+    assert!(!ack.session_present);
+    let id = ack
+        .properties
+        .assigned_client_identifier
+        .expect("assigned id");
+    assert_eq!(
+        home_shard(&id, 2).get(),
+        c.shard,
+        "assigned ids live where they connected"
+    );
+    assert_eq!(ack.properties.receive_maximum, Some(1024));
+    assert_eq!(ack.properties.maximum_packet_size, Some(1024 * 1024));
+    assert_eq!(ack.properties.topic_alias_maximum, Some(64));
+    assert!(cl.cores[c.shard].session(&id).is_some());
+}
+
+#[test]
+fn first_packet_must_be_connect() {
+    let mut cl = Cluster::new(1);
+    let c = cl.open(0, V3_1_1);
+    cl.send(&c, Packet::PingReq);
+    assert!(cl.closed(&c));
+}
+
+#[test]
+fn unsupported_protocol_level_gets_connack_0x01() {
+    let mut cl = Cluster::new(1);
+    let c = cl.open(0, V3_1_1);
+    cl.send_bytes(&c, b"\x10\x0d\x00\x04MQTT\x06\x02\x00\x3c\x00\x01c");
+    assert_eq!(
+        cl.recv(&c),
+        vec![Packet::ConnAck(ConnAck::refuse(ReasonCode(0x84)))]
+    );
+    assert!(cl.closed(&c));
+}
+
+#[test]
+fn malformed_connect_v5_gets_connack_with_reason() {
+    let mut cl = Cluster::new(1);
+    let c = cl.open(0, V5);
+    // Reserved connect flag set.
+    cl.send_bytes(&c, b"\x10\x0e\x00\x04MQTT\x05\x03\x00\x3c\x00\x00\x01c");
+    assert_eq!(
+        cl.recv(&c),
+        vec![Packet::ConnAck(ConnAck::refuse(
+            ReasonCode::MALFORMED_PACKET
+        ))]
+    );
+    assert!(cl.closed(&c));
+}
+
+#[test]
+fn malformed_packet_v5_disconnect_0x81_v3_close() {
+    let mut cl = Cluster::new(2);
+    let a = cl.connect(V5, "a");
+    cl.send_bytes(&a, b"\x63\x02\x00\x01"); // PUBREL with flags 0011
+    assert_eq!(
+        cl.recv(&a),
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::MALFORMED_PACKET
+        ))]
+    );
+    assert!(cl.closed(&a));
+    let b = cl.connect(V3_1_1, "b");
+    cl.send_bytes(&b, b"\x63\x02\x00\x01");
+    assert!(cl.recv(&b).is_empty());
+    assert!(cl.closed(&b));
+}
+
+#[test]
+fn oversized_packet_gets_0x95() {
+    let config = CoreConfig {
+        max_packet_size: 64,
+        ..CoreConfig::default()
+    };
+    let mut cl = Cluster::with_config(1, config);
+    let a = cl.connect(V5, "a");
+    cl.publish(&a, "t", &[b'x'; 100], QoS::AtMostOnce, 0);
+    assert_eq!(
+        cl.recv(&a),
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::PACKET_TOO_LARGE
+        ))]
+    );
+    assert!(cl.closed(&a));
+}
+
+#[test]
+fn qos_0_1_2_across_shards_both_versions() {
+    for version in [V3_1_1, V5] {
+        let mut cl = Cluster::new(2);
+        let (pubid, subid) = ids_apart("x");
+        let p = cl.connect(version, &pubid);
+        let s = cl.connect(version, &subid);
+        assert_ne!(p.shard, s.shard);
+        cl.subscribe(&s, "a/+", q(QoS::ExactlyOnce));
+        cl.publish(&p, "a/0", b"zero", QoS::AtMostOnce, 0);
+        cl.publish(&p, "a/1", b"one", QoS::AtLeastOnce, 1);
+        assert_eq!(cl.recv(&p), vec![Packet::PubAck(PubResponse::new(pid(1)))]);
+        cl.publish(&p, "a/2", b"two", QoS::ExactlyOnce, 2);
+        assert_eq!(cl.recv(&p), vec![Packet::PubRec(PubResponse::new(pid(2)))]);
+        // A resent QoS 2 PUBLISH is not delivered twice.
+        let mut dup = Publish::new(topic("a/2"), Bytes::from_static(b"two"));
+        dup.qos = QoS::ExactlyOnce;
+        dup.dup = true;
+        dup.packet_id = Some(pid(2));
+        cl.send(&p, Packet::Publish(dup));
+        assert_eq!(cl.recv(&p), vec![Packet::PubRec(PubResponse::new(pid(2)))]);
+        cl.send(&p, Packet::PubRel(PubResponse::new(pid(2))));
+        assert_eq!(cl.recv(&p), vec![Packet::PubComp(PubResponse::new(pid(2)))]);
+
+        let got = cl.publishes(&s);
+        let summary: Vec<_> = got.iter().map(|m| (m.topic.to_string(), m.qos)).collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("a/0".into(), QoS::AtMostOnce),
+                ("a/1".into(), QoS::AtLeastOnce),
+                ("a/2".into(), QoS::ExactlyOnce)
+            ]
+        );
+        // Complete the outbound flows.
+        cl.send(
+            &s,
+            Packet::PubAck(PubResponse::new(got[1].packet_id.unwrap())),
+        );
+        let id2 = got[2].packet_id.unwrap();
+        cl.send(&s, Packet::PubRec(PubResponse::new(id2)));
+        assert_eq!(cl.recv(&s), vec![Packet::PubRel(PubResponse::new(id2))]);
+        cl.send(&s, Packet::PubComp(PubResponse::new(id2)));
+        assert_eq!(cl.cores[s.shard].session(&subid).unwrap().inflight_len(), 0);
+    }
+}
+
+#[test]
+fn qos_downgraded_to_subscription_maximum() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("d");
+    let p = cl.connect(V5, &a);
+    let s = cl.connect(V5, &b);
+    cl.subscribe(&s, "t", q(QoS::AtLeastOnce));
+    cl.publish(&p, "t", b"x", QoS::ExactlyOnce, 1);
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].qos, QoS::AtLeastOnce);
+}
+
+#[test]
+fn v5_puback_says_no_matching_subscribers() {
+    let mut cl = Cluster::new(2);
+    let p = cl.connect(V5, "p");
+    cl.publish(&p, "nobody", b"x", QoS::AtLeastOnce, 1);
+    let rc = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+    assert_eq!(
+        cl.recv(&p),
+        vec![Packet::PubAck(PubResponse::with_reason(pid(1), rc))]
+    );
+}
+
+#[test]
+fn duplicate_client_id_takes_over_with_0x8e() {
+    let mut cl = Cluster::new(2);
+    let old = cl.connect(V5, "dup");
+    let (new, ack) = cl.connect_with(Connect {
+        clean_start: false,
+        ..Connect::new(V5, "dup")
+    });
+    assert!(ack.session_present);
+    assert_eq!(
+        cl.recv(&old),
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::SESSION_TAKEN_OVER
+        ))]
+    );
+    assert!(cl.closed(&old));
+    assert!(!cl.closed(&new));
+    cl.send(&new, Packet::PingReq);
+    assert_eq!(cl.recv(&new), vec![Packet::PingResp]);
+}
+
+#[test]
+fn resend_with_dup_after_reconnect() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("r");
+    let p = cl.connect(V3_1_1, &a);
+    let persistent = Connect {
+        clean_start: false,
+        ..Connect::new(V3_1_1, &b)
+    };
+    let (s, _) = cl.connect_with(persistent.clone());
+    cl.subscribe(&s, "t", q(QoS::AtLeastOnce));
+    cl.publish(&p, "t", b"first", QoS::AtLeastOnce, 1);
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 1);
+    assert!(!got[0].dup);
+    cl.drop_socket(&s);
+    cl.publish(&p, "t", b"while-away", QoS::AtLeastOnce, 2);
+    let (s2, ack) = cl.connect_with(persistent);
+    assert!(ack.session_present);
+    let again = cl.publishes(&s2);
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert!(again[0].dup);
+    assert_eq!(again[0].packet_id, got[0].packet_id);
+    assert_eq!(&again[0].payload[..], b"first");
+    assert!(!again[1].dup);
+    assert_eq!(&again[1].payload[..], b"while-away");
+}
+
+#[test]
+fn qos2_pubrel_resent_after_reconnect() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("r2");
+    let p = cl.connect(V5, &a);
+    let mut persistent = Connect {
+        clean_start: false,
+        ..Connect::new(V5, &b)
+    };
+    persistent.properties.session_expiry_interval = Some(60);
+    let (s, _) = cl.connect_with(persistent.clone());
+    cl.subscribe(&s, "t", q(QoS::ExactlyOnce));
+    cl.publish(&p, "t", b"x", QoS::ExactlyOnce, 1);
+    let id = cl.publishes(&s)[0].packet_id.unwrap();
+    cl.send(&s, Packet::PubRec(PubResponse::new(id)));
+    assert_eq!(cl.recv(&s), vec![Packet::PubRel(PubResponse::new(id))]);
+    cl.drop_socket(&s);
+    let (s2, _) = cl.connect_with(persistent);
+    assert_eq!(cl.recv(&s2), vec![Packet::PubRel(PubResponse::new(id))]);
+}
+
+#[test]
+fn clean_start_discards_the_session() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("c");
+    let p = cl.connect(V3_1_1, &a);
+    let s = cl.connect(V3_1_1, &b);
+    cl.subscribe(&s, "t", q(QoS::AtLeastOnce));
+    cl.send(&s, Packet::Disconnect(Disconnect::default()));
+    assert!(cl.cores[s.shard].session(&b).is_none());
+    let (s2, ack) = cl.connect_with(Connect::new(V3_1_1, &b));
+    assert!(!ack.session_present);
+    cl.publish(&p, "t", b"x", QoS::AtLeastOnce, 1);
+    assert!(cl.publishes(&s2).is_empty());
+}
+
+#[test]
+fn session_expiry() {
+    let mut cl = Cluster::new(2);
+    let mut c = Connect {
+        clean_start: false,
+        ..Connect::new(V5, "e")
+    };
+    c.properties.session_expiry_interval = Some(5);
+    let (s, _) = cl.connect_with(c.clone());
+    cl.drop_socket(&s);
+    cl.advance(Duration::from_secs(4));
+    assert!(cl.cores[s.shard].session("e").is_some());
+    let (s2, ack) = cl.connect_with(c.clone());
+    assert!(ack.session_present);
+    cl.drop_socket(&s2);
+    cl.advance(Duration::from_secs(6));
+    assert!(cl.cores[s.shard].session("e").is_none());
+    let (_, ack) = cl.connect_with(c);
+    assert!(!ack.session_present);
+}
+
+#[test]
+fn disconnect_cannot_raise_a_zero_session_expiry() {
+    let mut cl = Cluster::new(1);
+    let a = cl.connect(V5, "a");
+    let mut d = Disconnect::default();
+    d.properties.session_expiry_interval = Some(10);
+    cl.send(&a, Packet::Disconnect(d));
+    assert_eq!(
+        cl.recv(&a),
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::PROTOCOL_ERROR
+        ))]
+    );
+}
+
+fn will(t: &str, delay: Option<u32>) -> LastWill {
+    LastWill {
+        topic: topic(t),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: WillProperties {
+            will_delay_interval: delay,
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn will_sent_on_abnormal_close_not_on_disconnect() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("w");
+    let s = cl.connect(V5, &b);
+    cl.subscribe(&s, "will/#", q(QoS::AtLeastOnce));
+    let (w, _) = cl.connect_with(Connect {
+        will: Some(will("will/a", None)),
+        ..Connect::new(V5, &a)
+    });
+    cl.drop_socket(&w);
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"gone");
+    let (w, _) = cl.connect_with(Connect {
+        will: Some(will("will/a", None)),
+        ..Connect::new(V5, &a)
+    });
+    cl.send(&w, Packet::Disconnect(Disconnect::default()));
+    cl.drop_socket(&w);
+    assert!(cl.publishes(&s).is_empty());
+    // v5 reason 0x04: disconnect with will.
+    let (w, _) = cl.connect_with(Connect {
+        will: Some(will("will/a", None)),
+        ..Connect::new(V5, &a)
+    });
+    cl.send(
+        &w,
+        Packet::Disconnect(Disconnect::new(ReasonCode::DISCONNECT_WITH_WILL)),
+    );
+    assert_eq!(cl.publishes(&s).len(), 1);
+}
+
+#[test]
+fn will_on_keepalive_timeout() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("k");
+    let s = cl.connect(V3_1_1, &b);
+    cl.subscribe(&s, "will", q(QoS::AtMostOnce));
+    let c = Connect {
+        keep_alive: 2,
+        will: Some(will("will", None)),
+        ..Connect::new(V5, &a)
+    };
+    let (w, _) = cl.connect_with(c);
+    cl.advance(Duration::from_millis(2900));
+    assert!(!cl.closed(&w));
+    cl.send(&w, Packet::PingReq);
+    cl.advance(Duration::from_millis(2900));
+    assert!(!cl.closed(&w), "activity pushes the deadline");
+    cl.advance(Duration::from_millis(200));
+    assert!(cl.closed(&w));
+    let got = cl.recv(&w);
+    assert_eq!(
+        got.last(),
+        Some(&Packet::Disconnect(Disconnect::new(
+            ReasonCode::KEEP_ALIVE_TIMEOUT
+        )))
+    );
+    assert_eq!(cl.publishes(&s).len(), 1);
+}
+
+#[test]
+fn will_delay_and_cancel_by_reconnect() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("wd");
+    let s = cl.connect(V5, &b);
+    cl.subscribe(&s, "will", q(QoS::AtLeastOnce));
+    let mut c = Connect {
+        clean_start: false,
+        will: Some(will("will", Some(5))),
+        ..Connect::new(V5, &a)
+    };
+    c.properties.session_expiry_interval = Some(100);
+    let (w, _) = cl.connect_with(c.clone());
+    cl.drop_socket(&w);
+    cl.advance(Duration::from_secs(4));
+    assert!(cl.publishes(&s).is_empty(), "not before the delay");
+    cl.advance(Duration::from_secs(2));
+    assert_eq!(cl.publishes(&s).len(), 1, "after the delay");
+    // Reconnect within the delay cancels it.
+    let (w, _) = cl.connect_with(c.clone());
+    cl.drop_socket(&w);
+    cl.advance(Duration::from_secs(2));
+    let (_w2, _) = cl.connect_with(Connect { will: None, ..c });
+    cl.advance(Duration::from_secs(10));
+    assert!(cl.publishes(&s).is_empty());
+}
+
+#[test]
+fn will_published_when_session_ends_before_delay() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("we");
+    let s = cl.connect(V5, &b);
+    cl.subscribe(&s, "will", q(QoS::AtLeastOnce));
+    let mut c = Connect {
+        will: Some(will("will", Some(60))),
+        ..Connect::new(V5, &a)
+    };
+    c.properties.session_expiry_interval = Some(2);
+    let (w, _) = cl.connect_with(c);
+    cl.drop_socket(&w);
+    cl.advance(Duration::from_secs(1));
+    assert!(cl.publishes(&s).is_empty());
+    cl.advance(Duration::from_secs(2));
+    assert_eq!(cl.publishes(&s).len(), 1);
+}
+
+#[test]
+fn retained_store_delete_and_retain_handling() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("ret");
+    let p = cl.connect(V5, &a);
+    let s = cl.connect(V5, &b);
+    let mut m = Publish::new(topic("r/1"), Bytes::from_static(b"kept"));
+    m.retain = true;
+    cl.send(&p, Packet::Publish(m));
+    cl.subscribe(&s, "r/+", q(QoS::AtLeastOnce));
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].retain, "retained on subscribe has RETAIN set");
+    assert_eq!(got[0].qos, QoS::AtMostOnce);
+    // Retain handling 1: only for a new subscription.
+    let rh1 = SubscriptionOptions {
+        retain_handling: RetainHandling::SendIfNew,
+        ..q(QoS::AtLeastOnce)
+    };
+    cl.subscribe(&s, "r/+", rh1);
+    assert!(cl.publishes(&s).is_empty());
+    cl.subscribe(&s, "r/#", rh1);
+    assert_eq!(cl.publishes(&s).len(), 1);
+    // Retain handling 2: never.
+    let rh2 = SubscriptionOptions {
+        retain_handling: RetainHandling::DoNotSend,
+        ..q(QoS::AtLeastOnce)
+    };
+    cl.subscribe(&s, "+/1", rh2);
+    assert!(cl.publishes(&s).is_empty());
+    // Delete with an empty retained payload.
+    let mut del = Publish::new(topic("r/1"), Bytes::new());
+    del.retain = true;
+    cl.send(&p, Packet::Publish(del));
+    let live = cl.publishes(&s);
+    assert_eq!(
+        live.len(),
+        1,
+        "the delete is delivered live once (deduplicated)"
+    );
+    cl.subscribe(&s, "r/1", q(QoS::AtMostOnce));
+    assert!(cl.publishes(&s).is_empty());
+}
+
+#[test]
+fn retain_as_published() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("rap");
+    let p = cl.connect(V5, &a);
+    let s1 = cl.connect(V5, &b);
+    cl.subscribe(
+        &s1,
+        "t",
+        SubscriptionOptions {
+            retain_as_published: true,
+            ..q(QoS::AtMostOnce)
+        },
+    );
+    let s2 = cl.connect(V5, &format!("{b}-2"));
+    cl.subscribe(&s2, "t", q(QoS::AtMostOnce));
+    let mut m = Publish::new(topic("t"), Bytes::from_static(b"x"));
+    m.retain = true;
+    cl.send(&p, Packet::Publish(m));
+    assert!(cl.publishes(&s1)[0].retain);
+    assert!(!cl.publishes(&s2)[0].retain);
+}
+
+#[test]
+fn dollar_topics_not_matched_by_leading_wildcards() {
+    let mut cl = Cluster::with_config(
+        2,
+        CoreConfig {
+            sys_interval: Duration::from_secs(1),
+            ..CoreConfig::default()
+        },
+    );
+    let s = cl.connect(V5, "s");
+    cl.subscribe(&s, "#", q(QoS::AtMostOnce));
+    let sys = cl.connect(V5, "sys");
+    cl.subscribe(&sys, "$SYS/broker/clients/connected", q(QoS::AtMostOnce));
+    cl.advance(Duration::from_secs(1));
+    assert!(cl.publishes(&s).is_empty(), "# does not match $SYS");
+    let got = cl.publishes(&sys);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"2");
+    // Clients cannot publish into $-topics.
+    cl.publish(&s, "$SYS/fake", b"x", QoS::AtLeastOnce, 1);
+    let rc = ReasonCode::TOPIC_NAME_INVALID;
+    assert_eq!(
+        cl.recv(&s),
+        vec![Packet::PubAck(PubResponse::with_reason(pid(1), rc))]
+    );
+}
+
+#[test]
+fn sys_counters_aggregate_every_shard() {
+    let mut cl = Cluster::with_config(
+        2,
+        CoreConfig {
+            sys_interval: Duration::from_secs(1),
+            ..CoreConfig::default()
+        },
+    );
+    let (a, b) = ids_apart("sys");
+    let p = cl.connect(V5, &a);
+    let s = cl.connect(V5, &b);
+    cl.subscribe(&s, "$SYS/broker/messages/received", q(QoS::AtMostOnce));
+    for i in 0..5 {
+        cl.publish(&p, "x", b"1", QoS::AtLeastOnce, i + 1);
+    }
+    cl.advance(Duration::from_secs(1)); // every shard reports
+    cl.advance(Duration::from_secs(1)); // shard 0 publishes the sum
+    let got = cl.publishes(&s);
+    assert_eq!(got.last().map(|p| &p.payload[..]), Some(&b"5"[..]));
+}
+
+#[test]
+fn wildcards_and_unsubscribe() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("wc");
+    let p = cl.connect(V3_1_1, &a);
+    let s = cl.connect(V3_1_1, &b);
+    cl.subscribe(&s, "a/+/c", q(QoS::AtMostOnce));
+    cl.subscribe(&s, "x/#", q(QoS::AtMostOnce));
+    for t in ["a/b/c", "a/b/d", "x", "x/y/z", "y"] {
+        cl.publish(&p, t, b"1", QoS::AtMostOnce, 0);
+    }
+    let topics: Vec<_> = cl
+        .publishes(&s)
+        .iter()
+        .map(|p| p.topic.to_string())
+        .collect();
+    assert_eq!(topics, ["a/b/c", "x", "x/y/z"]);
+    let u = Unsubscribe {
+        packet_id: pid(3),
+        properties: Default::default(),
+        filters: vec![filter("x/#")],
+    };
+    cl.send(&s, Packet::Unsubscribe(u));
+    assert!(matches!(cl.recv(&s).as_slice(), [Packet::UnsubAck(_)]));
+    cl.publish(&p, "x/y", b"1", QoS::AtMostOnce, 0);
+    assert!(cl.publishes(&s).is_empty());
+    // v5 UNSUBACK says whether the subscription existed.
+    let s5 = cl.connect(V5, &format!("{b}-5"));
+    let u = Unsubscribe {
+        packet_id: pid(4),
+        properties: Default::default(),
+        filters: vec![filter("nope")],
+    };
+    cl.send(&s5, Packet::Unsubscribe(u));
+    let got = cl.recv(&s5);
+    assert!(
+        matches!(got.as_slice(), [Packet::UnsubAck(a)] if a.reasons == [ReasonCode::NO_SUBSCRIPTION_EXISTED])
+    );
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_with_all_ids() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("ov");
+    let p = cl.connect(V5, &a);
+    let s = cl.connect(V5, &b);
+    cl.subscribe_with(&s, "t/+", q(QoS::AtMostOnce), Some(7));
+    cl.subscribe_with(&s, "t/#", q(QoS::AtLeastOnce), Some(9));
+    cl.publish(&p, "t/x", b"1", QoS::AtLeastOnce, 1);
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].qos, QoS::AtLeastOnce);
+    let mut ids = got[0].properties.subscription_identifiers.clone();
+    ids.sort();
+    assert_eq!(ids, vec![7, 9]);
+}
+
+#[test]
+fn no_local() {
+    let mut cl = Cluster::new(2);
+    let c = cl.connect(V5, "self");
+    cl.subscribe(
+        &c,
+        "t",
+        SubscriptionOptions {
+            no_local: true,
+            ..q(QoS::AtMostOnce)
+        },
+    );
+    cl.publish(&c, "t", b"x", QoS::AtMostOnce, 0);
+    assert!(cl.publishes(&c).is_empty());
+    let other = cl.connect(V5, "other-client");
+    cl.publish(&other, "t", b"x", QoS::AtMostOnce, 0);
+    assert_eq!(cl.publishes(&c).len(), 1);
+}
+
+#[test]
+fn properties_pass_through() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("pp");
+    let p = cl.connect(V5, &a);
+    let s = cl.connect(V5, &b);
+    cl.subscribe(&s, "t", q(QoS::AtMostOnce));
+    let mut m = Publish::new(topic("t"), Bytes::from_static(b"{}"));
+    m.properties = PublishProperties {
+        payload_format_indicator: Some(true),
+        content_type: Some(ByteStr::from("application/json")),
+        response_topic: Some(topic("reply")),
+        correlation_data: Some(Bytes::from_static(b"c1")),
+        user_properties: vec![(ByteStr::from("k"), ByteStr::from("v"))],
+        ..Default::default()
+    };
+    cl.send(&p, Packet::Publish(m.clone()));
+    let got = cl.publishes(&s);
+    assert_eq!(got[0].properties, m.properties);
+}
+
+#[test]
+fn payload_format_invalid_gets_0x99() {
+    let mut cl = Cluster::new(1);
+    let p = cl.connect(V5, "p");
+    let mut m = Publish::new(topic("t"), Bytes::from_static(b"\xff"));
+    m.properties.payload_format_indicator = Some(true);
+    m.qos = QoS::AtLeastOnce;
+    m.packet_id = Some(pid(1));
+    cl.send(&p, Packet::Publish(m.clone()));
+    let rc = ReasonCode::PAYLOAD_FORMAT_INVALID;
+    assert_eq!(
+        cl.recv(&p),
+        vec![Packet::PubAck(PubResponse::with_reason(pid(1), rc))]
+    );
+    m.qos = QoS::AtMostOnce;
+    m.packet_id = None;
+    cl.send(&p, Packet::Publish(m));
+    assert_eq!(cl.recv(&p), vec![Packet::Disconnect(Disconnect::new(rc))]);
+}
+
+#[test]
+fn topic_alias_inbound() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("ta");
+    let p = cl.connect(V5, &a);
+    let s = cl.connect(V5, &b);
+    cl.subscribe(&s, "long/topic", q(QoS::AtMostOnce));
+    let mut m = Publish::new(topic("long/topic"), Bytes::from_static(b"1"));
+    m.properties.topic_alias = Some(3);
+    cl.send(&p, Packet::Publish(m));
+    let mut m = Publish::new(TopicName::empty(), Bytes::from_static(b"2"));
+    m.properties.topic_alias = Some(3);
+    cl.send(&p, Packet::Publish(m));
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].topic.as_str(), "long/topic");
+    assert_eq!(got[1].properties.topic_alias, None);
+    // Unknown alias: protocol error; alias above the maximum: 0x94.
+    let mut m = Publish::new(TopicName::empty(), Bytes::from_static(b"3"));
+    m.properties.topic_alias = Some(4);
+    cl.send(&p, Packet::Publish(m));
+    assert_eq!(
+        cl.recv(&p),
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::PROTOCOL_ERROR
+        ))]
+    );
+    let p2 = cl.connect(V5, "p2");
+    let mut m = Publish::new(topic("x"), Bytes::new());
+    m.properties.topic_alias = Some(65);
+    cl.send(&p2, Packet::Publish(m));
+    assert_eq!(
+        cl.recv(&p2),
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::TOPIC_ALIAS_INVALID
+        ))]
+    );
+}
+
+#[test]
+fn message_expiry() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("me");
+    let p = cl.connect(V5, &a);
+    let mut c = Connect {
+        clean_start: false,
+        ..Connect::new(V5, &b)
+    };
+    c.properties.session_expiry_interval = Some(300);
+    let (s, _) = cl.connect_with(c.clone());
+    cl.subscribe(&s, "t", q(QoS::AtLeastOnce));
+    cl.drop_socket(&s);
+    for (payload, expiry) in [(&b"short"[..], 1), (&b"long"[..], 10)] {
+        let mut m = Publish::new(topic("t"), Bytes::from_static(payload));
+        m.qos = QoS::AtLeastOnce;
+        m.packet_id = Some(pid(expiry as u16));
+        m.properties.message_expiry_interval = Some(expiry);
+        cl.send(&p, Packet::Publish(m));
+    }
+    cl.advance(Duration::from_secs(2));
+    let (s2, _) = cl.connect_with(c);
+    let got = cl.publishes(&s2);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"long");
+    assert_eq!(got[0].properties.message_expiry_interval, Some(8));
+}
+
+#[test]
+fn client_maximum_packet_size_is_respected() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("mps");
+    let p = cl.connect(V5, &a);
+    let mut c = Connect::new(V5, &b);
+    c.properties.maximum_packet_size = Some(32);
+    let (s, _) = cl.connect_with(c);
+    cl.subscribe(&s, "t", q(QoS::AtLeastOnce));
+    cl.publish(&p, "t", &[b'x'; 64], QoS::AtLeastOnce, 1);
+    cl.publish(&p, "t", b"small", QoS::AtLeastOnce, 2);
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"small");
+}
+
+#[test]
+fn shared_subscription_spreads_across_shards() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("sh");
+    let s1 = cl.connect(V5, &a);
+    let s2 = cl.connect(V5, &b);
+    assert_ne!(s1.shard, s2.shard);
+    cl.subscribe(&s1, "$share/g/jobs/+", q(QoS::AtLeastOnce));
+    cl.subscribe(&s2, "$share/g/jobs/+", q(QoS::AtLeastOnce));
+    let p = cl.connect(V5, "producer");
+    for i in 0..100u16 {
+        cl.publish(&p, "jobs/x", b"j", QoS::AtLeastOnce, i + 1);
+    }
+    let mut n1 = 0;
+    let mut n2 = 0;
+    for _ in 0..100 {
+        for (c, n) in [(&s1, &mut n1), (&s2, &mut n2)] {
+            for m in cl.publishes(c) {
+                *n += 1;
+                cl.send(c, Packet::PubAck(PubResponse::new(m.packet_id.unwrap())));
+            }
+        }
+    }
+    assert_eq!(n1 + n2, 100);
+    assert!(n1 >= 30 && n2 >= 30, "split {n1}/{n2}");
+}
+
+#[test]
+fn receive_maximum_window_and_queue_bound() {
+    let config = CoreConfig {
+        max_queued_messages: 5,
+        ..CoreConfig::default()
+    };
+    let mut cl = Cluster::with_config(2, config);
+    let (a, b) = ids_apart("rm");
+    let p = cl.connect(V5, &a);
+    let mut c = Connect::new(V5, &b);
+    c.properties.receive_maximum = Some(2);
+    let (s, _) = cl.connect_with(c);
+    cl.subscribe(&s, "t", q(QoS::AtLeastOnce));
+    for i in 0..10u16 {
+        cl.publish(&p, "t", b"m", QoS::AtLeastOnce, i + 1);
+    }
+    let first = cl.publishes(&s);
+    assert_eq!(first.len(), 2, "receive maximum 2");
+    let sess = cl.cores[s.shard].session(&b).unwrap();
+    assert_eq!((sess.inflight_len(), sess.queued_len()), (2, 5));
+    assert_eq!(cl.cores[s.shard].stats().messages_dropped, 3);
+    cl.send(
+        &s,
+        Packet::PubAck(PubResponse::new(first[0].packet_id.unwrap())),
+    );
+    assert_eq!(cl.publishes(&s).len(), 1, "one slot freed, one sent");
+}
+
+#[test]
+fn slow_consumer_output_is_bounded() {
+    let config = CoreConfig {
+        max_output_buffer: 1024,
+        ..CoreConfig::default()
+    };
+    let mut cl = Cluster::with_config(2, config);
+    let (a, b) = ids_apart("slow");
+    let p = cl.connect(V5, &a);
+    let s = cl.connect(V5, &b);
+    cl.subscribe(&s, "t", q(QoS::AtMostOnce));
+    // The I/O layer does not take output for `s` (its socket is not
+    // writable): deliveries stop at the buffer limit and are counted.
+    let core = &mut cl.cores[s.shard];
+    let mut sink = BytesMut::new();
+    let now = cl.now;
+    for _ in 0..1000 {
+        let mut m = BytesMut::new();
+        let publish = Publish::new(topic("t"), Bytes::from_static(&[0u8; 100]));
+        Packet::Publish(publish).encode(V5, &mut m).unwrap();
+        sink.extend_from_slice(&m);
+    }
+    let _ = core;
+    let (ps, pc) = (p.shard, p.conn);
+    cl.cores[ps].handle_bytes(now, pc, &mut sink);
+    // Move shard messages but do not take `s`'s output.
+    for _ in 0..3 {
+        let batches: Vec<_> = cl.cores[ps].poll_shard_msgs().collect();
+        for (to, msgs) in batches {
+            cl.cores[to.get()].handle_shard_msgs(now, msgs);
+        }
+    }
+    let stats = cl.cores[s.shard].stats();
+    assert!(
+        stats.messages_dropped > 900,
+        "dropped {}",
+        stats.messages_dropped
+    );
+    assert!(stats.messages_sent < 20, "sent {}", stats.messages_sent);
+}
+
+#[test]
+fn connect_timeout() {
+    let config = CoreConfig {
+        connect_timeout: Duration::from_secs(3),
+        ..CoreConfig::default()
+    };
+    let mut cl = Cluster::with_config(1, config);
+    let c = cl.open(0, V3_1_1);
+    cl.advance(Duration::from_secs(2));
+    assert!(!cl.closed(&c));
+    cl.advance(Duration::from_secs(2));
+    assert!(cl.closed(&c));
+}
+
+#[test]
+fn server_keep_alive() {
+    let config = CoreConfig {
+        max_keepalive: 30,
+        ..CoreConfig::default()
+    };
+    let mut cl = Cluster::with_config(1, config);
+    let (_, ack) = cl.connect_with(Connect {
+        keep_alive: 0,
+        ..Connect::new(V5, "k")
+    });
+    assert_eq!(ack.properties.server_keep_alive, Some(30));
+    let (_, ack) = cl.connect_with(Connect {
+        keep_alive: 10,
+        ..Connect::new(V5, "k2")
+    });
+    assert_eq!(ack.properties.server_keep_alive, None);
+}
+
+#[test]
+fn qos2_receive_maximum_exceeded() {
+    let config = CoreConfig {
+        receive_maximum: 2,
+        ..CoreConfig::default()
+    };
+    let mut cl = Cluster::with_config(1, config);
+    let p = cl.connect(V5, "p");
+    for i in 1..=3 {
+        cl.publish(&p, "t", b"x", QoS::ExactlyOnce, i);
+    }
+    let got = cl.recv(&p);
+    assert_eq!(got.len(), 3);
+    assert_eq!(
+        got[2],
+        Packet::Disconnect(Disconnect::new(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED))
+    );
+}
