@@ -1,0 +1,317 @@
+//! Configuration of the vmqtt broker: the serde types of its TOML file,
+//! their defaults, per-shard overrides and validation.
+//!
+//! `vmqtt-shard --config FILE` reads one TOML file with [`Config::load`].
+//! Every section and every key is optional; a missing one takes its default.
+//! The commented default file, `config/vmqtt.toml`, lists every setting with
+//! its default, unit and allowed range; it is embedded as
+//! [`Config::DEFAULT_TOML`] and is what the broker runs on when no file is
+//! given ([`Config::default()`] equals parsing it).
+//!
+//! ```toml
+//! listen = ["0.0.0.0:1883", "[::]:1883"]
+//! cores = 4
+//!
+//! [mqtt]
+//! max_inflight = 512
+//!
+//! [shards.0]          # shard 0 takes a larger inflight window
+//! max_inflight = 2048
+//! ```
+//!
+//! Errors name the file, the key as a dotted path, the line and what is
+//! allowed, e.g. `mqtt.receive_maximum = 0 at vmqtt.toml line 12: must be
+//! between 1 and 65535`. See [`ConfigError`].
+
+#![warn(missing_docs)]
+
+mod de;
+mod error;
+mod source;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::error::{ConfigError, Location};
+pub use crate::source::ConfigSource;
+
+/// The whole configuration file: global settings, the `[mqtt]`, `[runtime]`
+/// and `[log]` sections, and `[shards.N]` per-shard overrides of `[mqtt]`.
+///
+/// Built by [`Config::load`] or [`Config::from_toml_str`], which validate
+/// it; a `Config` changed in code can be checked again with
+/// [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Addresses to accept MQTT connections on (each shard opens its own
+    /// `SO_REUSEPORT` listener on each). The file may give one string or an
+    /// array of strings. Default `["0.0.0.0:1883"]`.
+    #[serde(deserialize_with = "de::listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Directory of the durable state (RocksDB). Default `./data`.
+    pub data_dir: PathBuf,
+    /// Number of shards, one pinned executor each, taken from the CPUs in the
+    /// process affinity mask. `None` (written `0` in the file) means one shard
+    /// per CPU in the mask. `--cores` on the command line takes precedence.
+    #[serde(deserialize_with = "de::cores", serialize_with = "de::serialize_cores")]
+    pub cores: Option<usize>,
+    /// `[mqtt]`: protocol limits, the defaults of every shard.
+    pub mqtt: MqttConfig,
+    /// `[runtime]`: executor and process resources.
+    pub runtime: RuntimeConfig,
+    /// `[log]`: log output.
+    pub log: LogConfig,
+    /// `[shards.N]` tables: overrides of `[mqtt]` keys for shard `N`
+    /// (numbered from 0). [`Config::mqtt_for_shard`] applies them.
+    #[serde(
+        deserialize_with = "de::shards",
+        serialize_with = "de::serialize_shards"
+    )]
+    pub shards: BTreeMap<usize, MqttOverrides>,
+    /// Where this configuration was read from (origin name and the line of
+    /// every key), used to place validation errors. Not a setting: it is
+    /// never read from or written to TOML, and `==` ignores it.
+    #[serde(skip)]
+    pub source: ConfigSource,
+}
+
+impl Default for Config {
+    /// The built-in defaults; equal to parsing [`Config::DEFAULT_TOML`].
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::UNSPECIFIED,
+                1883,
+            ))],
+            data_dir: PathBuf::from("./data"),
+            cores: None,
+            mqtt: MqttConfig::default(),
+            runtime: RuntimeConfig::default(),
+            log: LogConfig::default(),
+            shards: BTreeMap::new(),
+            source: ConfigSource::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The commented default configuration file (`config/vmqtt.toml`): every
+    /// setting with its default value, unit and range. The broker runs on it
+    /// when no `--config` is given.
+    pub const DEFAULT_TOML: &'static str = include_str!("../vmqtt.toml");
+
+    /// Parses and validates a configuration from TOML text. `origin` names the
+    /// text in error messages (normally the file name).
+    ///
+    /// ```
+    /// use vmqtt_config::Config;
+    ///
+    /// let text = "[mqtt]\nmax_inflight = 64\n\n[shards.1]\nmax_inflight = 8\n";
+    /// let config = Config::from_toml_str(text, "vmqtt.toml").unwrap();
+    /// assert_eq!(config.mqtt_for_shard(0).max_inflight, 64);
+    /// assert_eq!(config.mqtt_for_shard(1).max_inflight, 8);
+    ///
+    /// let err = Config::from_toml_str("[mqtt]\nmax_inflight = 0\n", "vmqtt.toml").unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "mqtt.max_inflight = 0 at vmqtt.toml line 2: must be between 1 and 65535"
+    /// );
+    /// ```
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let source = ConfigSource::parse(text, origin)?;
+        source.check_shard_names()?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| source.deserialize_error(text, &e))?;
+        config.source = source;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// The `[mqtt]` settings of shard `shard`: `[mqtt]` with the keys of its
+    /// `[shards.N]` table, if any, applied on top.
+    pub fn mqtt_for_shard(&self, shard: usize) -> MqttConfig {
+        let mut mqtt = self.mqtt.clone();
+        if let Some(overrides) = self.shards.get(&shard) {
+            overrides.apply_to(&mut mqtt);
+        }
+        mqtt
+    }
+}
+
+/// Declares [`MqttConfig`] and [`MqttOverrides`] from one list of fields, so
+/// the two can never disagree on which keys exist.
+macro_rules! mqtt_settings {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr, )*) => {
+        /// `[mqtt]`: protocol limits and features, the defaults of every
+        /// shard. Each can be overridden per shard in `[shards.N]`.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct MqttConfig {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for MqttConfig {
+            fn default() -> Self {
+                MqttConfig { $( $field: $default, )* }
+            }
+        }
+
+        /// `[shards.N]`: overrides of `[mqtt]` keys for one shard. A key that
+        /// is `None` (absent from the table) keeps the `[mqtt]` value.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct MqttOverrides {
+            $(
+                $(#[doc = $doc])*
+                ///
+                /// `None`: the `[mqtt]` value applies.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        impl MqttOverrides {
+            /// Writes every key this table sets into `mqtt`.
+            pub fn apply_to(&self, mqtt: &mut MqttConfig) {
+                $( if let Some(value) = &self.$field { mqtt.$field = value.clone(); } )*
+            }
+
+            /// The numeric keys this table sets, with their values.
+            fn numbers(&self) -> Vec<(&'static str, u64)> {
+                let mut out = Vec::new();
+                $(
+                    if let Some(n) = self.$field.as_ref().and_then(validate::AsNumber::as_number) {
+                        out.push((stringify!($field), n));
+                    }
+                )*
+                out
+            }
+        }
+
+        impl MqttConfig {
+            /// The numeric keys with their values.
+            fn numbers(&self) -> Vec<(&'static str, u64)> {
+                let mut out = Vec::new();
+                $(
+                    if let Some(n) = validate::AsNumber::as_number(&self.$field) {
+                        out.push((stringify!($field), n));
+                    }
+                )*
+                out
+            }
+        }
+    };
+}
+
+mqtt_settings! {
+    /// Largest packet, in bytes including the fixed header, that the broker
+    /// accepts from a client; advertised to v5 clients as Maximum Packet
+    /// Size. 16..=268435460, default 1048576 (1 MiB).
+    max_packet_size: u32 = 1_048_576,
+    /// Largest keep alive, in seconds, a client may ask for; a client asking
+    /// for more (or for 0) is told this value (v5 Server Keep Alive).
+    /// 0 = no limit (the default).
+    max_keepalive: u16 = 0,
+    /// QoS 1 and 2 PUBLISHes a client may have unacknowledged towards the
+    /// broker (v5 Receive Maximum in CONNACK). 1..=65535, default 1024.
+    receive_maximum: u16 = 1024,
+    /// Topic aliases a v5 client may use towards the broker (Topic Alias
+    /// Maximum in CONNACK); 0 disables them. Default 64.
+    topic_alias_maximum: u16 = 64,
+    /// QoS 1 and 2 messages the broker has in flight to one client, further
+    /// capped by the client's own Receive Maximum. 1..=65535, default 1024.
+    max_inflight: u16 = 1024,
+    /// Messages queued per session beyond the inflight window (client slow or
+    /// offline); more are dropped and counted. 0 = queue nothing.
+    /// Default 1000.
+    max_queued_messages: usize = 1000,
+    /// Encoded bytes waiting to be written to one connection before it counts
+    /// as slow and further messages are queued in its session instead.
+    /// At least 1024, default 262144 (256 KiB).
+    max_output_buffer: usize = 262_144,
+    /// Milliseconds a new connection has to send CONNECT before it is
+    /// closed. At least 1, default 10000.
+    connect_timeout_ms: u64 = 10_000,
+    /// Longest session expiry interval, in seconds, a client may ask for;
+    /// longer requests are cut to it. 4294967295 (the default) = sessions may
+    /// never expire.
+    max_session_expiry: u32 = u32::MAX,
+    /// Whether retained messages are supported (v5 Retain Available).
+    /// Default true.
+    retain_available: bool = true,
+    /// Milliseconds between two publications of the `$SYS` topics.
+    /// At least 100, default 10000.
+    sys_interval_ms: u64 = 10_000,
+}
+
+/// `[runtime]`: executor and process resources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Bytes of glommio io memory per shard. It is locked memory: all shards
+    /// together must fit in `RLIMIT_MEMLOCK` (`ulimit -l`). At least 65536,
+    /// default 524288 (512 KiB).
+    pub io_memory: usize,
+    /// Entries of each io_uring ring. A power of two from 16 to 4096,
+    /// default 128.
+    pub ring_depth: u32,
+    /// Connections the whole process may hold. The broker raises its
+    /// `RLIMIT_NOFILE` soft limit toward this and warns when the hard limit is
+    /// lower. At least 1, default 1000000.
+    pub max_connections: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            io_memory: 512 * 1024,
+            ring_depth: 128,
+            max_connections: 1_000_000,
+        }
+    }
+}
+
+/// `[log]`: log output (to standard error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Line format. Default [`LogFormat::Text`].
+    pub format: LogFormat,
+    /// Which events to log: a tracing `EnvFilter` directive such as `info` or
+    /// `info,vmqtt_shard=debug`. Default `info`; must not be empty.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Format of log lines: `"text"` or `"json"` in the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (`"text"`).
+    #[default]
+    Text,
+    /// One JSON object per line (`"json"`).
+    Json,
+}

@@ -1,0 +1,339 @@
+//! What each key allows, and the checks that serde's types cannot express.
+
+use crate::error::ConfigError;
+use crate::Config;
+
+/// What one key allows: used both to check values and to say what is
+/// expected in an error message.
+#[derive(Debug)]
+pub(crate) enum Rule {
+    /// An integer from `min` to `max` (`u64::MAX`: no upper bound) in `unit`.
+    Int {
+        min: u64,
+        max: u64,
+        unit: &'static str,
+    },
+    /// A power of two from `min` to `max`.
+    PowerOfTwo { min: u64, max: u64 },
+    /// `true` or `false`.
+    Bool,
+    /// Anything else, described in words.
+    Text(&'static str),
+}
+
+const fn int(min: u64, max: u64, unit: &'static str) -> Rule {
+    Rule::Int { min, max, unit }
+}
+
+const U16: u64 = u16::MAX as u64;
+const U32: u64 = u32::MAX as u64;
+const NO_MAX: u64 = u64::MAX;
+
+/// The rule of every key, by dotted path. `[shards.N]` keys follow the rules
+/// of the `[mqtt]` key of the same name. A test checks that every key of
+/// [`Config`] has one.
+const RULES: &[(&str, Rule)] = &[
+    (
+        "listen",
+        Rule::Text(
+            "an IP address and port such as \"0.0.0.0:1883\" or \"[::]:1883\", or an array of them",
+        ),
+    ),
+    ("data_dir", Rule::Text("a directory path (a string)")),
+    (
+        "cores",
+        Rule::Text("a number of shards, or 0 for one shard per CPU in the affinity mask"),
+    ),
+    ("mqtt", Rule::Text("a table of [mqtt] settings")),
+    ("mqtt.max_packet_size", int(16, 268_435_460, "bytes")),
+    ("mqtt.max_keepalive", int(0, U16, "seconds")),
+    ("mqtt.receive_maximum", int(1, U16, "")),
+    ("mqtt.topic_alias_maximum", int(0, U16, "")),
+    ("mqtt.max_inflight", int(1, U16, "")),
+    ("mqtt.max_queued_messages", int(0, NO_MAX, "messages")),
+    ("mqtt.max_output_buffer", int(1024, NO_MAX, "bytes")),
+    ("mqtt.connect_timeout_ms", int(1, NO_MAX, "milliseconds")),
+    ("mqtt.max_session_expiry", int(0, U32, "seconds")),
+    ("mqtt.retain_available", Rule::Bool),
+    ("mqtt.sys_interval_ms", int(100, NO_MAX, "milliseconds")),
+    ("runtime", Rule::Text("a table of [runtime] settings")),
+    ("runtime.io_memory", int(64 * 1024, NO_MAX, "bytes")),
+    (
+        "runtime.ring_depth",
+        Rule::PowerOfTwo { min: 16, max: 4096 },
+    ),
+    ("runtime.max_connections", int(1, NO_MAX, "connections")),
+    ("log", Rule::Text("a table of [log] settings")),
+    ("log.format", Rule::Text("\"text\" or \"json\"")),
+    (
+        "log.level",
+        Rule::Text("a tracing filter directive such as \"info\" or \"info,vmqtt_shard=debug\""),
+    ),
+    (
+        "shards",
+        Rule::Text("tables named by shard number, like [shards.0]"),
+    ),
+    (
+        "shards.N",
+        Rule::Text("a table of [mqtt] keys to override for that shard"),
+    ),
+];
+
+/// The rule of a key given as a dotted path; `shards.3.max_inflight` follows
+/// `mqtt.max_inflight`.
+pub(crate) fn rule(path: &str) -> Option<&'static Rule> {
+    let normalized;
+    let path = match path.strip_prefix("shards.") {
+        Some(rest) => match rest.split_once('.') {
+            Some((_, key)) => {
+                normalized = format!("mqtt.{key}");
+                normalized.as_str()
+            }
+            None => "shards.N",
+        },
+        None => path,
+    };
+    RULES
+        .iter()
+        .find(|(key, _)| *key == path)
+        .map(|(_, rule)| rule)
+}
+
+impl Rule {
+    /// What the key accepts, as a noun phrase: `an integer between 1 and 65535`.
+    pub(crate) fn expected(&self) -> String {
+        match self {
+            Rule::Int {
+                min: 0,
+                max: NO_MAX,
+                unit,
+            } => format!("a non-negative integer{}", unit_of(unit)),
+            Rule::Int { .. } => format!("an integer {}", self.bounds()),
+            Rule::PowerOfTwo { .. } => format!("an integer that is {}", self.bounds()),
+            Rule::Bool => "true or false".to_owned(),
+            Rule::Text(text) => (*text).to_owned(),
+        }
+    }
+
+    /// The requirement an allowed value of the right type fails:
+    /// `must be between 1 and 65535`.
+    fn requirement(&self) -> String {
+        format!("must be {}", self.bounds())
+    }
+
+    fn bounds(&self) -> String {
+        match self {
+            Rule::Int {
+                min,
+                max: NO_MAX,
+                unit,
+            } => format!("at least {min}{}", unit_of(unit)),
+            Rule::Int { min, max, unit } => format!("between {min} and {max}{}", unit_of(unit)),
+            Rule::PowerOfTwo { min, max } => format!("a power of two between {min} and {max}"),
+            Rule::Bool | Rule::Text(_) => String::new(),
+        }
+    }
+
+    fn allows(&self, n: u64) -> bool {
+        match *self {
+            Rule::Int { min, max, .. } => (min..=max).contains(&n),
+            Rule::PowerOfTwo { min, max } => n.is_power_of_two() && (min..=max).contains(&n),
+            Rule::Bool | Rule::Text(_) => true,
+        }
+    }
+}
+
+fn unit_of(unit: &str) -> String {
+    if unit.is_empty() {
+        String::new()
+    } else {
+        format!(" ({unit})")
+    }
+}
+
+/// A setting's value as a number, for range checks (`None` if it is not one).
+pub(crate) trait AsNumber {
+    /// The value as a `u64`, or `None` for a non-numeric setting.
+    fn as_number(&self) -> Option<u64>;
+}
+
+macro_rules! as_number {
+    ($($ty:ty),*) => {$(
+        impl AsNumber for $ty {
+            fn as_number(&self) -> Option<u64> {
+                Some(u64::try_from(*self).unwrap_or(u64::MAX))
+            }
+        }
+    )*};
+}
+
+as_number!(u16, u32, u64, usize);
+
+impl AsNumber for bool {
+    fn as_number(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl Config {
+    /// Checks every value against its allowed range (the checks the types
+    /// alone do not make): `[mqtt]`, `[runtime]`, `[log]`, `listen`,
+    /// `data_dir` and every `[shards.N]` override. [`Config::from_toml_str`]
+    /// and [`Config::load`] call it; errors name the key and, for a
+    /// configuration read from a file, the file and line.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(self.invalid("listen", "[]".to_owned(), "must list at least one address"));
+        }
+        for (i, addr) in self.listen.iter().enumerate() {
+            if self.listen[..i].contains(addr) {
+                let list: Vec<String> = self.listen.iter().map(|a| format!("\"{a}\"")).collect();
+                let value = format!("[{}]", list.join(", "));
+                return Err(self.invalid("listen", value, &format!("lists {addr} more than once")));
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(self.invalid("data_dir", "\"\"".to_owned(), "must not be empty"));
+        }
+        for (key, n) in self.mqtt.numbers() {
+            self.check(&format!("mqtt.{key}"), n)?;
+        }
+        let runtime = &self.runtime;
+        self.check(
+            "runtime.io_memory",
+            runtime.io_memory.as_number().unwrap_or(u64::MAX),
+        )?;
+        self.check("runtime.ring_depth", u64::from(runtime.ring_depth))?;
+        self.check(
+            "runtime.max_connections",
+            runtime.max_connections.as_number().unwrap_or(u64::MAX),
+        )?;
+        if self.log.level.trim().is_empty() {
+            let value = format!("\"{}\"", self.log.level);
+            return Err(self.invalid(
+                "log.level",
+                value,
+                "must not be empty (give a level such as \"info\")",
+            ));
+        }
+        for (shard, overrides) in &self.shards {
+            for (key, n) in overrides.numbers() {
+                self.check(&format!("shards.{shard}.{key}"), n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rejects `[shards.N]` tables for shards the broker does not run:
+    /// `N >= shards`. The broker calls it once it knows its shard count
+    /// (which this crate cannot: it depends on the CPUs available).
+    pub fn validate_shards(&self, shards: usize) -> Result<(), ConfigError> {
+        match self.shards.range(shards..).next() {
+            Some((&shard, _)) => {
+                let key = format!("shards.{shard}");
+                Err(ConfigError::NoSuchShard {
+                    at: self.source.locate(&key),
+                    key,
+                    shard,
+                    shards,
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a numeric key against its rule.
+    fn check(&self, key: &str, n: u64) -> Result<(), ConfigError> {
+        match rule(key) {
+            Some(rule) if !rule.allows(n) => {
+                Err(self.invalid(key, n.to_string(), &rule.requirement()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn invalid(&self, key: &str, value: String, requirement: &str) -> ConfigError {
+        ConfigError::OutOfRange {
+            key: key.to_owned(),
+            value,
+            at: self.source.locate(key),
+            requirement: requirement.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            if let toml::Value::Table(sub) = value {
+                paths(&path, sub, out);
+            }
+            out.push(path);
+        }
+    }
+
+    /// Fails when a setting is added without a rule (the rule gives the
+    /// "expected ..." part of its error messages).
+    #[test]
+    fn every_key_has_a_rule() {
+        let mut all = Vec::new();
+        paths(
+            "",
+            &toml::Table::try_from(Config::default()).unwrap(),
+            &mut all,
+        );
+        assert!(all.len() > 20);
+        for path in &all {
+            assert!(rule(path).is_some(), "no rule for `{path}` in RULES");
+            if let Some(key) = path.strip_prefix("mqtt.") {
+                assert!(rule(&format!("shards.0.{key}")).is_some());
+            }
+        }
+        assert!(rule("shards.0").is_some());
+    }
+
+    #[test]
+    fn shard_keys_follow_mqtt_rules() {
+        assert!(std::ptr::eq(
+            rule("shards.7.max_inflight").unwrap(),
+            rule("mqtt.max_inflight").unwrap()
+        ));
+        assert!(matches!(rule("shards.7"), Some(Rule::Text(_))));
+        assert!(rule("mqtt.nope").is_none());
+    }
+
+    #[test]
+    fn phrases() {
+        assert_eq!(
+            rule("mqtt.receive_maximum").unwrap().requirement(),
+            "must be between 1 and 65535"
+        );
+        assert_eq!(
+            rule("mqtt.max_output_buffer").unwrap().requirement(),
+            "must be at least 1024 (bytes)"
+        );
+        assert_eq!(
+            rule("runtime.ring_depth").unwrap().expected(),
+            "an integer that is a power of two between 16 and 4096"
+        );
+        assert_eq!(
+            rule("mqtt.max_queued_messages").unwrap().expected(),
+            "a non-negative integer (messages)"
+        );
+    }
+
+    #[test]
+    fn power_of_two() {
+        let r = rule("runtime.ring_depth").unwrap();
+        assert!(r.allows(16) && r.allows(128) && r.allows(4096));
+        assert!(!r.allows(8) && !r.allows(100) && !r.allows(8192));
+    }
+}

@@ -1,0 +1,684 @@
+//! Tests of the configuration file: defaults, the commented default file,
+//! per-shard overrides, and the errors (key, line and what is allowed).
+
+// The helpers below are test code too (clippy's allow-unwrap-in-tests only
+// covers #[test] functions).
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use vmqtt_config::{Config, ConfigError, LogFormat, MqttConfig};
+
+const ORIGIN: &str = "vmqtt.toml";
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text, ORIGIN)
+}
+
+fn parse_err(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(config) => panic!("expected an error for:\n{text}\ngot {config:?}"),
+        Err(e) => e,
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// The dotted paths of every setting (leaf key) of a TOML table.
+fn leaf_paths(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(sub) => leaf_paths(&path, sub, out),
+            _ => out.push(path),
+        }
+    }
+}
+
+fn default_setting_paths() -> Vec<String> {
+    let table = toml::Table::try_from(Config::default()).unwrap();
+    let mut paths = Vec::new();
+    leaf_paths("", &table, &mut paths);
+    paths
+}
+
+/// A TOML text that sets one dotted setting, with the key on line 3.
+fn text_setting(path: &str, value: &str) -> String {
+    match path.rsplit_once('.') {
+        Some((table, key)) => format!("# comment\n[{table}]\n{key} = {value}\n"),
+        None => format!("# comment\n\n{path} = {value}\n"),
+    }
+}
+
+// ---- the default file ------------------------------------------------------
+
+#[test]
+fn default_file_parses_and_equals_default() {
+    let parsed = parse(Config::DEFAULT_TOML).unwrap();
+    assert_eq!(parsed, Config::default());
+    // Field by field too, in case PartialEq ever goes wrong.
+    assert_eq!(
+        format!("{:?}", parsed.mqtt),
+        format!("{:?}", Config::default().mqtt)
+    );
+    assert_eq!(parsed.listen, [addr("0.0.0.0:1883")]);
+    assert_eq!(parsed.data_dir, Path::new("./data"));
+    assert_eq!(parsed.cores, None);
+    assert_eq!(parsed.log.format, LogFormat::Text);
+    assert_eq!(parsed.log.level, "info");
+    assert!(parsed.shards.is_empty());
+}
+
+#[test]
+fn documented_defaults() {
+    let c = Config::default();
+    let m = &c.mqtt;
+    assert_eq!(m.max_packet_size, 1_048_576);
+    assert_eq!(m.max_keepalive, 0);
+    assert_eq!(m.receive_maximum, 1024);
+    assert_eq!(m.topic_alias_maximum, 64);
+    assert_eq!(m.max_inflight, 1024);
+    assert_eq!(m.max_queued_messages, 1000);
+    assert_eq!(m.max_output_buffer, 262_144);
+    assert_eq!(m.connect_timeout_ms, 10_000);
+    assert_eq!(m.max_session_expiry, u32::MAX);
+    assert!(m.retain_available);
+    assert_eq!(m.sys_interval_ms, 10_000);
+    assert_eq!(c.runtime.io_memory, 512 * 1024);
+    assert_eq!(c.runtime.ring_depth, 128);
+    assert_eq!(c.runtime.max_connections, 1_000_000);
+    c.validate().unwrap();
+}
+
+/// Fails when a field is added to a settings struct but not to vmqtt.toml.
+#[test]
+fn every_setting_is_in_the_default_file_with_a_comment() {
+    let parsed = parse(Config::DEFAULT_TOML).unwrap();
+    let lines: Vec<&str> = Config::DEFAULT_TOML.lines().collect();
+    let paths = default_setting_paths();
+    assert!(
+        paths.len() >= 19 && paths.iter().any(|p| p == "mqtt.max_inflight"),
+        "{paths:?}"
+    );
+    for path in &paths {
+        let line = parsed
+            .source
+            .line_of(path)
+            .unwrap_or_else(|| panic!("`{path}` is missing from config/vmqtt.toml"));
+        let above = lines[line as usize - 2].trim_start();
+        assert!(
+            above.starts_with('#'),
+            "`{path}` (vmqtt.toml line {line}) has no comment above it"
+        );
+    }
+    // And nothing in the file that is not a setting (deny_unknown_fields
+    // already ensures it; this guards the walk above).
+    for key in parsed.source.keys() {
+        let is_table = ["mqtt", "runtime", "log"].contains(&key);
+        assert!(
+            is_table || paths.iter().any(|p| p == key),
+            "unexpected key {key}"
+        );
+    }
+}
+
+#[test]
+fn empty_file_is_the_default() {
+    assert_eq!(parse("").unwrap(), Config::default());
+    assert_eq!(
+        parse("# nothing\n[mqtt]\n[runtime]\n[log]\n").unwrap(),
+        Config::default()
+    );
+}
+
+#[test]
+fn missing_keys_keep_their_defaults() {
+    let c = parse("cores = 4\n[mqtt]\nmax_inflight = 7\n[log]\nformat = \"json\"\n").unwrap();
+    assert_eq!(c.cores, Some(4));
+    assert_eq!(c.mqtt.max_inflight, 7);
+    assert_eq!(c.mqtt.receive_maximum, 1024);
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.log.level, "info");
+    assert_eq!(c.runtime, Config::default().runtime);
+}
+
+#[test]
+fn cores_zero_means_one_per_cpu() {
+    assert_eq!(parse("cores = 0").unwrap().cores, None);
+    assert_eq!(parse("cores = 2").unwrap().cores, Some(2));
+}
+
+#[test]
+fn serialized_config_parses_back() {
+    let mut c = parse("cores = 3\n[shards.1]\nmax_inflight = 9\n").unwrap();
+    c.listen = vec![addr("127.0.0.1:1883"), addr("[::1]:8883")];
+    let text = toml::to_string(&c).unwrap();
+    assert_eq!(parse(&text).unwrap(), c);
+}
+
+#[test]
+fn load_reads_a_file_and_names_it_in_errors() {
+    let dir = std::env::temp_dir().join(format!("vmqtt-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "listen = \"127.0.0.1:1884\"\n").unwrap();
+    assert_eq!(
+        Config::load(&good).unwrap().listen,
+        [addr("127.0.0.1:1884")]
+    );
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "\n[mqtt]\nmax_inflight = 0\n").unwrap();
+    let msg = Config::load(&bad).unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        format!(
+            "mqtt.max_inflight = 0 at {} line 3: must be between 1 and 65535",
+            bad.display()
+        )
+    );
+
+    let missing = dir.join("missing.toml");
+    let err = Config::load(&missing).unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Read { path, .. } if path == &missing),
+        "{err:?}"
+    );
+    assert!(err
+        .to_string()
+        .starts_with(&format!("cannot read config file {}: ", missing.display())));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- listen ----------------------------------------------------------------
+
+#[test]
+fn listen_accepts_a_string_or_an_array() {
+    assert_eq!(
+        parse("listen = \"127.0.0.1:1883\"").unwrap().listen,
+        [addr("127.0.0.1:1883")]
+    );
+    assert_eq!(
+        parse("listen = [\"127.0.0.1:1883\", \"[::1]:1884\"]")
+            .unwrap()
+            .listen,
+        [addr("127.0.0.1:1883"), addr("[::1]:1884")]
+    );
+}
+
+#[test]
+fn bad_socket_address_names_key_and_line() {
+    let err = parse_err("# listeners\nlisten = \"localhost:1883\"\n");
+    let ConfigError::InvalidValue { key, at, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((key.as_str(), at.line), ("listen", Some(2)));
+    assert_eq!(
+        err.to_string(),
+        "listen = \"localhost:1883\" at vmqtt.toml line 2: \"localhost:1883\" is not a socket \
+         address (invalid socket address syntax); expected an IP address and port such as \
+         \"0.0.0.0:1883\" or \"[::]:1883\", or an array of them"
+    );
+
+    // In a multi-line array, the line of the bad element.
+    let err = parse_err("listen = [\n  \"127.0.0.1:1883\",\n  \"127.0.0.1\",\n]\n");
+    let ConfigError::InvalidValue {
+        key, at, problem, ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!((key.as_str(), at.line), ("listen", Some(3)));
+    assert!(
+        problem.contains("\"127.0.0.1\" is not a socket address"),
+        "{problem}"
+    );
+
+    let err = parse_err("listen = 1883\n");
+    assert!(
+        matches!(&err, ConfigError::InvalidValue { key, .. } if key == "listen"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn listen_must_not_be_empty_or_repeat() {
+    let err = parse_err("listen = []\n");
+    assert_eq!(
+        err.to_string(),
+        "listen = [] at vmqtt.toml line 1: must list at least one address"
+    );
+    let err = parse_err("\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n");
+    assert_eq!(
+        err.to_string(),
+        "listen = [\"127.0.0.1:1\", \"127.0.0.1:1\"] at vmqtt.toml line 2: \
+         lists 127.0.0.1:1 more than once"
+    );
+}
+
+// ---- unknown keys ----------------------------------------------------------
+
+#[test]
+fn typo_names_key_line_and_allowed_keys() {
+    let text = "listen = \"127.0.0.1:1883\"\n\n[mqtt]\nmax_inflight = 10\nrecieve_maximum = 5\n";
+    let err = parse_err(text);
+    let ConfigError::UnknownKey {
+        key,
+        at,
+        allowed,
+        suggestion,
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(key, "mqtt.recieve_maximum");
+    assert_eq!(at.line, Some(5));
+    assert_eq!(&*at.origin, ORIGIN);
+    assert_eq!(suggestion.as_deref(), Some("receive_maximum"));
+    assert_eq!(allowed.len(), 11);
+    assert!(allowed.iter().any(|k| k == "receive_maximum"));
+    assert_eq!(
+        err.to_string(),
+        "unknown key `mqtt.recieve_maximum` at vmqtt.toml line 5: did you mean `receive_maximum`? \
+         allowed keys in [mqtt] are max_packet_size, max_keepalive, receive_maximum, \
+         topic_alias_maximum, max_inflight, max_queued_messages, max_output_buffer, \
+         connect_timeout_ms, max_session_expiry, retain_available, sys_interval_ms"
+    );
+}
+
+#[test]
+fn unknown_keys_everywhere() {
+    let err = parse_err("cores = 1\n[storage]\npath = \"x\"\n");
+    assert_eq!(
+        err.to_string(),
+        "unknown key `storage` at vmqtt.toml line 2: allowed keys at the top level are listen, \
+         data_dir, cores, mqtt, runtime, log, shards"
+    );
+    let err = parse_err("[runtime]\nio_mem = 65536\n");
+    assert!(
+        err.to_string().contains("did you mean `io_memory`?"),
+        "{err}"
+    );
+    assert!(
+        matches!(&err, ConfigError::UnknownKey { key, at, suggestion, .. }
+            if key == "runtime.io_mem" && at.line == Some(2) && suggestion.as_deref() == Some("io_memory")),
+        "{err:?}"
+    );
+    let err = parse_err("[shards.2]\nmax_infligt = 3\n");
+    assert!(
+        err.to_string().starts_with(
+            "unknown key `shards.2.max_infligt` at vmqtt.toml line 2: did you mean `max_inflight`? \
+             allowed keys in [shards.2] are max_packet_size,"
+        ),
+        "{err}"
+    );
+    // Inline tables and dotted keys are found as well.
+    let err = parse_err("\nmqtt = { max_inflight = 1, bogus = 2 }\n");
+    assert!(
+        matches!(&err, ConfigError::UnknownKey { key, at, .. }
+        if key == "mqtt.bogus" && at.line == Some(2)),
+        "{err:?}"
+    );
+    let err = parse_err("\n\nlog.colour = true\n");
+    assert!(
+        matches!(&err, ConfigError::UnknownKey { key, at, .. }
+        if key == "log.colour" && at.line == Some(3)),
+        "{err:?}"
+    );
+}
+
+// ---- wrong types -----------------------------------------------------------
+
+#[test]
+fn wrong_type_names_key_line_and_expected() {
+    let err = parse_err("[mqtt]\n\nreceive_maximum = \"many\"\n");
+    assert_eq!(
+        err.to_string(),
+        "mqtt.receive_maximum = \"many\" at vmqtt.toml line 3: invalid type: string \"many\"; \
+         expected an integer between 1 and 65535"
+    );
+    let err = parse_err("[mqtt]\nmax_keepalive = 70000\n");
+    assert_eq!(
+        err.to_string(),
+        "mqtt.max_keepalive = 70000 at vmqtt.toml line 2: invalid value: integer `70000`; \
+         expected an integer between 0 and 65535 (seconds)"
+    );
+    let err = parse_err("[log]\nformat = \"xml\"\n");
+    assert_eq!(
+        err.to_string(),
+        "log.format = \"xml\" at vmqtt.toml line 2: unknown variant `xml`; expected \"text\" or \"json\""
+    );
+    let err = parse_err("[mqtt]\nretain_available = 1\n");
+    assert!(err.to_string().ends_with("expected true or false"), "{err}");
+    let err = parse_err("mqtt = 5\n");
+    assert!(
+        matches!(&err, ConfigError::InvalidValue { key, .. } if key == "mqtt"),
+        "{err:?}"
+    );
+}
+
+/// Every setting, given a value of the wrong type, is named with its line.
+#[test]
+fn wrong_type_for_every_setting() {
+    for path in default_setting_paths() {
+        let err = parse_err(&text_setting(&path, "{ x = 1 }"));
+        match &err {
+            ConfigError::InvalidValue {
+                key, at, expected, ..
+            } => {
+                assert_eq!(key, &path);
+                assert_eq!(at.line, Some(3), "{err}");
+                assert!(!expected.is_empty(), "{err}");
+            }
+            _ => panic!("{path}: {err:?}"),
+        }
+        // Also as a per-shard override, for [mqtt] keys.
+        if let Some(key) = path.strip_prefix("mqtt.") {
+            let err = parse_err(&text_setting(&format!("shards.5.{key}"), "{ x = 1 }"));
+            assert!(
+                matches!(&err, ConfigError::InvalidValue { key: k, at, .. }
+                if *k == format!("shards.5.{key}") && at.line == Some(3)),
+                "{err:?}"
+            );
+        }
+    }
+}
+
+// ---- ranges ----------------------------------------------------------------
+
+/// (setting, rejected values, accepted values, requirement)
+const RANGES: &[(&str, &[&str], &[&str], &str)] = &[
+    (
+        "mqtt.max_packet_size",
+        &["15", "0", "268435461"],
+        &["16", "268435460"],
+        "must be between 16 and 268435460 (bytes)",
+    ),
+    (
+        "mqtt.receive_maximum",
+        &["0"],
+        &["1", "65535"],
+        "must be between 1 and 65535",
+    ),
+    (
+        "mqtt.max_inflight",
+        &["0"],
+        &["1", "65535"],
+        "must be between 1 and 65535",
+    ),
+    (
+        "mqtt.max_output_buffer",
+        &["1023", "0"],
+        &["1024"],
+        "must be at least 1024 (bytes)",
+    ),
+    (
+        "mqtt.connect_timeout_ms",
+        &["0"],
+        &["1"],
+        "must be at least 1 (milliseconds)",
+    ),
+    (
+        "mqtt.sys_interval_ms",
+        &["99", "0"],
+        &["100"],
+        "must be at least 100 (milliseconds)",
+    ),
+    (
+        "runtime.io_memory",
+        &["65535", "0"],
+        &["65536", "8388608"],
+        "must be at least 65536 (bytes)",
+    ),
+    (
+        "runtime.ring_depth",
+        &["8", "100", "8192", "0"],
+        &["16", "1024", "4096"],
+        "must be a power of two between 16 and 4096",
+    ),
+    (
+        "runtime.max_connections",
+        &["0"],
+        &["1", "19000"],
+        "must be at least 1 (connections)",
+    ),
+];
+
+#[test]
+fn out_of_range_for_each_validated_setting() {
+    for (path, bad, good, requirement) in RANGES {
+        for value in *bad {
+            let err = parse_err(&text_setting(path, value));
+            assert_eq!(
+                err.to_string(),
+                format!("{path} = {value} at vmqtt.toml line 3: {requirement}"),
+                "{err:?}"
+            );
+        }
+        for value in *good {
+            parse(&text_setting(path, value)).unwrap_or_else(|e| panic!("{path} = {value}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn out_of_range_in_a_shard_override() {
+    for (path, bad, good, requirement) in RANGES {
+        let Some(key) = path.strip_prefix("mqtt.") else {
+            continue;
+        };
+        let shard_key = format!("shards.3.{key}");
+        for value in *bad {
+            let err = parse_err(&text_setting(&shard_key, value));
+            assert_eq!(
+                err.to_string(),
+                format!("{shard_key} = {value} at vmqtt.toml line 3: {requirement}")
+            );
+        }
+        for value in *good {
+            parse(&text_setting(&shard_key, value)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn empty_strings_are_rejected() {
+    let err = parse_err("[log]\nlevel = \"  \"\n");
+    assert_eq!(
+        err.to_string(),
+        "log.level = \"  \" at vmqtt.toml line 2: must not be empty (give a level such as \"info\")"
+    );
+    let err = parse_err("data_dir = \"\"\n");
+    assert_eq!(
+        err.to_string(),
+        "data_dir = \"\" at vmqtt.toml line 1: must not be empty"
+    );
+}
+
+#[test]
+fn unlimited_settings_take_their_whole_type() {
+    let c = parse(
+        "[mqtt]\nmax_keepalive = 65535\ntopic_alias_maximum = 0\nmax_queued_messages = 0\n\
+         max_session_expiry = 0\nretain_available = false\n",
+    )
+    .unwrap();
+    assert_eq!(c.mqtt.max_keepalive, 65535);
+    assert_eq!(c.mqtt.max_session_expiry, 0);
+    assert!(!c.mqtt.retain_available);
+}
+
+#[test]
+fn validate_in_code_has_no_location() {
+    let mut c = Config::default();
+    c.mqtt.receive_maximum = 0;
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "mqtt.receive_maximum = 0: must be between 1 and 65535"
+    );
+    // A config read from a file keeps its locations after a change in code.
+    let mut c = parse("\n[runtime]\nring_depth = 64\n").unwrap();
+    c.runtime.ring_depth = 65;
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "runtime.ring_depth = 65 at vmqtt.toml line 3: must be a power of two between 16 and 4096"
+    );
+}
+
+// ---- per-shard overrides ---------------------------------------------------
+
+/// An [mqtt] with every value different from the default.
+fn changed_mqtt() -> MqttConfig {
+    let d = MqttConfig::default();
+    MqttConfig {
+        max_packet_size: d.max_packet_size + 1,
+        max_keepalive: d.max_keepalive + 1,
+        receive_maximum: d.receive_maximum + 1,
+        topic_alias_maximum: d.topic_alias_maximum + 1,
+        max_inflight: d.max_inflight + 1,
+        max_queued_messages: d.max_queued_messages + 1,
+        max_output_buffer: d.max_output_buffer + 1,
+        connect_timeout_ms: d.connect_timeout_ms + 1,
+        max_session_expiry: d.max_session_expiry - 1,
+        retain_available: !d.retain_available,
+        sys_interval_ms: d.sys_interval_ms + 1,
+    }
+}
+
+#[test]
+fn every_mqtt_key_can_be_overridden_for_one_shard_only() {
+    let changed = changed_mqtt();
+    let body = toml::to_string(&changed).unwrap();
+    let c = parse(&format!("cores = 3\n[shards.1]\n{body}")).unwrap();
+    assert_eq!(c.mqtt_for_shard(1), changed);
+    assert_eq!(c.mqtt_for_shard(0), MqttConfig::default());
+    assert_eq!(c.mqtt_for_shard(2), MqttConfig::default());
+    assert_eq!(c.mqtt, MqttConfig::default());
+}
+
+#[test]
+fn override_keeps_the_other_mqtt_keys() {
+    let text =
+        "[mqtt]\nmax_inflight = 100\nreceive_maximum = 200\n\n[shards.0]\nmax_inflight = 5\n\n\
+                [shards.2]\nretain_available = false\n";
+    let c = parse(text).unwrap();
+    let s0 = c.mqtt_for_shard(0);
+    assert_eq!(
+        (s0.max_inflight, s0.receive_maximum, s0.retain_available),
+        (5, 200, true)
+    );
+    let s1 = c.mqtt_for_shard(1);
+    assert_eq!(
+        (s1.max_inflight, s1.receive_maximum, s1.retain_available),
+        (100, 200, true)
+    );
+    let s2 = c.mqtt_for_shard(2);
+    assert_eq!(
+        (s2.max_inflight, s2.receive_maximum, s2.retain_available),
+        (100, 200, false)
+    );
+    assert_eq!(c.mqtt_for_shard(99), c.mqtt);
+    // The same overrides written as an inline table or dotted keys.
+    let inline = parse("[mqtt]\nmax_inflight = 100\nreceive_maximum = 200\n[shards]\n0 = { max_inflight = 5 }\n2 = { retain_available = false }\n").unwrap();
+    assert_eq!(inline, c);
+    let dotted = parse("mqtt.max_inflight = 100\nmqtt.receive_maximum = 200\nshards.0.max_inflight = 5\nshards.2.retain_available = false\n").unwrap();
+    assert_eq!(dotted, c);
+}
+
+#[test]
+fn shard_table_names_must_be_numbers() {
+    for name in ["x", "-1", "03", "\"+3\"", "\"1.5\"", "\"\"", "\" 1\""] {
+        let err = parse_err(&format!("[mqtt]\n\n[shards.{name}]\nmax_inflight = 3\n"));
+        let ConfigError::BadShardName { key, at } = &err else {
+            panic!("{name}: {err:?}")
+        };
+        assert_eq!(at.line, Some(3), "{err}");
+        assert!(key.starts_with("shards."), "{err}");
+    }
+    let err = parse_err("[mqtt]\n\n[shards.x]\nmax_inflight = 3\n");
+    assert_eq!(
+        err.to_string(),
+        "[shards.x] at vmqtt.toml line 3: a per-shard table must be named by a shard number \
+         written without sign or leading zeros, like [shards.0]"
+    );
+    let err = parse_err("[shards]\nx = { max_inflight = 3 }\n");
+    assert!(
+        matches!(&err, ConfigError::BadShardName { key, at } if key == "shards.x" && at.line == Some(2)),
+        "{err:?}"
+    );
+    let err = parse_err("\nshards = 5\n");
+    assert!(
+        matches!(&err, ConfigError::InvalidValue { key, at, .. } if key == "shards" && at.line == Some(2)),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn validate_shards_rejects_shards_beyond_the_count() {
+    let c = parse("[shards.0]\nmax_inflight = 1\n\n[shards.3]\nmax_inflight = 2\n").unwrap();
+    c.validate_shards(4).unwrap();
+    c.validate_shards(100).unwrap();
+    let err = c.validate_shards(3).unwrap_err();
+    let ConfigError::NoSuchShard {
+        key,
+        at,
+        shard,
+        shards,
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        (key.as_str(), at.line, *shard, *shards),
+        ("shards.3", Some(4), 3, 3)
+    );
+    assert_eq!(
+        err.to_string(),
+        "[shards.3] at vmqtt.toml line 4: there is no shard 3: the broker runs 3 shards, numbered 0 to 2"
+    );
+    assert_eq!(
+        c.validate_shards(1).unwrap_err().to_string(),
+        "[shards.3] at vmqtt.toml line 4: there is no shard 3: the broker runs 1 shard, numbered 0"
+    );
+    Config::default().validate_shards(1).unwrap();
+}
+
+// ---- syntax ----------------------------------------------------------------
+
+#[test]
+fn syntax_error_names_line_and_column() {
+    let err = parse_err("[mqtt]\nmax_inflight = 5\n[runtime\n");
+    let ConfigError::Syntax { at, column, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((at.line, *column), (Some(3), 9));
+    assert_eq!(
+        err.to_string(),
+        "TOML syntax error at vmqtt.toml line 3, column 9 (`[runtime`): invalid table header; \
+         expected `.`, `]`"
+    );
+    let err = parse_err("[mqtt]\nmax_inflight = 5\nmax_inflight = 6\n");
+    assert_eq!(
+        err.to_string(),
+        "TOML syntax error at vmqtt.toml line 3, column 1 (`max_inflight = 6`): duplicate key \
+         `max_inflight` in table `mqtt`"
+    );
+}
+
+#[test]
+fn equality_ignores_where_a_config_came_from() {
+    let a = Config::from_toml_str("cores = 2", "a.toml").unwrap();
+    let b = Config::from_toml_str("\n\n\ncores = 2", "b.toml").unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.source.origin(), "a.toml");
+    assert_eq!(
+        (a.source.line_of("cores"), b.source.line_of("cores")),
+        (Some(1), Some(4))
+    );
+}

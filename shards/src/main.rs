@@ -1,0 +1,226 @@
+//! `vmqtt-shard`: the vmqtt MQTT broker.
+//!
+//! One glommio executor per core, pinned to a CPU of the process's affinity
+//! mask; see ARCHITECTURE.md for how connections, sessions and publishes
+//! move between them.
+
+mod notify;
+mod runtime;
+mod sys;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::{error, info, warn};
+
+use vmqtt::broker::CoreConfig;
+use vmqtt_config::{Config, LogFormat, MqttConfig};
+
+/// The vmqtt MQTT broker (MQTT 3.1, 3.1.1 and 5.0).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Number of shards (one per core); default: every CPU this process may
+    /// run on (its affinity mask).
+    #[arg(long, env = "VMQTT_CORES")]
+    cores: Option<usize>,
+    /// Configuration file (TOML); default: the embedded default.
+    #[arg(long, env = "VMQTT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (repeatable); overrides `listen` in the file.
+    #[arg(long, env = "VMQTT_LISTEN", value_delimiter = ',')]
+    listen: Vec<SocketAddr>,
+    /// Data directory; overrides `data_dir` in the file.
+    #[arg(long, env = "VMQTT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validates a configuration file and exits.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn core_config(m: &MqttConfig, instance: u64) -> CoreConfig {
+    CoreConfig {
+        max_packet_size: m.max_packet_size,
+        max_keepalive: m.max_keepalive,
+        receive_maximum: m.receive_maximum,
+        topic_alias_maximum: m.topic_alias_maximum,
+        max_inflight: m.max_inflight,
+        max_queued_messages: m.max_queued_messages,
+        max_output_buffer: m.max_output_buffer,
+        connect_timeout: Duration::from_millis(m.connect_timeout_ms),
+        max_session_expiry: m.max_session_expiry,
+        retain_available: m.retain_available,
+        sys_interval: Duration::from_millis(m.sys_interval_ms),
+        instance,
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        return match Config::load(file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("vmqtt-shard: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !cli.listen.is_empty() {
+        config.listen = cli.listen.clone();
+    }
+    if let Some(d) = &cli.data_dir {
+        config.data_dir = d.clone();
+    }
+    init_logging(&config);
+
+    let cpus = sys::allowed_cpus().context("reading the CPU affinity mask")?;
+    if cpus.is_empty() {
+        bail!("the process affinity mask has no CPU");
+    }
+    let shards = match cli.cores.or(config.cores).filter(|&n| n > 0) {
+        Some(n) if n > cpus.len() => bail!(
+            "--cores {n} but this process may run on only {} CPU(s) ({:?})",
+            cpus.len(),
+            cpus
+        ),
+        Some(n) => n,
+        None => cpus.len(),
+    };
+    config.validate_shards(shards)?;
+
+    let (soft, hard) = sys::raise_nofile_limit().context("raising the open-file limit")?;
+    let wanted = config.runtime.max_connections as u64 + 64;
+    if wanted > soft {
+        warn!(
+            open_files = soft,
+            hard_limit = hard,
+            max_connections = config.runtime.max_connections,
+            "the open-file limit caps connections below runtime.max_connections"
+        );
+    }
+    let mut io_memory = config.runtime.io_memory;
+    if let Some(memlock) = sys::memlock_limit()? {
+        // glommio locks its io memory; leave half the limit for the rest.
+        let fit = (memlock / 2 / shards as u64) as usize;
+        if io_memory > fit {
+            warn!(
+                io_memory,
+                fit, memlock, "runtime.io_memory lowered to fit RLIMIT_MEMLOCK"
+            );
+            io_memory = fit.max(64 * 1024);
+        }
+    }
+
+    let signals = sys::block_signals().context("blocking signals")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mesh = MeshBuilder::full(shards, 1024);
+    let instance = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    for (index, &cpu) in cpus.iter().take(shards).enumerate() {
+        let spec = runtime::ShardSpec {
+            index,
+            shards,
+            listen: config.listen.clone(),
+            core: core_config(&config.mqtt_for_shard(index), instance),
+            mesh: mesh.clone(),
+            stop: stop.clone(),
+            ready: ready_tx.clone(),
+        };
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("vmqtt-shard-{index}"))
+            .io_memory(io_memory)
+            .ring_depth(config.runtime.ring_depth as usize)
+            .spawn(move || runtime::run(spec))
+            .map_err(|e| anyhow::anyhow!("starting shard {index} on CPU {cpu}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..shards {
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some("a shard did not start".to_string()),
+        }
+    }
+    if let Some(e) = failure {
+        stop.store(true, Ordering::Relaxed);
+        bail!("{e}");
+    }
+    info!(
+        shards,
+        cpus = ?&cpus[..shards],
+        listen = ?config.listen,
+        data_dir = %config.data_dir.display(),
+        "vmqtt listening"
+    );
+
+    loop {
+        let sig = sys::wait_for_signal(&signals)?;
+        if sig == libc::SIGHUP {
+            info!("SIGHUP: configuration reload is not supported yet; ignoring");
+            continue;
+        }
+        info!(signal = sig, "stopping");
+        break;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        if h.join().is_err() {
+            warn!("a shard ended with an error");
+        }
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,445 @@
+//! One shard's executor: listeners, connection tasks, the channel mesh to the
+//! other shards and the timer, all around a [`ShardCore`] that makes every
+//! MQTT decision. This layer only moves bytes, timers and messages.
+//!
+//! Everything here is shard-local (`Rc`, `RefCell`) except [`MeshMsg`],
+//! which is what crosses cores.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{spawn_local, timer};
+use tracing::{debug, info, warn};
+
+use vmqtt::broker::{
+    route_connect, CloseReason, ConnId, ConnectRoute, CoreConfig, IoEvent, ShardCore, ShardId,
+    ShardMsg,
+};
+
+use crate::notify::Notify;
+
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 4096;
+
+/// What crosses cores over the mesh.
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// Start-up: tells the receiver which shard index this mesh peer is.
+    Hello(usize),
+    /// A batch of MQTT work for the receiving shard.
+    Batch(Vec<ShardMsg>),
+    /// A connection whose CONNECT names a client id homed on the receiver,
+    /// with every byte read from it so far.
+    Handoff(Handoff),
+}
+
+/// A socket moving to its home shard. `Send`: an owned descriptor and bytes.
+#[derive(Debug)]
+pub struct Handoff {
+    fd: OwnedFd,
+    buf: BytesMut,
+}
+
+/// What one shard needs to start.
+#[derive(Debug)]
+pub struct ShardSpec {
+    /// This shard's index.
+    pub index: usize,
+    /// Number of shards.
+    pub shards: usize,
+    /// Addresses to listen on (one SO_REUSEPORT socket per shard each).
+    pub listen: Vec<SocketAddr>,
+    /// MQTT settings of this shard.
+    pub core: CoreConfig,
+    /// The channel mesh shared by all shards.
+    pub mesh: MeshBuilder<MeshMsg, Full>,
+    /// Set by the main thread to stop.
+    pub stop: Arc<AtomicBool>,
+    /// Start-up result, sent once listeners are bound.
+    pub ready: mpsc::Sender<Result<usize, String>>,
+}
+
+struct ConnIo {
+    notify: Notify,
+    close: Cell<bool>,
+    dead: Cell<bool>,
+    fd: RawFd,
+}
+
+/// The executor-local state of a shard.
+struct Shard {
+    index: usize,
+    shards: usize,
+    core: RefCell<ShardCore>,
+    conns: RefCell<HashMap<ConnId, Rc<ConnIo>>>,
+    outq: RefCell<Vec<(usize, MeshMsg)>>,
+    out_notify: Notify,
+    timer_notify: Notify,
+    timer_at: Cell<Option<Instant>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Shard {
+    /// Acts on everything the core produced: wakes writers, closes
+    /// connections, queues batches for other shards, re-arms the timer.
+    fn after(&self) {
+        let mut core = self.core.borrow_mut();
+        let conns = self.conns.borrow();
+        while let Some(ev) = core.poll_event() {
+            match ev {
+                IoEvent::Wake(c) => {
+                    if let Some(io) = conns.get(&c) {
+                        io.notify.notify();
+                    }
+                }
+                IoEvent::Close(c, reason) => {
+                    log_close(self.index, c, reason);
+                    if let Some(io) = conns.get(&c) {
+                        io.close.set(true);
+                        io.notify.notify();
+                    }
+                }
+            }
+        }
+        let mut queued = false;
+        for (to, msgs) in core.poll_shard_msgs() {
+            self.outq
+                .borrow_mut()
+                .push((to.get(), MeshMsg::Batch(msgs)));
+            queued = true;
+        }
+        if queued {
+            self.out_notify.notify();
+        }
+        if let Some(next) = core.poll_timeout() {
+            // `None` means the timer task is running now and re-reads the
+            // deadline itself.
+            if self.timer_at.get().is_some_and(|t| next < t) {
+                self.timer_notify.notify();
+            }
+        }
+    }
+}
+
+fn log_close(shard: usize, conn: ConnId, reason: CloseReason) {
+    match reason {
+        CloseReason::ClientDisconnect => debug!(shard, conn = conn.0, "client disconnected"),
+        other => info!(shard, conn = conn.0, reason = ?other, "closing connection"),
+    }
+}
+
+/// Runs one shard until the stop flag is set.
+pub async fn run(spec: ShardSpec) {
+    let ShardSpec {
+        index,
+        shards,
+        listen,
+        core,
+        mesh,
+        stop,
+        ready,
+    } = spec;
+    let (senders, receivers) = match mesh.join().await {
+        Ok(x) => x,
+        Err(_) => {
+            let _ = ready.send(Err(format!(
+                "shard {index}: joining the channel mesh failed"
+            )));
+            return;
+        }
+    };
+    // Learn which mesh peer is which shard.
+    let me = senders.peer_id();
+    for peer in 0..senders.nr_consumers() {
+        if peer != me {
+            let _ = senders.send_to(peer, MeshMsg::Hello(index)).await;
+        }
+    }
+    let mut peer_of_shard = vec![me; shards];
+    for peer in 0..receivers.nr_producers() {
+        if peer == me {
+            continue;
+        }
+        if let Ok(Some(MeshMsg::Hello(i))) = receivers.recv_from(peer).await {
+            if let Some(slot) = peer_of_shard.get_mut(i) {
+                *slot = peer;
+            }
+        }
+    }
+
+    let connect_timeout = core.connect_timeout;
+    let max_packet = core.max_packet_size;
+    let shard = Rc::new(Shard {
+        index,
+        shards,
+        core: RefCell::new(ShardCore::new(
+            ShardId::new(index as u16),
+            shards,
+            core,
+            Instant::now(),
+        )),
+        conns: RefCell::new(HashMap::new()),
+        outq: RefCell::new(Vec::new()),
+        out_notify: Notify::default(),
+        timer_notify: Notify::default(),
+        timer_at: Cell::new(None),
+        stop,
+    });
+
+    let mut listeners = Vec::new();
+    for addr in &listen {
+        match TcpListener::bind(addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                let _ = ready.send(Err(format!("shard {index}: cannot listen on {addr}: {e}")));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(index));
+
+    let receivers = Rc::new(receivers);
+    for peer in 0..receivers.nr_producers() {
+        if peer != me {
+            spawn_local(receive_loop(shard.clone(), receivers.clone(), peer)).detach();
+        }
+    }
+    spawn_local(send_loop(shard.clone(), senders, peer_of_shard)).detach();
+    for l in listeners {
+        spawn_local(accept_loop(shard.clone(), l, connect_timeout, max_packet)).detach();
+    }
+    debug!(shard = index, "running");
+    timer_loop(shard.clone()).await;
+    info!(shard = index, "shard stopped");
+}
+
+async fn receive_loop(shard: Rc<Shard>, receivers: Rc<Receivers<MeshMsg>>, peer: usize) {
+    loop {
+        match receivers.recv_from(peer).await {
+            Ok(Some(MeshMsg::Batch(msgs))) => {
+                shard
+                    .core
+                    .borrow_mut()
+                    .handle_shard_msgs(Instant::now(), msgs);
+                shard.after();
+            }
+            Ok(Some(MeshMsg::Handoff(h))) => {
+                // SAFETY: the descriptor was dup'ed for this handoff and is
+                // owned by `h.fd` alone; ownership moves into the stream.
+                let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
+                spawn_local(serve(shard.clone(), stream, h.buf)).detach();
+            }
+            Ok(Some(MeshMsg::Hello(_))) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+async fn send_loop(shard: Rc<Shard>, senders: Senders<MeshMsg>, peer_of_shard: Vec<usize>) {
+    loop {
+        shard.out_notify.wait().await;
+        let batch = std::mem::take(&mut *shard.outq.borrow_mut());
+        for (to, msg) in batch {
+            let Some(&peer) = peer_of_shard.get(to) else {
+                continue;
+            };
+            // Awaiting a full channel is the backpressure between shards.
+            if senders.send_to(peer, msg).await.is_err() {
+                warn!(shard = shard.index, to, "shard channel closed");
+            }
+        }
+    }
+}
+
+async fn timer_loop(shard: Rc<Shard>) {
+    let tick = Duration::from_millis(200);
+    loop {
+        let now = Instant::now();
+        let next = shard
+            .core
+            .borrow()
+            .poll_timeout()
+            .map_or(now + tick, |t| t.min(now + tick));
+        shard.timer_at.set(Some(next));
+        let wait = next.saturating_duration_since(now);
+        futures_lite::future::or(timer::sleep(wait), shard.timer_notify.wait()).await;
+        shard.timer_at.set(None);
+        shard.core.borrow_mut().handle_timeout(Instant::now());
+        shard.after();
+        glommio::yield_if_needed().await;
+        if shard.stop.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connect_timeout: Duration, max: u32) {
+    debug!(shard = shard.index, addr = ?listener.local_addr().ok(), "accepting");
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                debug!(shard = shard.index, peer = ?stream.peer_addr().ok(), "accepted");
+                spawn_local(first_bytes(shard.clone(), stream, connect_timeout, max)).detach();
+            }
+            Err(e) => {
+                // Out of descriptors and the like: back off, keep serving.
+                warn!(shard = shard.index, error = %e, "accept failed");
+                timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Reads a new connection until its CONNECT shows the home shard, then
+/// serves it here or hands it over.
+async fn first_bytes(shard: Rc<Shard>, mut stream: TcpStream, timeout: Duration, max: u32) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(timeout));
+    let mut buf = BytesMut::new();
+    loop {
+        match route_connect(&buf, shard.shards, max) {
+            ConnectRoute::NeedMore => {
+                if read_some(&mut stream, &mut buf).await.is_none() {
+                    return; // closed or timed out before CONNECT
+                }
+            }
+            ConnectRoute::Shard(home) if home.get() != shard.index => {
+                let fd = stream.as_raw_fd();
+                // SAFETY: `fd` is the open socket of `stream`; dup returns a
+                // new descriptor that we own (or -1, checked below).
+                let dup = unsafe { libc::dup(fd) };
+                if dup < 0 {
+                    warn!(
+                        shard = shard.index,
+                        "dup failed: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    return;
+                }
+                drop(stream);
+                // SAFETY: `dup` is a fresh descriptor owned by nothing else.
+                let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+                shard
+                    .outq
+                    .borrow_mut()
+                    .push((home.get(), MeshMsg::Handoff(Handoff { fd, buf })));
+                shard.out_notify.notify();
+                return;
+            }
+            _ => break,
+        }
+    }
+    let _ = stream.set_read_timeout(None);
+    serve(shard, stream, buf).await;
+}
+
+/// Reads more bytes into `buf`; `None` on EOF, error or timeout.
+async fn read_some<R: futures_lite::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+) -> Option<usize> {
+    let len = buf.len();
+    buf.resize(len + READ_CHUNK, 0);
+    match r.read(&mut buf[len..]).await {
+        Ok(0) | Err(_) => {
+            buf.truncate(len);
+            None
+        }
+        Ok(n) => {
+            buf.truncate(len + n);
+            Some(n)
+        }
+    }
+}
+
+/// Serves a connection on its home shard until either side closes it.
+async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let conn = shard.core.borrow_mut().handle_open(Instant::now());
+    debug!(
+        shard = shard.index,
+        conn = conn.0,
+        buffered = buf.len(),
+        "serving"
+    );
+    let io = Rc::new(ConnIo {
+        notify: Notify::default(),
+        close: Cell::new(false),
+        dead: Cell::new(false),
+        fd,
+    });
+    shard.conns.borrow_mut().insert(conn, io.clone());
+    let (mut rd, wr) = futures_lite::io::split(stream);
+    spawn_local(write_loop(shard.clone(), conn, io.clone(), wr)).detach();
+
+    if !buf.is_empty() {
+        shard
+            .core
+            .borrow_mut()
+            .handle_bytes(Instant::now(), conn, &mut buf);
+        shard.after();
+    }
+    while !io.dead.get() && !io.close.get() {
+        if read_some(&mut rd, &mut buf).await.is_none() {
+            break;
+        }
+        shard
+            .core
+            .borrow_mut()
+            .handle_bytes(Instant::now(), conn, &mut buf);
+        shard.after();
+        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+            buf = BytesMut::new(); // give back memory after a large packet
+        }
+    }
+    io.dead.set(true);
+    io.notify.notify();
+    shard.core.borrow_mut().handle_closed(Instant::now(), conn);
+    shard.after();
+}
+
+async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
+    shard: Rc<Shard>,
+    conn: ConnId,
+    io: Rc<ConnIo>,
+    mut wr: W,
+) {
+    'outer: loop {
+        io.notify.wait().await;
+        loop {
+            let out = shard.core.borrow_mut().take_output(Instant::now(), conn);
+            shard.after();
+            let Some(out) = out else { break };
+            debug!(
+                shard = shard.index,
+                conn = conn.0,
+                bytes = out.len(),
+                "writing"
+            );
+            if wr.write_all(&out).await.is_err() {
+                break 'outer;
+            }
+        }
+        if io.close.get() || io.dead.get() {
+            break;
+        }
+    }
+    let _ = wr.flush().await;
+    // Wake the reader (a pending read returns 0) so both halves end.
+    // SAFETY: `io.fd` is the socket of this connection; the reader half still
+    // owns it, so the descriptor is open.
+    unsafe { libc::shutdown(io.fd, libc::SHUT_RDWR) };
+    io.dead.set(true);
+    shard.conns.borrow_mut().remove(&conn);
+}
