@@ -72,6 +72,9 @@ impl PubResponse {
         if !version.is_v5() {
             return Ok(2);
         }
+        // The set depends on the packet type, which the Packet variant knows;
+        // PUBACK/PUBREC and PUBREL/PUBCOMP sets together are checked here and
+        // the exact set in `Packet::encode`.
         if self.properties.is_empty() {
             // The shortest form: omit a success reason code, and omit the
             // property length when there are no properties.

@@ -34,6 +34,14 @@ impl Auth {
         if !version.is_v5() {
             return Err(EncodeError::NotInVersion("AUTH"));
         }
+        super::check_reason(self.reason, ReasonSet::Auth)?;
+        if self.properties.authentication_data.is_some()
+            && self.properties.authentication_method.is_none()
+        {
+            return Err(EncodeError::InvalidValue(
+                "authentication data without method",
+            ));
+        }
         Ok(
             match (
                 self.reason == ReasonCode::SUCCESS,

@@ -62,6 +62,23 @@ impl ConnAck {
     }
 
     pub(crate) fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        if version.is_v5() {
+            super::check_reason(self.reason, ReasonSet::ConnAck)?;
+            let p = &self.properties;
+            if p.maximum_qos == Some(crate::codec::QoS::ExactlyOnce) {
+                return Err(EncodeError::InvalidValue("Maximum QoS 2 (absent means 2)"));
+            }
+            if p.receive_maximum == Some(0) || p.maximum_packet_size == Some(0) {
+                return Err(EncodeError::InvalidValue(
+                    "Receive Maximum or Maximum Packet Size 0",
+                ));
+            }
+            if p.authentication_data.is_some() && p.authentication_method.is_none() {
+                return Err(EncodeError::InvalidValue(
+                    "authentication data without method",
+                ));
+            }
+        }
         Ok(2 + if version.is_v5() {
             self.properties.encoded_len()?
         } else {

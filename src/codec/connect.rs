@@ -180,6 +180,20 @@ impl Connect {
         if !v5 && self.password.is_some() && self.username.is_none() {
             return Err(EncodeError::NotInVersion("password without user name"));
         }
+        let p = &self.properties;
+        if v5 && (p.receive_maximum == Some(0) || p.maximum_packet_size == Some(0)) {
+            return Err(EncodeError::InvalidValue(
+                "Receive Maximum or Maximum Packet Size 0",
+            ));
+        }
+        if v5 && p.authentication_data.is_some() && p.authentication_method.is_none() {
+            return Err(EncodeError::InvalidValue(
+                "authentication data without method",
+            ));
+        }
+        if self.will.as_ref().is_some_and(|w| w.topic.is_empty()) {
+            return Err(EncodeError::InvalidValue("empty will topic"));
+        }
         let mut len = prefixed_len(self.protocol.protocol_name().len()) + 1 + 1 + 2;
         if v5 {
             len += self.properties.encoded_len()?;

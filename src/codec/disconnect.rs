@@ -41,6 +41,7 @@ impl Disconnect {
         if !version.is_v5() {
             return Ok(0);
         }
+        super::check_reason(self.reason, ReasonSet::Disconnect)?;
         Ok(
             match (
                 self.reason == ReasonCode::NORMAL_DISCONNECTION,

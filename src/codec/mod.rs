@@ -279,6 +279,17 @@ impl Packet {
         if body > VARINT_MAX as usize {
             return Err(EncodeError::PacketTooLarge(body));
         }
+        if version.is_v5() {
+            match self {
+                Packet::PubAck(r) | Packet::PubRec(r) => {
+                    check_reason(r.reason, ReasonSet::PubAckRec)?
+                }
+                Packet::PubRel(r) | Packet::PubComp(r) => {
+                    check_reason(r.reason, ReasonSet::PubRelComp)?
+                }
+                _ => {}
+            }
+        }
         buf.reserve(1 + wire::varint_len(body as u32) + body);
         buf.put_u8(self.first_byte());
         wire::put_varint(buf, body as u32);
@@ -442,6 +453,18 @@ pub fn decode_body(
 /// Reads a non-zero packet identifier.
 pub(crate) fn read_packet_id(buf: &mut Bytes) -> Result<crate::PacketId, DecodeError> {
     crate::PacketId::new(wire::read_u16(buf)?).ok_or(DecodeError::ZeroPacketId)
+}
+
+/// Refuses to encode a v5 reason code that `set` does not allow: the peer
+/// would reject the packet as malformed.
+pub(crate) fn check_reason(rc: ReasonCode, set: ReasonSet) -> Result<(), EncodeError> {
+    if rc.valid_for(set) {
+        Ok(())
+    } else {
+        Err(EncodeError::InvalidValue(
+            "reason code not allowed in this packet",
+        ))
+    }
 }
 
 /// Checks a decoded reason code against the set allowed for `packet`.

@@ -731,6 +731,11 @@ pub struct PublishProperties {
 impl PublishProperties {
     pub(crate) fn decode(buf: &mut Bytes) -> Result<Self, DecodeError> {
         let mut p = Self::default();
+        // Most publishes carry no property: a property length of 0.
+        if buf.first() == Some(&0) {
+            bytes::Buf::advance(buf, 1);
+            return Ok(p);
+        }
         decode(buf, Ctx::Publish, |pid, v| {
             match pid {
                 id::PAYLOAD_FORMAT_INDICATOR => p.payload_format_indicator = Some(v.flag(pid)?),
@@ -752,7 +757,14 @@ impl PublishProperties {
 
     /// `true` when no property is set (the common case on the hot path).
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        self.payload_format_indicator.is_none()
+            && self.message_expiry_interval.is_none()
+            && self.topic_alias.is_none()
+            && self.response_topic.is_none()
+            && self.correlation_data.is_none()
+            && self.user_properties.is_empty()
+            && self.subscription_identifiers.is_empty()
+            && self.content_type.is_none()
     }
 }
 

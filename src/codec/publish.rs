@@ -110,7 +110,18 @@ impl Publish {
             len += 2;
         }
         if version.is_v5() {
-            len += self.properties.encoded_len()?;
+            if self.properties.topic_alias == Some(0)
+                || (self.topic.is_empty() && self.properties.topic_alias.is_none())
+            {
+                return Err(EncodeError::InvalidValue(
+                    "empty topic needs a non-zero topic alias",
+                ));
+            }
+            len += if self.properties.is_empty() {
+                1
+            } else {
+                self.properties.encoded_len()?
+            };
         } else if self.topic.is_empty() {
             return Err(EncodeError::NotInVersion("empty topic name"));
         }
@@ -123,8 +134,12 @@ impl Publish {
             buf.put_u16(self.packet_id.map_or(0, PacketId::get));
         }
         if version.is_v5() {
-            let len = self.properties.body_len().unwrap_or(0);
-            self.properties.write(len, buf);
+            if self.properties.is_empty() {
+                buf.put_u8(0);
+            } else {
+                let len = self.properties.body_len().unwrap_or(0);
+                self.properties.write(len, buf);
+            }
         }
         buf.put_slice(&self.payload);
     }

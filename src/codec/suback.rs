@@ -59,6 +59,11 @@ impl SubAck {
         if self.reasons.is_empty() {
             return Err(EncodeError::InvalidValue("SUBACK without reason codes"));
         }
+        if version.is_v5() {
+            for rc in &self.reasons {
+                super::check_reason(*rc, ReasonSet::SubAck)?;
+            }
+        }
         let props = if version.is_v5() {
             self.properties.encoded_len()?
         } else {

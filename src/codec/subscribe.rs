@@ -125,7 +125,12 @@ impl Subscribe {
         if version.is_v5() {
             len += self.properties.encoded_len()?;
         }
-        for (f, _) in &self.filters {
+        for (f, o) in &self.filters {
+            if o.no_local && f.is_shared() {
+                return Err(EncodeError::InvalidValue(
+                    "no local on a shared subscription",
+                ));
+            }
             check_prefixed(f.len(), "topic filter")?;
             len += prefixed_len(f.len()) + 1;
         }

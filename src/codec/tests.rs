@@ -1086,6 +1086,42 @@ fn encode_rejects_what_the_wire_cannot_carry() {
 }
 
 #[test]
+fn encode_refuses_what_the_decoder_would_reject() {
+    let mut out = BytesMut::new();
+    let mut ack = ConnAck::accept(false);
+    ack.properties.maximum_qos = Some(QoS::ExactlyOnce);
+    assert!(Packet::ConnAck(ack).encode(V5, &mut out).is_err());
+    assert!(Packet::ConnAck(ConnAck::refuse(ReasonCode(0x8e)))
+        .encode(V5, &mut out)
+        .is_err());
+    let p = Publish::new(TopicName::empty(), Bytes::new());
+    assert!(Packet::Publish(p).encode(V5, &mut out).is_err());
+    let r = PubResponse::with_reason(pid(1), ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
+    assert!(Packet::PubAck(r.clone()).encode(V5, &mut out).is_err());
+    assert!(Packet::PubRel(r).encode(V5, &mut out).is_ok());
+    out.clear();
+    let sub = Subscribe {
+        packet_id: pid(1),
+        properties: Default::default(),
+        filters: vec![(
+            filter("$share/g/a"),
+            SubscriptionOptions {
+                no_local: true,
+                ..Default::default()
+            },
+        )],
+    };
+    assert!(Packet::Subscribe(sub).encode(V5, &mut out).is_err());
+    assert!(Packet::Disconnect(Disconnect::new(ReasonCode(0x01)))
+        .encode(V5, &mut out)
+        .is_err());
+    let mut c = Connect::new(V5, "c");
+    c.properties.receive_maximum = Some(0);
+    assert!(Packet::Connect(Box::new(c)).encode(V5, &mut out).is_err());
+    assert!(out.is_empty());
+}
+
+#[test]
 fn packets_in_a_stream_decode_one_at_a_time() {
     let mut buf = BytesMut::new();
     buf.extend_from_slice(b"\xc0\x00\x30\x07\x00\x03a/bhi\xe0\x00\x30");

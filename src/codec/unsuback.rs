@@ -51,6 +51,9 @@ impl UnsubAck {
         if self.reasons.is_empty() {
             return Err(EncodeError::InvalidValue("UNSUBACK without reason codes"));
         }
+        for rc in &self.reasons {
+            super::check_reason(*rc, ReasonSet::UnsubAck)?;
+        }
         Ok(2 + self.properties.encoded_len()? + self.reasons.len())
     }
 
