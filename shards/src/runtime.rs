@@ -399,6 +399,8 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
             .borrow_mut()
             .handle_bytes(Instant::now(), conn, &mut buf);
         shard.after();
+        // A client that always has bytes ready must not starve the others.
+        glommio::yield_if_needed().await;
         if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
             buf = BytesMut::new(); // give back memory after a large packet
         }
