@@ -54,7 +54,9 @@ fn cross_core_throughput(size: usize) -> f64 {
             let peer = 1 - r.peer_id();
             let mut got = 0;
             while got < MESSAGES {
-                let Ok(Some(batch)) = r.recv_from(peer).await else { break };
+                let Ok(Some(batch)) = r.recv_from(peer).await else {
+                    break;
+                };
                 got += batch.len();
                 drop(batch);
             }
@@ -118,7 +120,9 @@ fn cross_core_ping() -> Vec<Duration> {
             let (s, r) = m2.join().await.expect("join");
             let peer = 1 - r.peer_id();
             for _ in 0..PINGS {
-                let Ok(Some(m)) = r.recv_from(peer).await else { break };
+                let Ok(Some(m)) = r.recv_from(peer).await else {
+                    break;
+                };
                 let _ = s.send_to(peer, m).await;
             }
         })
@@ -146,7 +150,10 @@ fn cross_core_ping() -> Vec<Duration> {
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     println!("cross-core hop (glommio channel mesh) vs same-core channel, {MESSAGES} messages");
-    println!("{:>6} {:>14} {:>14} {:>8}", "batch", "cross ns/msg", "same ns/msg", "ratio");
+    println!(
+        "{:>6} {:>14} {:>14} {:>8}",
+        "batch", "cross ns/msg", "same ns/msg", "ratio"
+    );
     for size in [1, 16, 64, 256] {
         let cross = cross_core_throughput(size);
         let same = same_core_throughput(size);

@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use vmqtt::broker::CoreConfig;
 use vmqtt_config::{Config, LogFormat, MqttConfig};
@@ -101,7 +101,6 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
             eprintln!("vmqtt-shard: {e:#}");
             std::process::ExitCode::FAILURE
         }
@@ -159,6 +158,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
 
+    // Every shard binds each address with SO_REUSEPORT, which would also
+    // share the port with another running broker. A plain bind first makes
+    // "address in use" an error, as operators expect.
+    for addr in &config.listen {
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} (is it in use?)"))?;
+    }
     let signals = sys::block_signals().context("blocking signals")?;
     let stop = Arc::new(AtomicBool::new(false));
     let mesh = MeshBuilder::full(shards, 1024);

@@ -52,3 +52,56 @@ impl Future for Wait<'_> {
         }
     }
 }
+
+/// Wakes every task waiting on it (e.g. all readers held back by
+/// backpressure). Shard-local (`!Send`).
+#[derive(Default)]
+pub struct Broadcast {
+    generation: Cell<u64>,
+    wakers: std::cell::RefCell<Vec<Waker>>,
+}
+
+impl std::fmt::Debug for Broadcast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broadcast")
+            .field("generation", &self.generation.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broadcast {
+    /// Wakes every waiter.
+    pub fn notify_all(&self) {
+        self.generation.set(self.generation.get().wrapping_add(1));
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Waits for the next [`Broadcast::notify_all`].
+    pub fn wait(&self) -> BroadcastWait<'_> {
+        BroadcastWait {
+            b: self,
+            start: self.generation.get(),
+        }
+    }
+}
+
+/// The future returned by [`Broadcast::wait`].
+#[derive(Debug)]
+pub struct BroadcastWait<'a> {
+    b: &'a Broadcast,
+    start: u64,
+}
+
+impl Future for BroadcastWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.b.generation.get() != self.start {
+            Poll::Ready(())
+        } else {
+            self.b.wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}

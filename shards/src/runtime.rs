@@ -6,7 +6,7 @@
 //! which is what crosses cores.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -26,7 +26,7 @@ use vmqtt::broker::{
     ShardMsg,
 };
 
-use crate::notify::Notify;
+use crate::notify::{Broadcast, Notify};
 
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 4096;
@@ -70,7 +70,10 @@ pub struct ShardSpec {
 }
 
 struct ConnIo {
+    /// Output is waiting (or the connection ends).
     notify: Notify,
+    /// The server decided to close the connection.
+    closing: Notify,
     close: Cell<bool>,
     dead: Cell<bool>,
     fd: RawFd,
@@ -82,14 +85,28 @@ struct Shard {
     shards: usize,
     core: RefCell<ShardCore>,
     conns: RefCell<HashMap<ConnId, Rc<ConnIo>>>,
-    outq: RefCell<Vec<(usize, MeshMsg)>>,
+    outq: RefCell<VecDeque<(usize, MeshMsg)>>,
     out_notify: Notify,
+    /// Signalled by the sender task as `outq` falls below the limit.
+    outq_drained: Broadcast,
     timer_notify: Notify,
     timer_at: Cell<Option<Instant>>,
     stop: Arc<AtomicBool>,
 }
 
+/// Batches queued for other shards beyond which readers stop reading: the
+/// receiving shards are slower than this one's publishers, so the
+/// publishers wait (TCP backpressure) instead of the queue growing.
+const OUTQ_LIMIT: usize = 256;
+
 impl Shard {
+    /// Waits while too many batches wait for the channel mesh.
+    async fn backpressure(&self) {
+        while self.outq.borrow().len() > OUTQ_LIMIT {
+            self.outq_drained.wait().await;
+        }
+    }
+
     /// Acts on everything the core produced: wakes writers, closes
     /// connections, queues batches for other shards, re-arms the timer.
     fn after(&self) {
@@ -107,6 +124,7 @@ impl Shard {
                     if let Some(io) = conns.get(&c) {
                         io.close.set(true);
                         io.notify.notify();
+                        io.closing.notify();
                     }
                 }
             }
@@ -115,7 +133,7 @@ impl Shard {
         for (to, msgs) in core.poll_shard_msgs() {
             self.outq
                 .borrow_mut()
-                .push((to.get(), MeshMsg::Batch(msgs)));
+                .push_back((to.get(), MeshMsg::Batch(msgs)));
             queued = true;
         }
         if queued {
@@ -189,8 +207,9 @@ pub async fn run(spec: ShardSpec) {
             Instant::now(),
         )),
         conns: RefCell::new(HashMap::new()),
-        outq: RefCell::new(Vec::new()),
+        outq: RefCell::new(VecDeque::new()),
         out_notify: Notify::default(),
+        outq_drained: Broadcast::default(),
         timer_notify: Notify::default(),
         timer_at: Cell::new(None),
         stop,
@@ -248,14 +267,17 @@ async fn receive_loop(shard: Rc<Shard>, receivers: Rc<Receivers<MeshMsg>>, peer:
 async fn send_loop(shard: Rc<Shard>, senders: Senders<MeshMsg>, peer_of_shard: Vec<usize>) {
     loop {
         shard.out_notify.wait().await;
-        let batch = std::mem::take(&mut *shard.outq.borrow_mut());
-        for (to, msg) in batch {
-            let Some(&peer) = peer_of_shard.get(to) else {
-                continue;
-            };
-            // Awaiting a full channel is the backpressure between shards.
-            if senders.send_to(peer, msg).await.is_err() {
-                warn!(shard = shard.index, to, "shard channel closed");
+        loop {
+            let next = shard.outq.borrow_mut().pop_front();
+            let Some((to, msg)) = next else { break };
+            if let Some(&peer) = peer_of_shard.get(to) {
+                // Awaiting a full channel is the backpressure between shards.
+                if senders.send_to(peer, msg).await.is_err() {
+                    warn!(shard = shard.index, to, "shard channel closed");
+                }
+            }
+            if shard.outq.borrow().len() <= OUTQ_LIMIT {
+                shard.outq_drained.notify_all();
             }
         }
     }
@@ -329,10 +351,8 @@ async fn first_bytes(shard: Rc<Shard>, mut stream: TcpStream, timeout: Duration,
                 drop(stream);
                 // SAFETY: `dup` is a fresh descriptor owned by nothing else.
                 let fd = unsafe { OwnedFd::from_raw_fd(dup) };
-                shard
-                    .outq
-                    .borrow_mut()
-                    .push((home.get(), MeshMsg::Handoff(Handoff { fd, buf })));
+                let handoff = MeshMsg::Handoff(Handoff { fd, buf });
+                shard.outq.borrow_mut().push_back((home.get(), handoff));
                 shard.out_notify.notify();
                 return;
             }
@@ -344,12 +364,28 @@ async fn first_bytes(shard: Rc<Shard>, mut stream: TcpStream, timeout: Duration,
 }
 
 /// Reads more bytes into `buf`; `None` on EOF, error or timeout.
+///
+/// A frame larger than what `buf` can hold gets a buffer of exactly its size,
+/// so the payload slices that queued messages keep alive pin no slack.
 async fn read_some<R: futures_lite::AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
 ) -> Option<usize> {
     let len = buf.len();
-    buf.resize(len + READ_CHUNK, 0);
+    if let Some(need) = vmqtt::codec::peek_frame_len(buf) {
+        if need > buf.capacity() && need > READ_CHUNK {
+            let mut exact = BytesMut::with_capacity(need);
+            exact.extend_from_slice(buf);
+            *buf = exact;
+        }
+    }
+    let spare = buf.capacity() - len;
+    let want = if spare >= 512 {
+        spare.min(16 * READ_CHUNK)
+    } else {
+        READ_CHUNK
+    };
+    buf.resize(len + want, 0);
     match r.read(&mut buf[len..]).await {
         Ok(0) | Err(_) => {
             buf.truncate(len);
@@ -361,6 +397,11 @@ async fn read_some<R: futures_lite::AsyncRead + Unpin>(
         }
     }
 }
+
+/// How long a closing connection may take to flush its last bytes, and how
+/// long its reader keeps draining the client's bytes so that the close is a
+/// FIN, not a reset that could discard the final DISCONNECT.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves a connection on its home shard until either side closes it.
 async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
@@ -375,6 +416,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
     );
     let io = Rc::new(ConnIo {
         notify: Notify::default(),
+        closing: Notify::default(),
         close: Cell::new(false),
         dead: Cell::new(false),
         fd,
@@ -390,7 +432,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
             .handle_bytes(Instant::now(), conn, &mut buf);
         shard.after();
     }
-    while !io.dead.get() && !io.close.get() {
+    while !io.close.get() {
         if read_some(&mut rd, &mut buf).await.is_none() {
             break;
         }
@@ -399,11 +441,24 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
             .borrow_mut()
             .handle_bytes(Instant::now(), conn, &mut buf);
         shard.after();
+        shard.backpressure().await;
         // A client that always has bytes ready must not starve the others.
         glommio::yield_if_needed().await;
         if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
             buf = BytesMut::new(); // give back memory after a large packet
         }
+    }
+    if io.close.get() {
+        // The server is closing it: the writer flushes and sends FIN; drain
+        // what the client still sends until it closes too, for a bounded time.
+        buf = BytesMut::new();
+        let drain = async {
+            while read_some(&mut rd, &mut buf).await.is_some() {
+                buf.clear();
+            }
+        };
+        futures_lite::future::or(drain, timer::sleep(CLOSE_GRACE)).await;
+        return;
     }
     io.dead.set(true);
     io.notify.notify();
@@ -423,13 +478,15 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
             let out = shard.core.borrow_mut().take_output(Instant::now(), conn);
             shard.after();
             let Some(out) = out else { break };
-            debug!(
-                shard = shard.index,
-                conn = conn.0,
-                bytes = out.len(),
-                "writing"
-            );
-            if wr.write_all(&out).await.is_err() {
+            // A client that stopped reading blocks only this task; once the
+            // server decides to close it, it gets CLOSE_GRACE to take its bytes.
+            let write = async { wr.write_all(&out).await.is_ok() };
+            let give_up = async {
+                io.closing.wait().await;
+                timer::sleep(CLOSE_GRACE).await;
+                false
+            };
+            if !futures_lite::future::or(write, give_up).await {
                 break 'outer;
             }
         }
@@ -438,10 +495,21 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
         }
     }
     let _ = wr.flush().await;
-    // Wake the reader (a pending read returns 0) so both halves end.
     // SAFETY: `io.fd` is the socket of this connection; the reader half still
-    // owns it, so the descriptor is open.
-    unsafe { libc::shutdown(io.fd, libc::SHUT_RDWR) };
+    // owns it, so the descriptor is open. SHUT_WR sends FIN after the queued
+    // bytes; a reader blocked on a dead client is woken by SHUT_RD.
+    unsafe {
+        libc::shutdown(
+            io.fd,
+            if io.dead.get() {
+                libc::SHUT_RDWR
+            } else {
+                libc::SHUT_WR
+            },
+        )
+    };
     io.dead.set(true);
+    shard.core.borrow_mut().handle_closed(Instant::now(), conn);
+    shard.after();
     shard.conns.borrow_mut().remove(&conn);
 }

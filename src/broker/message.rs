@@ -87,13 +87,29 @@ pub enum ShardMsg {
         msg: Arc<Message>,
     },
     /// Update the retained replica: store, or delete for an empty payload.
-    Retain(Arc<Message>),
+    Retain {
+        /// The message.
+        msg: Arc<Message>,
+        /// The publishing shard.
+        from: ShardId,
+        /// If set, answer [`ShardMsg::Ack`] once applied: the publisher's
+        /// PUBACK waits until every replica has the message.
+        token: Option<u64>,
+    },
     /// Shard `from` now has subscribers for `filter`.
     RouteAdd {
         /// The filter (full, `$share/…` included).
         filter: TopicFilter,
         /// The shard that has subscribers.
         from: ShardId,
+        /// If set, answer [`ShardMsg::Ack`] once applied: the SUBACK waits
+        /// until every shard routes the filter.
+        token: Option<u64>,
+    },
+    /// A `RouteAdd` or `Retain` with this token was applied.
+    Ack {
+        /// The token.
+        token: u64,
     },
     /// Shard `from` no longer has subscribers for `filter`.
     RouteRemove {

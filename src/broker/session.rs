@@ -120,11 +120,21 @@ impl Session {
         self.queue.len()
     }
 
-    /// Queues a QoS 1/2 delivery; returns `false` (and counts a drop) when
-    /// the queue already holds `limit` messages.
+    /// Queues a delivery behind those already queued. When the queue holds
+    /// `limit` messages, a QoS 1/2 delivery displaces the oldest queued QoS 0
+    /// one (QoS 0 is the expendable kind); otherwise the new delivery is
+    /// dropped. Returns `false` if a message was dropped (and counts it).
     pub(crate) fn enqueue(&mut self, d: Delivery, limit: usize) -> bool {
         if self.queue.len() >= limit {
             self.dropped += 1;
+            let qos0 = self.queue.iter().position(|q| q.qos == QoS::AtMostOnce);
+            match qos0 {
+                Some(i) if d.qos != QoS::AtMostOnce => {
+                    self.queue.remove(i);
+                    self.queue.push_back(d);
+                }
+                _ => {}
+            }
             return false;
         }
         self.queue.push_back(d);
@@ -133,7 +143,11 @@ impl Session {
 
     /// Takes the next queued delivery if fewer than `window` are in flight,
     /// assigning it a packet identifier and recording it as in flight.
-    pub(crate) fn start_next(&mut self, window: usize) -> Option<(PacketId, Delivery)> {
+    /// A QoS 0 delivery at the front needs no slot and gets no packet id.
+    pub(crate) fn start_next(&mut self, window: usize) -> Option<(Option<PacketId>, Delivery)> {
+        if self.queue.front()?.qos == QoS::AtMostOnce {
+            return self.queue.pop_front().map(|d| (None, d));
+        }
         if self.inflight.len() >= window {
             return None;
         }
@@ -154,7 +168,7 @@ impl Session {
                 stage,
             },
         );
-        Some((packet_id, d))
+        Some((Some(packet_id), d))
     }
 
     /// Puts back a delivery that could not be sent after [`Session::start_next`]
@@ -290,13 +304,19 @@ mod tests {
         for _ in 0..3 {
             assert!(s.enqueue(delivery(QoS::AtLeastOnce), 10));
         }
-        let (a, _) = s.start_next(2).unwrap();
-        let (b, _) = s.start_next(2).unwrap();
+        let (Some(a), _) = s.start_next(2).unwrap() else {
+            panic!()
+        };
+        let (Some(b), _) = s.start_next(2).unwrap() else {
+            panic!()
+        };
         assert!(s.start_next(2).is_none(), "window of 2 is full");
         assert_ne!(a, b);
         assert!(s.puback(a));
         assert!(!s.puback(a), "a second PUBACK is ignored");
-        let (c, _) = s.start_next(2).unwrap();
+        let (Some(c), _) = s.start_next(2).unwrap() else {
+            panic!()
+        };
         assert_ne!(c, b);
         assert_eq!((s.inflight_len(), s.queued_len()), (2, 0));
     }
@@ -310,10 +330,28 @@ mod tests {
     }
 
     #[test]
+    fn full_queue_drops_qos0_before_qos1() {
+        let mut s = session();
+        assert!(s.enqueue(delivery(QoS::AtMostOnce), 2));
+        assert!(s.enqueue(delivery(QoS::AtMostOnce), 2));
+        assert!(
+            !s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            "a drop is reported"
+        );
+        let qos: Vec<_> = s.queue.iter().map(|d| d.qos).collect();
+        assert_eq!(qos, [QoS::AtMostOnce, QoS::AtLeastOnce]);
+        assert!(!s.enqueue(delivery(QoS::AtMostOnce), 2));
+        assert_eq!(s.queued_len(), 2);
+        assert_eq!(s.dropped, 2);
+    }
+
+    #[test]
     fn qos2_flow_and_resend_state() {
         let mut s = session();
         s.enqueue(delivery(QoS::ExactlyOnce), 10);
-        let (id, _) = s.start_next(10).unwrap();
+        let (Some(id), _) = s.start_next(10).unwrap() else {
+            panic!()
+        };
         assert!(!s.puback(id), "PUBACK does not complete a QoS 2 flow");
         assert!(!s.pubcomp(id), "PUBCOMP before PUBREC is ignored");
         assert!(s.pubrec(id, true));
@@ -323,7 +361,9 @@ mod tests {
         assert_eq!(s.inflight_len(), 0);
         // A failed PUBREC ends the flow.
         s.enqueue(delivery(QoS::ExactlyOnce), 10);
-        let (id, _) = s.start_next(10).unwrap();
+        let (Some(id), _) = s.start_next(10).unwrap() else {
+            panic!()
+        };
         assert!(!s.pubrec(id, false));
         assert_eq!(s.inflight_len(), 0);
     }
@@ -334,8 +374,12 @@ mod tests {
         s.next_packet_id = PacketId::new(65535).unwrap();
         s.enqueue(delivery(QoS::AtLeastOnce), 10);
         s.enqueue(delivery(QoS::AtLeastOnce), 10);
-        let (a, _) = s.start_next(10).unwrap();
-        let (b, _) = s.start_next(10).unwrap();
+        let (Some(a), _) = s.start_next(10).unwrap() else {
+            panic!()
+        };
+        let (Some(b), _) = s.start_next(10).unwrap() else {
+            panic!()
+        };
         assert_eq!((a.get(), b.get()), (65535, 1));
     }
 

@@ -186,6 +186,20 @@ pub struct ShardCore {
     sys_stats: Vec<ShardStats>,
     started: Instant,
     scratch: HashMap<ClientId, Agg, ahash::RandomState>,
+    next_token: u64,
+    /// Replies held until every other shard has applied an update.
+    pending: HashMap<u64, Pending, ahash::RandomState>,
+}
+
+/// Replies to a client that wait for acknowledgements from other shards.
+#[derive(Debug)]
+struct Pending {
+    remaining: usize,
+    conn: ConnId,
+    client: ClientId,
+    replies: Vec<Packet>,
+    /// Filters whose retained messages go out after the SUBACK.
+    retained_for: Vec<(TopicFilter, Subscription)>,
 }
 
 impl ShardCore {
@@ -212,6 +226,8 @@ impl ShardCore {
             sys_stats: vec![ShardStats::default(); shards],
             started: now,
             scratch: HashMap::default(),
+            next_token: 0,
+            pending: HashMap::default(),
             config,
         };
         let first = now + core.config.sys_interval;
@@ -339,8 +355,19 @@ impl ShardCore {
         match msg {
             ShardMsg::Publish(m) => self.deliver_local(now, &m),
             ShardMsg::SharedPublish { filter, msg } => self.deliver_shared(now, &filter, &msg),
-            ShardMsg::Retain(m) => self.retained.apply(m),
-            ShardMsg::RouteAdd { filter, from } => self.route_add(&filter, from),
+            ShardMsg::Retain { msg, from, token } => {
+                self.retained.apply(msg);
+                self.ack(from, token);
+            }
+            ShardMsg::RouteAdd {
+                filter,
+                from,
+                token,
+            } => {
+                self.route_add(&filter, from);
+                self.ack(from, token);
+            }
+            ShardMsg::Ack { token } => self.handle_ack(now, token),
             ShardMsg::RouteRemove { filter, from } => self.route_remove(&filter, from),
             ShardMsg::Stats { from, stats } => {
                 if let Some(slot) = self.sys_stats.get_mut(from.get()) {
@@ -722,20 +749,33 @@ impl ShardCore {
         let qos = p.qos;
         let packet_id = p.packet_id;
         let msg = self.message_from_publish(now, cid, p);
-        let matched = self.publish(now, msg);
+        // A retained QoS 1/2 message is acknowledged once every replica has
+        // it, so a subscriber anywhere sees it after the publisher's PUBACK.
+        let wait = msg.retain && packet_id.is_some() && self.shards > 1;
+        let token = wait.then(|| self.new_token());
+        let matched = self.publish_with_token(now, msg, token);
         let rc = if matched || !v5 {
             ReasonCode::SUCCESS
         } else {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         };
-        match (qos, packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => {
-                self.send(conn_id, &Packet::PubAck(PubResponse::with_reason(id, rc)))
+        let reply = match (qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => Packet::PubAck(PubResponse::with_reason(id, rc)),
+            (QoS::ExactlyOnce, Some(id)) => Packet::PubRec(PubResponse::with_reason(id, rc)),
+            _ => return,
+        };
+        match token {
+            Some(token) => {
+                let pending = Pending {
+                    remaining: self.shards - 1,
+                    conn: conn_id,
+                    client: cid.clone(),
+                    replies: vec![reply],
+                    retained_for: Vec::new(),
+                };
+                self.pending.insert(token, pending);
             }
-            (QoS::ExactlyOnce, Some(id)) => {
-                self.send(conn_id, &Packet::PubRec(PubResponse::with_reason(id, rc)))
-            }
-            _ => {}
+            None => self.send(conn_id, &reply),
         }
     }
 
@@ -760,6 +800,8 @@ impl ShardCore {
     fn on_subscribe(&mut self, now: Instant, conn_id: ConnId, cid: &ClientId, sub: Subscribe) {
         let mut reasons = Vec::with_capacity(sub.filters.len());
         let mut retained_for = Vec::new();
+        let token = self.new_token();
+        let mut announced = 0;
         for (filter, options) in sub.filters {
             let entry = Subscription {
                 options,
@@ -792,8 +834,8 @@ impl ShardCore {
                     retained_for.push((filter.clone(), entry));
                 }
             }
-            if !existed {
-                self.add_local_filter(&filter);
+            if !existed && self.add_local_filter(&filter, Some(token)) {
+                announced += 1;
             }
             reasons.push(ReasonCode(options.qos as u8));
         }
@@ -802,10 +844,35 @@ impl ShardCore {
             properties: AckProperties::default(),
             reasons,
         };
-        self.send(conn_id, &Packet::SubAck(ack));
-        // [MQTT-3.3.1-9]: retained messages of a new subscription go out
-        // with RETAIN set.
-        for (filter, entry) in retained_for {
+        let replies = vec![Packet::SubAck(ack)];
+        if announced > 0 && self.shards > 1 {
+            // The SUBACK goes out once every shard routes the new filters, so
+            // a message published anywhere after it is delivered.
+            let pending = Pending {
+                remaining: announced * (self.shards - 1),
+                conn: conn_id,
+                client: cid.clone(),
+                replies,
+                retained_for,
+            };
+            self.pending.insert(token, pending);
+            return;
+        }
+        for p in &replies {
+            self.send(conn_id, p);
+        }
+        self.send_retained(now, cid, retained_for);
+    }
+
+    /// Sends the retained messages matching new subscriptions
+    /// ([MQTT-3.3.1-9]: with RETAIN set).
+    fn send_retained(
+        &mut self,
+        now: Instant,
+        cid: &ClientId,
+        filters: Vec<(TopicFilter, Subscription)>,
+    ) {
+        for (filter, entry) in filters {
             let mut found = Vec::new();
             self.retained
                 .for_each_match(now, filter.matching_filter(), |m| found.push(m.clone()));
@@ -968,11 +1035,22 @@ impl ShardCore {
     /// routes it to every shard with matching subscribers. Returns whether
     /// any subscription matched.
     fn publish(&mut self, now: Instant, msg: Arc<Message>) -> bool {
+        self.publish_with_token(now, msg, None)
+    }
+
+    /// [`ShardCore::publish`], asking every other replica to acknowledge a
+    /// retained update with `token`.
+    fn publish_with_token(&mut self, now: Instant, msg: Arc<Message>, token: Option<u64>) -> bool {
         if msg.retain {
             self.retained.apply(msg.clone());
             for s in 0..self.shards {
                 if s != self.id.get() {
-                    self.outbox[s].push(ShardMsg::Retain(msg.clone()));
+                    let from = self.id;
+                    self.outbox[s].push(ShardMsg::Retain {
+                        msg: msg.clone(),
+                        from,
+                        token,
+                    });
                 }
             }
         }
@@ -1104,29 +1182,35 @@ impl ShardCore {
             return;
         };
         if d.qos == QoS::AtMostOnce {
-            let target = session
-                .conn
-                .and_then(|c| self.conns.get(&c).map(|x| (c, x)));
-            let sent = match target {
-                Some((conn_id, conn)) if conn.out.len() < self.config.max_output_buffer => {
-                    match outbound_publish(now, &d, None, false, conn.version) {
-                        Some(p) => self.send_publish(conn_id, p),
-                        None => false,
+            // QoS 0 is not kept for an absent client. For a connected one it
+            // goes straight out when nothing is queued ahead of it and the
+            // output buffer has room; otherwise it waits in the bounded
+            // session queue like QoS 1/2, absorbing bursts.
+            let Some(conn_id) = session.conn else {
+                session.dropped += 1;
+                self.stats.messages_dropped += 1;
+                return;
+            };
+            let direct = session.queued_len() == 0
+                && self
+                    .conns
+                    .get(&conn_id)
+                    .is_some_and(|c| c.out.len() < self.config.max_output_buffer);
+            if direct {
+                let version = self
+                    .conns
+                    .get(&conn_id)
+                    .map_or(ProtocolVersion::V5, |c| c.version);
+                if let Some(p) = outbound_publish(now, &d, None, false, version) {
+                    if !self.send_publish(conn_id, p) {
+                        self.count_drop(cid);
                     }
                 }
-                _ => false,
-            };
-            if !sent {
-                if let Some(session) = self.sessions.get_mut(cid) {
-                    session.dropped += 1;
-                }
-                self.stats.messages_dropped += 1;
+                return;
             }
-            return;
         }
         if !session.enqueue(d, self.config.max_queued_messages) {
             self.stats.messages_dropped += 1;
-            return;
         }
         if session.conn.is_some() {
             self.pump(now, cid);
@@ -1158,18 +1242,24 @@ impl ShardCore {
             let Some((id, d)) = session.start_next(window) else {
                 return;
             };
-            let sent = match outbound_publish(now, &d, Some(id), false, version) {
+            let sent = match outbound_publish(now, &d, id, false, version) {
                 Some(p) => self.send_publish(conn_id, p),
                 None => false,
             };
             if !sent {
-                if let Some(session) = self.sessions.get_mut(cid) {
+                if let (Some(session), Some(id)) = (self.sessions.get_mut(cid), id) {
                     session.abandon(id);
-                    session.dropped += 1;
                 }
-                self.stats.messages_dropped += 1;
+                self.count_drop(cid);
             }
         }
+    }
+
+    fn count_drop(&mut self, cid: &ClientId) {
+        if let Some(session) = self.sessions.get_mut(cid) {
+            session.dropped += 1;
+        }
+        self.stats.messages_dropped += 1;
     }
 
     /// On reconnect, resends what was in flight ([MQTT-4.4.0-1]).
@@ -1212,20 +1302,61 @@ impl ShardCore {
         }
     }
 
-    fn add_local_filter(&mut self, filter: &TopicFilter) {
+    /// Counts a local subscriber of `filter`; the first one is announced to
+    /// every shard (returns `true` then).
+    fn add_local_filter(&mut self, filter: &TopicFilter, token: Option<u64>) -> bool {
         let n = self.local_filters.entry(filter.clone()).or_insert(0);
         *n += 1;
-        if *n == 1 {
-            self.route_add(filter, self.id);
-            for s in 0..self.shards {
-                if s != self.id.get() {
-                    self.outbox[s].push(ShardMsg::RouteAdd {
-                        filter: filter.clone(),
-                        from: self.id,
-                    });
-                }
+        if *n != 1 {
+            return false;
+        }
+        self.route_add(filter, self.id);
+        for s in 0..self.shards {
+            if s != self.id.get() {
+                let from = self.id;
+                self.outbox[s].push(ShardMsg::RouteAdd {
+                    filter: filter.clone(),
+                    from,
+                    token,
+                });
             }
         }
+        true
+    }
+
+    fn new_token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Answers a `RouteAdd` or `Retain` that asked for it.
+    fn ack(&mut self, to: ShardId, token: Option<u64>) {
+        if let (Some(token), Some(q)) = (token, self.outbox.get_mut(to.get())) {
+            q.push(ShardMsg::Ack { token });
+        }
+    }
+
+    fn handle_ack(&mut self, now: Instant, token: u64) {
+        let Some(p) = self.pending.get_mut(&token) else {
+            return;
+        };
+        p.remaining = p.remaining.saturating_sub(1);
+        if p.remaining > 0 {
+            return;
+        }
+        let Some(p) = self.pending.remove(&token) else {
+            return;
+        };
+        // The client may have gone meanwhile; its replies go nowhere then.
+        let attached =
+            self.conns.get(&p.conn).and_then(|c| c.client_id.as_ref()) == Some(&p.client);
+        if !attached {
+            return;
+        }
+        for packet in &p.replies {
+            self.send(p.conn, packet);
+        }
+        self.send_retained(now, &p.client, p.retained_for);
     }
 
     fn remove_local_filter(&mut self, filter: &TopicFilter) {

@@ -1043,6 +1043,7 @@ fn receive_maximum_window_and_queue_bound() {
 fn slow_consumer_output_is_bounded() {
     let config = CoreConfig {
         max_output_buffer: 1024,
+        max_queued_messages: 100,
         ..CoreConfig::default()
     };
     let mut cl = Cluster::with_config(2, config);
@@ -1072,12 +1073,14 @@ fn slow_consumer_output_is_bounded() {
         }
     }
     let stats = cl.cores[s.shard].stats();
+    // Output buffer (~1 KiB) plus 100 queued; the rest is dropped and counted.
     assert!(
-        stats.messages_dropped > 900,
+        stats.messages_dropped > 850,
         "dropped {}",
         stats.messages_dropped
     );
     assert!(stats.messages_sent < 20, "sent {}", stats.messages_sent);
+    assert_eq!(cl.cores[s.shard].session(&b).unwrap().queued_len(), 100);
 }
 
 #[test]
@@ -1130,4 +1133,46 @@ fn qos2_receive_maximum_exceeded() {
         got[2],
         Packet::Disconnect(Disconnect::new(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED))
     );
+}
+
+#[test]
+fn suback_and_retained_puback_wait_for_every_shard() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("bar");
+    let p = cl.connect(V5, &a);
+    let s = cl.connect(V5, &b);
+    let now = cl.now;
+    let sub = Subscribe {
+        packet_id: pid(1),
+        properties: Default::default(),
+        filters: vec![(filter("t/#"), q(QoS::AtLeastOnce))],
+    };
+    let mut buf = BytesMut::new();
+    Packet::Subscribe(sub.clone()).encode(V5, &mut buf).unwrap();
+    cl.cores[s.shard].handle_bytes(now, s.conn, &mut buf);
+    assert!(
+        cl.cores[s.shard].take_output(now, s.conn).is_none(),
+        "no SUBACK before the other shard routes the filter"
+    );
+    cl.run();
+    assert!(matches!(cl.recv_one(&s), Some(Packet::SubAck(_))));
+    // Subscribing again to a filter already routed answers at once.
+    let mut buf = BytesMut::new();
+    Packet::Subscribe(sub).encode(V5, &mut buf).unwrap();
+    cl.cores[s.shard].handle_bytes(now, s.conn, &mut buf);
+    assert!(cl.cores[s.shard].take_output(now, s.conn).is_some());
+
+    let mut m = Publish::new(topic("r"), Bytes::from_static(b"kept"));
+    m.retain = true;
+    m.qos = QoS::AtLeastOnce;
+    m.packet_id = Some(pid(5));
+    let mut buf = BytesMut::new();
+    Packet::Publish(m).encode(V5, &mut buf).unwrap();
+    cl.cores[p.shard].handle_bytes(now, p.conn, &mut buf);
+    assert!(
+        cl.cores[p.shard].take_output(now, p.conn).is_none(),
+        "no PUBACK before every replica holds the retained message"
+    );
+    cl.run();
+    assert!(matches!(cl.recv_one(&p), Some(Packet::PubAck(_))));
 }

@@ -385,6 +385,16 @@ pub fn check(buf: &[u8], max_packet_size: u32) -> Result<Option<FrameHeader>, De
     }))
 }
 
+/// The total size of the frame starting at `buf[0]`, once its fixed header is
+/// complete; `None` before that or if the header is invalid (which
+/// [`check`] reports). Lets a reader allocate exactly one frame's worth.
+pub fn peek_frame_len(buf: &[u8]) -> Option<usize> {
+    match wire::peek_varint(buf.get(1..)?) {
+        Ok(wire::VarInt::Complete(len, n)) => Some(1 + n + len as usize),
+        _ => None,
+    }
+}
+
 /// Decodes one packet from the front of `buf` if a whole frame is there,
 /// removing its bytes; leaves `buf` untouched and returns `Ok(None)` if more
 /// bytes are needed.

@@ -621,6 +621,15 @@ fn maximum_packet_size_is_checked_before_the_body_arrives() {
 }
 
 #[test]
+fn peek_frame_len_reads_the_fixed_header() {
+    assert_eq!(peek_frame_len(b""), None);
+    assert_eq!(peek_frame_len(b"\x30"), None);
+    assert_eq!(peek_frame_len(b"\x30\x80"), None);
+    assert_eq!(peek_frame_len(b"\x30\x80\x01"), Some(131));
+    assert_eq!(peek_frame_len(b"\x30\x07\x00"), Some(9));
+}
+
+#[test]
 fn check_needs_more_bytes_without_consuming() {
     assert_eq!(check(b"", MAX), Ok(None));
     assert_eq!(check(b"\x30", MAX), Ok(None));

@@ -1,0 +1,504 @@
+//! Starting and stopping the broker under test: vmqtt (`vmqtt-shard`, the
+//! default) or Mosquitto (`VMQTT_E2E_BROKER=mosquitto`), one process per test
+//! on its own port and in its own temporary directory.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use super::shard::SHARDS;
+
+/// How long a broker may take to accept TCP connections after spawn.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a broker may take to exit after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which broker the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// `vmqtt-shard`, built by cargo for this test target.
+    Vmqtt,
+    /// The system's `mosquitto`, the reference broker.
+    Mosquitto,
+}
+
+impl BrokerKind {
+    /// From `VMQTT_E2E_BROKER` (`vmqtt`, the default, or `mosquitto`).
+    pub fn from_env() -> Self {
+        match std::env::var("VMQTT_E2E_BROKER").as_deref() {
+            Err(_) | Ok("") | Ok("vmqtt") => BrokerKind::Vmqtt,
+            Ok("mosquitto") => BrokerKind::Mosquitto,
+            Ok(other) => panic!("VMQTT_E2E_BROKER={other:?}: expected `vmqtt` or `mosquitto`"),
+        }
+    }
+}
+
+/// Settings a test may ask of the broker. `None` leaves the broker's default.
+/// For vmqtt they go to the `[mqtt]` table of its TOML config; for Mosquitto
+/// to the nearest `mosquitto.conf` option where there is one.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerConfig {
+    /// `mqtt.max_packet_size` (Mosquitto: `max_packet_size`).
+    pub max_packet_size: Option<u32>,
+    /// `mqtt.max_keepalive` (Mosquitto: `max_keepalive`).
+    pub max_keepalive: Option<u16>,
+    /// `mqtt.receive_maximum` (Mosquitto: `max_inflight_messages`).
+    pub receive_maximum: Option<u16>,
+    /// `mqtt.topic_alias_maximum` (Mosquitto: `max_topic_alias`).
+    pub topic_alias_maximum: Option<u16>,
+    /// `mqtt.max_queued_messages` (Mosquitto: `max_queued_messages`).
+    pub max_queued_messages: Option<u32>,
+    /// `mqtt.connect_timeout_ms` (Mosquitto: none).
+    pub connect_timeout_ms: Option<u64>,
+    /// `mqtt.sys_interval_ms` (Mosquitto: `sys_interval`, whole seconds).
+    pub sys_interval_ms: Option<u64>,
+}
+
+impl BrokerConfig {
+    fn vmqtt_toml(&self, data_dir: &Path) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "data_dir = {:?}", data_dir.display().to_string());
+        s.push_str("\n[mqtt]\n");
+        let mut kv = |k: &str, v: Option<u64>| {
+            if let Some(v) = v {
+                let _ = writeln!(s, "{k} = {v}");
+            }
+        };
+        kv("max_packet_size", self.max_packet_size.map(u64::from));
+        kv("max_keepalive", self.max_keepalive.map(u64::from));
+        kv("receive_maximum", self.receive_maximum.map(u64::from));
+        kv(
+            "topic_alias_maximum",
+            self.topic_alias_maximum.map(u64::from),
+        );
+        kv(
+            "max_queued_messages",
+            self.max_queued_messages.map(u64::from),
+        );
+        kv("connect_timeout_ms", self.connect_timeout_ms);
+        kv("sys_interval_ms", self.sys_interval_ms);
+        s
+    }
+
+    fn mosquitto_conf(&self, port: u16) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "listener {port} 127.0.0.1");
+        s.push_str("allow_anonymous true\npersistence false\n");
+        s.push_str("log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n");
+        s.push_str("log_type information\nlog_timestamp_format %H:%M:%S\n");
+        if std::env::var_os("VMQTT_E2E_MOSQUITTO_DEBUG").is_some() {
+            s.push_str("log_type all\n");
+        }
+        s.push_str("connection_messages true\nset_tcp_nodelay true\n");
+        // Sessions of v3.1.1 clients (clean session 0) never expire by
+        // themselves, as in vmqtt.
+        s.push_str("persistent_client_expiration 1d\n");
+        let mut kv = |k: &str, v: Option<u64>| {
+            if let Some(v) = v {
+                let _ = writeln!(s, "{k} {v}");
+            }
+        };
+        kv("max_packet_size", self.max_packet_size.map(u64::from));
+        kv("max_keepalive", self.max_keepalive.map(u64::from));
+        // vmqtt's default receive maximum is 1024; Mosquitto's default of 20
+        // also trips inflight-quota bugs of 2.0.11 (messages dropped in bursts,
+        // fixed in 2.0.13), so give it the same default as vmqtt.
+        kv(
+            "max_inflight_messages",
+            Some(self.receive_maximum.map_or(1024, u64::from)),
+        );
+        kv("max_topic_alias", self.topic_alias_maximum.map(u64::from));
+        kv(
+            "max_queued_messages",
+            self.max_queued_messages.map(u64::from),
+        );
+        kv(
+            "sys_interval",
+            self.sys_interval_ms.map(|ms| ms.div_ceil(1000).max(1)),
+        );
+        s
+    }
+}
+
+/// Raises this process's soft open-files limit to its hard limit, once. The
+/// broker inherits it, so connection-count tests are not capped at 1024.
+pub fn raise_nofile_limit() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid, writable rlimit for the duration of both calls.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    });
+}
+
+/// A free TCP port on 127.0.0.1, chosen below the ephemeral range so that the
+/// client side of a test's own connections never takes it before the broker
+/// binds it.
+fn pick_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (lo, _) = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    if lo > 12_000 {
+        let base = 10_000u32;
+        let span = lo - base;
+        let start = (std::process::id().wrapping_mul(7919)) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = base + (start + n.wrapping_mul(13)) % span;
+            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// A unique, fresh directory for one broker.
+fn fresh_dir(test: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let safe: String = test
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let dir = std::env::temp_dir().join(format!(
+        "vmqtt-e2e-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        safe
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create the broker's temporary directory");
+    dir
+}
+
+/// One running broker process. Stopped (SIGTERM, then SIGKILL) on drop; its
+/// log is printed if the test fails, and a broker that died during the test
+/// fails the test.
+#[derive(Debug)]
+pub struct Broker {
+    kind: BrokerKind,
+    test: String,
+    port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    log_path: PathBuf,
+    config_path: PathBuf,
+    config: BrokerConfig,
+    /// Set once the test itself has sent SIGTERM: an exit is then expected.
+    terminated: bool,
+}
+
+impl Broker {
+    /// A broker with default settings for the test named `test`.
+    pub fn start(test: &str) -> Broker {
+        Self::start_with(test, BrokerConfig::default())
+    }
+
+    /// A broker with `config`, of the kind `VMQTT_E2E_BROKER` names.
+    pub fn start_with(test: &str, config: BrokerConfig) -> Broker {
+        raise_nofile_limit();
+        let kind = BrokerKind::from_env();
+        let dir = fresh_dir(test);
+        let mut last_log = String::new();
+        for attempt in 0..5 {
+            let port = pick_port();
+            let mut b = Broker {
+                kind,
+                test: test.to_owned(),
+                port,
+                child: None,
+                log_path: dir.join(format!("broker-{attempt}.log")),
+                config_path: dir.join(match kind {
+                    BrokerKind::Vmqtt => "vmqtt.toml",
+                    BrokerKind::Mosquitto => "mosquitto.conf",
+                }),
+                dir: dir.clone(),
+                config: config.clone(),
+                terminated: false,
+            };
+            match b.spawn_and_wait() {
+                Ok(()) => return b,
+                Err(log) => {
+                    let in_use = log.to_ascii_lowercase().contains("in use");
+                    last_log = log;
+                    b.child = None;
+                    if !in_use {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!(
+            "[{test}] the {kind:?} broker did not start. Its log:\n{last_log}\n(config: {:?})",
+            config
+        );
+    }
+
+    /// Writes the config, spawns the process and waits until the port accepts
+    /// TCP. On failure returns the broker's log.
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let log = fs::File::create(&self.log_path).expect("create the broker log");
+        let mut cmd = match self.kind {
+            BrokerKind::Vmqtt => {
+                let data_dir = self.dir.join("data");
+                fs::create_dir_all(&data_dir).expect("create data_dir");
+                fs::write(&self.config_path, self.config.vmqtt_toml(&data_dir))
+                    .expect("write vmqtt.toml");
+                let mut c = Command::new(env!("CARGO_BIN_EXE_vmqtt-shard"));
+                c.arg("--cores")
+                    .arg(SHARDS.to_string())
+                    .arg("--listen")
+                    .arg(format!("127.0.0.1:{}", self.port))
+                    .arg("--config")
+                    .arg(&self.config_path);
+                if std::env::var_os("RUST_LOG").is_none() {
+                    c.env("RUST_LOG", "info");
+                }
+                c
+            }
+            BrokerKind::Mosquitto => {
+                fs::write(&self.config_path, self.config.mosquitto_conf(self.port))
+                    .expect("write mosquitto.conf");
+                let mut c = Command::new(mosquitto_path());
+                c.arg("-c").arg(&self.config_path);
+                c
+            }
+        };
+        cmd.current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log);
+        let command_line = format!(
+            "{} {}",
+            cmd.get_program().to_string_lossy(),
+            cmd.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot spawn {:?}: {e}{}",
+                cmd.get_program(),
+                if self.kind == BrokerKind::Mosquitto {
+                    " (run scripts/install-test-deps.sh)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Err(format!(
+                    "`{command_line}` exited during start-up with {}\n{}",
+                    describe(status),
+                    self.log()
+                ));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.stop();
+                return Err(format!(
+                    "`{command_line}`: port {} not accepting after {:?}\n{}",
+                    self.port,
+                    START_TIMEOUT,
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The kind of broker.
+    pub fn kind(&self) -> BrokerKind {
+        self.kind
+    }
+
+    /// `true` when the broker under test is vmqtt.
+    pub fn is_vmqtt(&self) -> bool {
+        self.kind == BrokerKind::Vmqtt
+    }
+
+    /// `true` when the broker under test is Mosquitto.
+    pub fn is_mosquitto(&self) -> bool {
+        self.kind == BrokerKind::Mosquitto
+    }
+
+    /// The TCP port the broker listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("broker running")
+    }
+
+    /// The broker's resident set size in KiB (from /proc/<pid>/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<broker pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// Panics (with the log) if the broker process has exited.
+    pub fn assert_alive(&mut self) {
+        if let Some(status) = self.try_wait() {
+            panic!(
+                "[{}] the broker exited during the test with {}",
+                self.test,
+                describe(status)
+            );
+        }
+    }
+
+    /// The broker's stdout+stderr so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Sends SIGTERM and waits up to `bound` for the process to exit; returns
+    /// its status, or `None` if it is still running (it is then left alone).
+    pub fn terminate(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let pid = self.child.as_ref()?.id();
+        if let Some(s) = self.try_wait() {
+            return Some(s);
+        }
+        self.terminated = true;
+        // SAFETY: kill(2) with a pid of our own child process and a valid signal.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + bound;
+        while Instant::now() < deadline {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Stops the process: SIGTERM, then SIGKILL after `STOP_TIMEOUT`.
+    fn stop(&mut self) -> Option<String> {
+        self.child.as_ref()?;
+        let note = match self.terminate(STOP_TIMEOUT) {
+            Some(_) => None,
+            None => {
+                if let Some(c) = self.child.as_mut() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                Some(format!(
+                    "[{}] note: the broker did not exit within {:?} of SIGTERM; killed",
+                    self.test, STOP_TIMEOUT
+                ))
+            }
+        };
+        self.child = None;
+        note
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let failing = std::thread::panicking();
+        let died = if self.terminated {
+            None
+        } else {
+            self.try_wait()
+        };
+        let note = self.stop();
+        if let Some(note) = &note {
+            eprintln!("{note}");
+        }
+        if failing || died.is_some() {
+            let log = self.log();
+            let tail: String = {
+                let lines: Vec<&str> = log.lines().collect();
+                let from = lines.len().saturating_sub(300);
+                lines[from..].join("\n")
+            };
+            eprintln!(
+                "----- [{}] {:?} broker on port {} (dir {}), last lines of its log -----\n{}\n----- end of broker log -----",
+                self.test,
+                self.kind,
+                self.port,
+                self.dir.display(),
+                tail
+            );
+        } else if std::env::var_os("VMQTT_E2E_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+        if let (Some(status), false) = (died, failing) {
+            panic!(
+                "[{}] the broker exited during the test with {}",
+                self.test,
+                describe(status)
+            );
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (_, Some(s)) => format!("signal {s}"),
+        _ => format!("{status:?}"),
+    }
+}
+
+/// The `mosquitto` binary: on PATH, or where Debian installs it.
+fn mosquitto_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOSQUITTO") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("mosquitto");
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from("/usr/sbin/mosquitto")
+}
