@@ -530,13 +530,16 @@ impl ShardCore {
             };
             if let Some((version, rc)) = reply {
                 conn.version = version;
-                self.send(conn_id, &Packet::ConnAck(ConnAck::refuse(rc)));
+                let mut ack = ConnAck::refuse(rc);
+                ack.properties.reason_string = Some(ByteStr::from(e.to_string()));
+                self.send(conn_id, &Packet::ConnAck(ack));
                 self.close(now, conn_id, CloseReason::Refused(rc));
             } else {
                 self.close(now, conn_id, CloseReason::ProtocolError(e.reason_code()));
             }
         } else {
-            self.close(now, conn_id, CloseReason::ProtocolError(e.reason_code()));
+            let reason = CloseReason::ProtocolError(e.reason_code());
+            self.close_with(now, conn_id, reason, Some(e.to_string()));
         }
     }
 
@@ -1445,6 +1448,18 @@ impl ShardCore {
     /// Closes a connection from the server side: v5 clients get DISCONNECT
     /// with the reason first; the session is detached at once.
     fn close(&mut self, now: Instant, conn_id: ConnId, reason: CloseReason) {
+        self.close_with(now, conn_id, reason, None);
+    }
+
+    /// [`ShardCore::close`] with a reason string for the v5 DISCONNECT
+    /// (allowed whatever Request Problem Information says, §3.1.2.11.7).
+    fn close_with(
+        &mut self,
+        now: Instant,
+        conn_id: ConnId,
+        reason: CloseReason,
+        text: Option<String>,
+    ) {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
@@ -1461,11 +1476,9 @@ impl ShardCore {
         };
         if let (true, true, Some(rc)) = (connected, v5, rc) {
             // The DISCONNECT goes out even if the buffer is otherwise full.
-            conn.state = ConnState::Connected;
-            self.send(conn_id, &Packet::Disconnect(Disconnect::new(rc)));
-            if let Some(c) = self.conns.get_mut(&conn_id) {
-                c.state = ConnState::Closing;
-            }
+            let mut d = Disconnect::new(rc);
+            d.properties.reason_string = text.map(ByteStr::from);
+            self.send(conn_id, &Packet::Disconnect(d));
         }
         let cid = self
             .conns
