@@ -53,6 +53,11 @@ enum Command {
     },
 }
 
+/// Batches in flight per pair of shards. With the sender's queue
+/// (`runtime::OUTQ_LIMIT`) it bounds the memory a fast publisher can pin
+/// while a slower shard catches up.
+const MESH_CAPACITY: usize = 256;
+
 fn core_config(m: &MqttConfig, instance: u64) -> CoreConfig {
     CoreConfig {
         max_packet_size: m.max_packet_size,
@@ -167,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let signals = sys::block_signals().context("blocking signals")?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mesh = MeshBuilder::full(shards, 1024);
+    let mesh = MeshBuilder::full(shards, MESH_CAPACITY);
     let instance = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -25,6 +25,7 @@ use vmqtt::broker::{
     route_connect, CloseReason, ConnId, ConnectRoute, CoreConfig, IoEvent, ShardCore, ShardId,
     ShardMsg,
 };
+use vmqtt::ClientId;
 
 use crate::notify::{Broadcast, Notify};
 
@@ -70,6 +71,8 @@ pub struct ShardSpec {
 }
 
 struct ConnIo {
+    /// The client identifier, once connected (for logs).
+    client: RefCell<Option<ClientId>>,
     /// Output is waiting (or the connection ends).
     notify: Notify,
     /// The server decided to close the connection.
@@ -97,7 +100,7 @@ struct Shard {
 /// Batches queued for other shards beyond which readers stop reading: the
 /// receiving shards are slower than this one's publishers, so the
 /// publishers wait (TCP backpressure) instead of the queue growing.
-const OUTQ_LIMIT: usize = 256;
+const OUTQ_LIMIT: usize = 64;
 
 impl Shard {
     /// Waits while too many batches wait for the channel mesh.
@@ -120,11 +123,30 @@ impl Shard {
                     }
                 }
                 IoEvent::Close(c, reason) => {
-                    log_close(self.index, c, reason);
+                    let client = conns.get(&c).and_then(|io| io.client.borrow().clone());
+                    log_close(self.index, c, client.as_ref(), reason);
                     if let Some(io) = conns.get(&c) {
                         io.close.set(true);
                         io.notify.notify();
                         io.closing.notify();
+                    }
+                }
+                IoEvent::Connected {
+                    conn,
+                    client_id,
+                    version,
+                    session_present,
+                } => {
+                    info!(
+                        shard = self.index,
+                        conn = conn.0,
+                        client_id = client_id.as_str(),
+                        ?version,
+                        session_present,
+                        "client connected"
+                    );
+                    if let Some(io) = conns.get(&conn) {
+                        *io.client.borrow_mut() = Some(client_id);
                     }
                 }
             }
@@ -149,10 +171,13 @@ impl Shard {
     }
 }
 
-fn log_close(shard: usize, conn: ConnId, reason: CloseReason) {
+fn log_close(shard: usize, conn: ConnId, client: Option<&ClientId>, reason: CloseReason) {
+    let client_id = client.map_or("", |c| c.as_str());
     match reason {
-        CloseReason::ClientDisconnect => debug!(shard, conn = conn.0, "client disconnected"),
-        other => info!(shard, conn = conn.0, reason = ?other, "closing connection"),
+        CloseReason::ClientDisconnect => {
+            info!(shard, conn = conn.0, client_id, "client disconnected")
+        }
+        other => info!(shard, conn = conn.0, client_id, reason = ?other, "closing connection"),
     }
 }
 
@@ -300,8 +325,24 @@ async fn timer_loop(shard: Rc<Shard>) {
         shard.after();
         glommio::yield_if_needed().await;
         if shard.stop.load(Ordering::Relaxed) {
+            shutdown(&shard).await;
             return;
         }
+    }
+}
+
+/// Closes every connection (v5 clients get DISCONNECT 0x8B) and waits,
+/// bounded, for their last bytes to be written.
+async fn shutdown(shard: &Rc<Shard>) {
+    let start = Instant::now();
+    shard.core.borrow_mut().handle_shutdown(start);
+    shard.after();
+    while !shard.conns.borrow().is_empty() && start.elapsed() < CLOSE_GRACE {
+        timer::sleep(Duration::from_millis(10)).await;
+    }
+    // Let the sender task pass the last batches on.
+    while !shard.outq.borrow().is_empty() && start.elapsed() < CLOSE_GRACE {
+        timer::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -309,6 +350,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connect_timeout: D
     debug!(shard = shard.index, addr = ?listener.local_addr().ok(), "accepting");
     loop {
         match listener.accept().await {
+            Ok(_) if shard.stop.load(Ordering::Relaxed) => return,
             Ok(stream) => {
                 debug!(shard = shard.index, peer = ?stream.peer_addr().ok(), "accepted");
                 spawn_local(first_bytes(shard.clone(), stream, connect_timeout, max)).detach();
@@ -415,6 +457,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
         "serving"
     );
     let io = Rc::new(ConnIo {
+        client: RefCell::new(None),
         notify: Notify::default(),
         closing: Notify::default(),
         close: Cell::new(false),

@@ -72,9 +72,20 @@ impl Default for CoreConfig {
     }
 }
 
-/// What the I/O layer must do for a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the I/O layer must do for a connection, or should log about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoEvent {
+    /// A CONNECT was accepted (for logs and metrics).
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// The client identifier (assigned one included).
+        client_id: ClientId,
+        /// Its protocol version.
+        version: ProtocolVersion,
+        /// Whether a stored session was resumed.
+        session_present: bool,
+    },
     /// Output is waiting: call [`ShardCore::take_output`] and write it.
     Wake(ConnId),
     /// Write what output is left, then close the socket and call
@@ -97,6 +108,8 @@ pub enum CloseReason {
     TakenOver,
     /// CONNECT refused (CONNACK with a failure code was sent).
     Refused(ReasonCode),
+    /// The broker is stopping.
+    ShuttingDown,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -340,6 +353,33 @@ impl ShardCore {
         if let Some(cid) = conn.client_id {
             // Closed without a DISCONNECT from the client: abnormal.
             self.detach(now, &cid, conn_id, true);
+        }
+    }
+
+    /// The broker is stopping: every connection is closed, MQTT 5 clients
+    /// first get DISCONNECT 0x8B (Server shutting down). Wills are not
+    /// published: the client did nothing wrong, and the server is going away.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if conn.state == ConnState::Closing {
+                continue;
+            }
+            let notify = conn.state == ConnState::Connected && conn.version.is_v5();
+            conn.state = ConnState::Closing;
+            let cid = conn.client_id.take();
+            if notify {
+                let d = Disconnect::new(ReasonCode::SERVER_SHUTTING_DOWN);
+                self.send(id, &Packet::Disconnect(d));
+            }
+            self.events
+                .push_back(IoEvent::Close(id, CloseReason::ShuttingDown));
+            if let Some(cid) = cid {
+                self.detach(now, &cid, id, false);
+            }
         }
     }
 
@@ -632,6 +672,12 @@ impl ShardCore {
         }
 
         ack.session_present = session_present;
+        self.events.push_back(IoEvent::Connected {
+            conn: conn_id,
+            client_id: client_id.clone(),
+            version: c.protocol,
+            session_present,
+        });
         if v5 {
             let p = &mut ack.properties;
             p.receive_maximum = Some(self.config.receive_maximum.max(1));

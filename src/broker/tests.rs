@@ -89,6 +89,7 @@ impl Cluster {
                                     .extend_from_slice(&out);
                             }
                         }
+                        IoEvent::Connected { .. } => {}
                         IoEvent::Close(c, _) => {
                             if let Some(out) = self.cores[i].take_output(self.now, c) {
                                 self.inbox
@@ -1179,4 +1180,32 @@ fn suback_and_retained_puback_wait_for_every_shard() {
     );
     cl.run();
     assert!(matches!(cl.recv_one(&p), Some(Packet::PubAck(_))));
+}
+
+#[test]
+fn shutdown_sends_0x8b_to_v5_and_closes_everyone_without_wills() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("sd");
+    let w = Connect {
+        will: Some(will("will", None)),
+        ..Connect::new(V5, &a)
+    };
+    let (c5, _) = cl.connect_with(w);
+    let c3 = cl.connect(V3_1_1, &b);
+    for core in &mut cl.cores {
+        core.handle_shutdown(cl.now);
+    }
+    cl.run();
+    assert_eq!(
+        cl.recv(&c5),
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::SERVER_SHUTTING_DOWN
+        ))]
+    );
+    assert!(cl.recv(&c3).is_empty());
+    assert!(cl.closed(&c5) && cl.closed(&c3));
+    assert_eq!(
+        cl.cores[0].stats().connections + cl.cores[1].stats().connections,
+        0
+    );
 }

@@ -16,8 +16,13 @@ use crate::common::*;
 /// backlog without bound fails.
 const FLOOD_PAYLOAD: usize = 64 * 1024;
 const FLOOD_COUNT: usize = 8192;
-/// The RSS growth allowed during the flood.
-const RSS_GROWTH_LIMIT_KIB: u64 = 200 * 1024;
+/// Queue bound configured for this test (messages per session).
+const MAX_QUEUED: usize = 1000;
+/// What the configuration allows the broker to hold: both subscribers'
+/// queues full of distinct flood payloads, plus 96 MiB for buffers in flight
+/// (output buffers, shard channels, read buffers) and allocator slack. The
+/// flood itself is 512 MiB: an unbounded broker goes far past this.
+const RSS_GROWTH_LIMIT_KIB: u64 = ((2 * MAX_QUEUED * FLOOD_PAYLOAD) as u64 >> 10) + 96 * 1024;
 
 /// A subscriber that stops reading its socket while a publisher floods QoS 0:
 /// the publisher finishes in bounded time, a fast subscriber keeps receiving
@@ -28,7 +33,7 @@ async fn slow_consumer_does_not_grow_broker_or_block_others() {
     let b = Broker::start_with(
         test,
         BrokerConfig {
-            max_queued_messages: Some(1000),
+            max_queued_messages: Some(MAX_QUEUED as u32),
             max_packet_size: Some(1 << 20),
             ..Default::default()
         },
