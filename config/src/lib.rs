@@ -66,6 +66,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// `[log]`: log output.
     pub log: LogConfig,
+    /// `[http]`: the HTTP endpoint for Prometheus metrics and health checks.
+    pub http: HttpConfig,
     /// `[shards.N]` tables: overrides of `[mqtt]` keys for shard `N`
     /// (numbered from 0). [`Config::mqtt_for_shard`] applies them.
     #[serde(
@@ -93,6 +95,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
+            http: HttpConfig::default(),
             shards: BTreeMap::new(),
             source: ConfigSource::default(),
         }
@@ -301,6 +304,27 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: "info".to_owned(),
+        }
+    }
+}
+
+/// `[http]`: an HTTP endpoint serving `GET /metrics` (Prometheus text
+/// format, one series per shard), `GET /healthz` (the process is up) and
+/// `GET /readyz` (every shard is serving).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve the endpoint. Default `false`.
+    pub enabled: bool,
+    /// Address of the endpoint. Default `127.0.0.1:9883` (loopback only).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: false,
+            listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9883)),
         }
     }
 }

@@ -69,6 +69,12 @@ const RULES: &[(&str, Rule)] = &[
         "log.level",
         Rule::Text("a tracing filter directive such as \"info\" or \"info,vmqtt_shard=debug\""),
     ),
+    ("http", Rule::Text("a table of [http] settings")),
+    ("http.enabled", Rule::Bool),
+    (
+        "http.listen",
+        Rule::Text("an IP address and port such as \"127.0.0.1:9883\""),
+    ),
     (
         "shards",
         Rule::Text("tables named by shard number, like [shards.0]"),

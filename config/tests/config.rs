@@ -121,7 +121,7 @@ fn every_setting_is_in_the_default_file_with_a_comment() {
     // And nothing in the file that is not a setting (deny_unknown_fields
     // already ensures it; this guards the walk above).
     for key in parsed.source.keys() {
-        let is_table = ["mqtt", "runtime", "log"].contains(&key);
+        let is_table = ["mqtt", "runtime", "log", "http"].contains(&key);
         assert!(
             is_table || paths.iter().any(|p| p == key),
             "unexpected key {key}"
@@ -299,7 +299,7 @@ fn unknown_keys_everywhere() {
     assert_eq!(
         err.to_string(),
         "unknown key `storage` at vmqtt.toml line 2: allowed keys at the top level are listen, \
-         data_dir, cores, mqtt, runtime, log, shards"
+         data_dir, cores, mqtt, runtime, log, http, shards"
     );
     let err = parse_err("[runtime]\nio_mem = 65536\n");
     assert!(

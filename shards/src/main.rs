@@ -4,6 +4,7 @@
 //! mask; see ARCHITECTURE.md for how connections, sessions and publishes
 //! move between them.
 
+mod http;
 mod notify;
 mod runtime;
 mod sys;
@@ -170,6 +171,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot listen on {addr} (is it in use?)"))?;
     }
+    let http = config.http.enabled.then_some(config.http.listen);
+    if let Some(addr) = http {
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot serve HTTP on {addr} (is it in use?)"))?;
+    }
+    let metrics = http::Metrics::new(shards);
     let signals = sys::block_signals().context("blocking signals")?;
     let stop = Arc::new(AtomicBool::new(false));
     let mesh = MeshBuilder::full(shards, MESH_CAPACITY);
@@ -187,6 +194,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             mesh: mesh.clone(),
             stop: stop.clone(),
             ready: ready_tx.clone(),
+            metrics: metrics.clone(),
+            http: http.filter(|_| index == 0),
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("vmqtt-shard-{index}"))
@@ -213,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         shards,
         cpus = ?&cpus[..shards],
         listen = ?config.listen,
+        http = ?http,
         data_dir = %config.data_dir.display(),
         "vmqtt listening"
     );

@@ -27,6 +27,7 @@ use vmqtt::broker::{
 };
 use vmqtt::ClientId;
 
+use crate::http::Metrics;
 use crate::notify::{Broadcast, Notify};
 
 /// Bytes read per `read` call.
@@ -68,6 +69,10 @@ pub struct ShardSpec {
     pub stop: Arc<AtomicBool>,
     /// Start-up result, sent once listeners are bound.
     pub ready: mpsc::Sender<Result<usize, String>>,
+    /// Counters published for the HTTP endpoint.
+    pub metrics: Arc<Metrics>,
+    /// The HTTP endpoint's address, for the one shard that serves it.
+    pub http: Option<SocketAddr>,
 }
 
 struct ConnIo {
@@ -191,6 +196,8 @@ pub async fn run(spec: ShardSpec) {
         mesh,
         stop,
         ready,
+        metrics,
+        http,
     } = spec;
     let (senders, receivers) = match mesh.join().await {
         Ok(x) => x,
@@ -250,6 +257,18 @@ pub async fn run(spec: ShardSpec) {
             }
         }
     }
+    let http_listener = match http.map(TcpListener::bind) {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            let _ = ready.send(Err(format!("shard {index}: cannot serve HTTP: {e}")));
+            return;
+        }
+        None => None,
+    };
+    if let Some(l) = http_listener {
+        spawn_local(crate::http::serve(l, metrics.clone())).detach();
+    }
+    metrics.set_ready(index, true);
     let _ = ready.send(Ok(index));
 
     let receivers = Rc::new(receivers);
@@ -263,7 +282,8 @@ pub async fn run(spec: ShardSpec) {
         spawn_local(accept_loop(shard.clone(), l, connect_timeout, max_packet)).detach();
     }
     debug!(shard = index, "running");
-    timer_loop(shard.clone()).await;
+    timer_loop(shard.clone(), &metrics).await;
+    metrics.set_ready(index, false);
     info!(shard = index, "shard stopped");
 }
 
@@ -308,8 +328,9 @@ async fn send_loop(shard: Rc<Shard>, senders: Senders<MeshMsg>, peer_of_shard: V
     }
 }
 
-async fn timer_loop(shard: Rc<Shard>) {
+async fn timer_loop(shard: Rc<Shard>, metrics: &Metrics) {
     let tick = Duration::from_millis(200);
+    let mut published = Instant::now();
     loop {
         let now = Instant::now();
         let next = shard
@@ -324,7 +345,12 @@ async fn timer_loop(shard: Rc<Shard>) {
         shard.core.borrow_mut().handle_timeout(Instant::now());
         shard.after();
         glommio::yield_if_needed().await;
+        if published.elapsed() >= Duration::from_secs(1) {
+            published = Instant::now();
+            metrics.publish(shard.index, &shard.core.borrow().stats());
+        }
         if shard.stop.load(Ordering::Relaxed) {
+            metrics.set_ready(shard.index, false);
             shutdown(&shard).await;
             return;
         }

@@ -71,6 +71,10 @@ pub struct ShardStats {
     pub retained: u64,
     /// Messages forwarded to other shards.
     pub forwarded: u64,
+    /// QoS 1/2 messages in flight to clients (sent, not yet acknowledged).
+    pub inflight: u64,
+    /// Messages waiting in session queues.
+    pub queued: u64,
 }
 
 /// Work sent from one shard to another, in batches, over the channel mesh.

@@ -259,19 +259,22 @@ impl ShardCore {
     }
 
     /// Current counters.
+    /// Gauges are computed by walking the connections and sessions, so call
+    /// this about once a second, not per packet.
     pub fn stats(&self) -> ShardStats {
         let mut s = self.stats;
+        (s.subscriptions, s.inflight, s.queued) = (0, 0, 0);
         s.connections = self
             .conns
             .values()
             .filter(|c| c.state == ConnState::Connected)
             .count() as u64;
         s.sessions = self.sessions.len() as u64;
-        s.subscriptions = self
-            .sessions
-            .values()
-            .map(|s| s.subscriptions.len() as u64)
-            .sum();
+        for session in self.sessions.values() {
+            s.subscriptions += session.subscriptions.len() as u64;
+            s.inflight += session.inflight_len() as u64;
+            s.queued += session.queued_len() as u64;
+        }
         s.retained = self.retained.len() as u64;
         s
     }

@@ -37,6 +37,7 @@ mod external;
 mod keepalive;
 mod load;
 mod malformed;
+mod ops;
 mod pubsub;
 mod retained;
 mod session;

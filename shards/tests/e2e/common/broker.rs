@@ -59,6 +59,8 @@ pub struct BrokerConfig {
     pub connect_timeout_ms: Option<u64>,
     /// `mqtt.sys_interval_ms` (Mosquitto: `sys_interval`, whole seconds).
     pub sys_interval_ms: Option<u64>,
+    /// `[http]` enabled on `127.0.0.1:<port>` (vmqtt only).
+    pub http_port: Option<u16>,
 }
 
 impl BrokerConfig {
@@ -84,6 +86,12 @@ impl BrokerConfig {
         );
         kv("connect_timeout_ms", self.connect_timeout_ms);
         kv("sys_interval_ms", self.sys_interval_ms);
+        if let Some(port) = self.http_port {
+            let _ = write!(
+                s,
+                "\n[http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n"
+            );
+        }
         s
     }
 

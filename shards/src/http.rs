@@ -1,0 +1,242 @@
+//! The operators' HTTP endpoint (`[http]` in the configuration), served by
+//! shard 0: `GET /metrics` in the Prometheus text format with a `shard`
+//! label on every series, `GET /healthz` and `GET /readyz`.
+//!
+//! Shards publish their counters into [`Metrics`] about once a second (plain
+//! atomic stores, no lock, no message); the endpoint only reads them.
+
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{spawn_local, timer};
+use tracing::{debug, warn};
+use vmqtt::broker::ShardStats;
+
+/// One shard's published counters. Written by that shard only.
+#[derive(Debug, Default)]
+pub struct ShardSlot {
+    ready: AtomicBool,
+    values: [AtomicU64; SERIES.len()],
+}
+
+/// Counters of every shard, shared by all executors (`Send + Sync`).
+#[derive(Debug)]
+pub struct Metrics {
+    shards: Vec<ShardSlot>,
+}
+
+/// (name, type, help) of each series, in the order of [`values`].
+const SERIES: [(&str, &str, &str); 10] = [
+    (
+        "vmqtt_connections",
+        "gauge",
+        "Open MQTT connections (CONNACK sent).",
+    ),
+    ("vmqtt_sessions", "gauge", "Sessions, connected or not."),
+    (
+        "vmqtt_subscriptions",
+        "gauge",
+        "Subscriptions of the sessions.",
+    ),
+    (
+        "vmqtt_messages_received_total",
+        "counter",
+        "PUBLISH packets received from clients.",
+    ),
+    (
+        "vmqtt_messages_sent_total",
+        "counter",
+        "PUBLISH packets sent to clients.",
+    ),
+    (
+        "vmqtt_messages_dropped_total",
+        "counter",
+        "Messages dropped: session queue full, too large for the client, expired.",
+    ),
+    (
+        "vmqtt_retained_messages",
+        "gauge",
+        "Retained messages (every shard holds a replica).",
+    ),
+    (
+        "vmqtt_cross_shard_forwards_total",
+        "counter",
+        "Messages forwarded to another shard.",
+    ),
+    (
+        "vmqtt_inflight_messages",
+        "gauge",
+        "QoS 1/2 messages sent and not yet acknowledged.",
+    ),
+    (
+        "vmqtt_queued_messages",
+        "gauge",
+        "Messages waiting in session queues.",
+    ),
+];
+
+fn values(s: &ShardStats) -> [u64; SERIES.len()] {
+    [
+        s.connections,
+        s.sessions,
+        s.subscriptions,
+        s.messages_received,
+        s.messages_sent,
+        s.messages_dropped,
+        s.retained,
+        s.forwarded,
+        s.inflight,
+        s.queued,
+    ]
+}
+
+impl Metrics {
+    /// Slots for `shards` shards, none ready.
+    pub fn new(shards: usize) -> Arc<Self> {
+        Arc::new(Self {
+            shards: (0..shards).map(|_| ShardSlot::default()).collect(),
+        })
+    }
+
+    /// Shard `shard` publishes its counters.
+    pub fn publish(&self, shard: usize, stats: &ShardStats) {
+        if let Some(slot) = self.shards.get(shard) {
+            for (cell, v) in slot.values.iter().zip(values(stats)) {
+                cell.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Shard `shard` serves (or stops serving) MQTT.
+    pub fn set_ready(&self, shard: usize, ready: bool) {
+        if let Some(slot) = self.shards.get(shard) {
+            slot.ready.store(ready, Ordering::Relaxed);
+        }
+    }
+
+    fn all_ready(&self) -> bool {
+        self.shards.iter().all(|s| s.ready.load(Ordering::Relaxed))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        for (i, (name, kind, help)) in SERIES.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (shard, slot) in self.shards.iter().enumerate() {
+                let v = slot.values[i].load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {v}");
+            }
+        }
+        out
+    }
+}
+
+/// Accepts HTTP connections until the process stops.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let listener = Rc::new(listener);
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                spawn_local(handle(stream, metrics.clone())).detach();
+            }
+            Err(e) => {
+                warn!(error = %e, "http accept failed");
+                timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One request per connection (`Connection: close`), at most 8 KiB of
+/// headers, 5 s to send them.
+async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 8192 {
+            let _ = respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "",
+            )
+            .await;
+            return;
+        }
+    }
+    let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    debug!(method, path, "http request");
+    let path = path.split('?').next().unwrap_or("");
+    let (status, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", metrics.render()),
+        ("GET", "/healthz") => ("200 OK", "ok\n".to_owned()),
+        ("GET", "/readyz") if metrics.all_ready() => ("200 OK", "ready\n".to_owned()),
+        ("GET", "/readyz") => ("503 Service Unavailable", "not ready\n".to_owned()),
+        ("GET", _) => ("404 Not Found", "not found\n".to_owned()),
+        _ => ("405 Method Not Allowed", "GET only\n".to_owned()),
+    };
+    let _ = respond(&mut stream, status, "text/plain; version=0.0.4", &body).await;
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    kind: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series_for_every_shard() {
+        let m = Metrics::new(2);
+        let stats = ShardStats {
+            connections: 3,
+            messages_received: 7,
+            ..ShardStats::default()
+        };
+        m.publish(1, &stats);
+        let text = m.render();
+        assert!(text.contains("# TYPE vmqtt_connections gauge"));
+        assert!(text.contains("vmqtt_connections{shard=\"0\"} 0\n"));
+        assert!(text.contains("vmqtt_connections{shard=\"1\"} 3\n"));
+        assert!(text.contains("vmqtt_messages_received_total{shard=\"1\"} 7\n"));
+        assert_eq!(
+            text.lines().filter(|l| !l.starts_with('#')).count(),
+            2 * SERIES.len()
+        );
+    }
+
+    #[test]
+    fn ready_only_when_every_shard_is() {
+        let m = Metrics::new(2);
+        m.set_ready(0, true);
+        assert!(!m.all_ready());
+        m.set_ready(1, true);
+        assert!(m.all_ready());
+    }
+}

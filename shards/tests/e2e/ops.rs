@@ -1,0 +1,197 @@
+//! Operations: the HTTP metrics and health endpoint scraped while clients
+//! run, DISCONNECT 0x8B on SIGTERM, and configuration errors that name the
+//! key and the line.
+
+use std::io::{Read, Write};
+use std::net::TcpStream as StdTcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `GET path` over plain HTTP/1.1; returns (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = StdTcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read response");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Sum of a metric over its `shard` labels, and how many shards reported it.
+fn metric(body: &str, name: &str) -> (u64, usize) {
+    let prefix = format!("{name}{{shard=\"");
+    let values: Vec<u64> = body
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (values.iter().sum(), values.len())
+}
+
+#[tokio::test]
+async fn metrics_scraped_while_clients_run() {
+    let test = "metrics_scraped_while_clients_run";
+    if skip_on_mosquitto(test, "vmqtt's HTTP endpoint") {
+        return;
+    }
+    let http = free_port();
+    let b = Broker::start_with(
+        test,
+        BrokerConfig {
+            http_port: Some(http),
+            ..Default::default()
+        },
+    );
+    let (pub_id, sub_id) = ids_on_different_shards(test);
+    let mut sub = Raw::v5(b.port(), &sub_id).await;
+    sub.subscribe("ops/m", QoS::AtLeastOnce).await;
+    let mut publ = Raw::v5(b.port(), &pub_id).await;
+    for i in 0..10 {
+        publ.publish_ok("ops/m", &format!("m{i}"), QoS::AtLeastOnce, false)
+            .await;
+    }
+    for _ in 0..10 {
+        let p = sub.recv_publish_within(Duration::from_secs(5)).await;
+        sub.ack(&p).await;
+    }
+
+    assert_eq!(http_get(http, "/healthz").0, 200);
+    assert_eq!(http_get(http, "/readyz").0, 200);
+    assert_eq!(http_get(http, "/nothing").0, 404);
+    // Shards publish their counters about once a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = http_get(http, "/metrics");
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("# TYPE vmqtt_messages_received_total counter"),
+            "{body}"
+        );
+        let (connections, shards) = metric(&body, "vmqtt_connections");
+        assert_eq!(shards, SHARDS, "one series per shard:\n{body}");
+        let (received, _) = metric(&body, "vmqtt_messages_received_total");
+        let (sent, _) = metric(&body, "vmqtt_messages_sent_total");
+        let (forwarded, _) = metric(&body, "vmqtt_cross_shard_forwards_total");
+        let (subscriptions, _) = metric(&body, "vmqtt_subscriptions");
+        if connections == 2 && received >= 10 && sent >= 10 && forwarded >= 10 && subscriptions == 1
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed the traffic (2 connections, 10 received, sent, forwarded \
+             across shards, 1 subscription):\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_sends_v5_clients_0x8b() {
+    let test = "sigterm_sends_v5_clients_0x8b";
+    if skip_on_mosquitto(test, "Mosquitto 2.0 closes without DISCONNECT") {
+        return;
+    }
+    let mut b = Broker::start(test);
+    let mut c = Raw::v5(b.port(), "sigterm-v5").await;
+    let status = b
+        .terminate(Duration::from_secs(5))
+        .expect("exit within 5 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let got = c.expect_closed(Duration::from_secs(5)).await;
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::SERVER_SHUTTING_DOWN),
+        "expected DISCONNECT 0x8B, got {got:?}"
+    );
+}
+
+#[test]
+fn config_typo_names_the_key_and_line() {
+    let dir = std::env::temp_dir().join(format!("vmqtt-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("typo.toml");
+    std::fs::write(&file, "[mqtt]\nmax_inflight = 10\nrecieve_maximum = 5\n").expect("write");
+    let exe = env!("CARGO_BIN_EXE_vmqtt-shard");
+
+    let out = Command::new(exe)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "check-config exit status; stderr: {err}"
+    );
+    assert!(err.contains("recieve_maximum"), "names the key: {err}");
+    assert!(err.contains("line 3"), "names the line: {err}");
+    assert!(
+        err.contains("receive_maximum"),
+        "suggests the right key: {err}"
+    );
+
+    // Starting with it fails the same way, before listening.
+    let out = Command::new(exe)
+        .args([
+            "--cores",
+            "1",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("recieve_maximum") && err.contains("line 3"),
+        "{err}"
+    );
+
+    std::fs::write(&file, "[mqtt]\nreceive_maximum = 0\n").expect("write");
+    let out = Command::new(exe)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mqtt.receive_maximum = 0") && err.contains("between 1 and 65535"),
+        "{err}"
+    );
+
+    std::fs::write(&file, "[mqtt]\nreceive_maximum = 5\n").expect("write");
+    let out = Command::new(exe)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
