@@ -20,6 +20,9 @@ use clap::{Parser, Subcommand};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{info, warn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter};
 
 use vmqtt::broker::CoreConfig;
 use vmqtt_config::{Config, LogFormat, MqttConfig};
@@ -76,18 +79,88 @@ fn core_config(m: &MqttConfig, instance: u64) -> CoreConfig {
     }
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+/// Changes the log filter of the running process (SIGHUP).
+type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging(config: &Config) -> LogHandle {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+        LogFormat::Text => registry.with(layer.with_ansi(ansi)).init(),
     }
+    handle
+}
+
+/// SIGHUP: reads the configuration file again, applies what can change live
+/// (the `[mqtt]` and `[shards.N]` settings, for new connections and from now
+/// on; the log level) and logs each changed setting that needs a restart.
+fn reload(
+    cli: &Cli,
+    current: &mut Config,
+    shards: usize,
+    instance: u64,
+    to_shards: &[mpsc::Sender<CoreConfig>],
+    log: &LogHandle,
+) {
+    let Some(path) = &cli.config else {
+        info!("SIGHUP: no --config file to reload");
+        return;
+    };
+    let mut new = match Config::load(path).and_then(|c| c.validate_shards(shards).map(|()| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!("SIGHUP: keeping the running configuration: {e}");
+            return;
+        }
+    };
+    // Command-line settings keep precedence over the file.
+    if !cli.listen.is_empty() {
+        new.listen.clone_from(&current.listen);
+    }
+    if cli.data_dir.is_some() {
+        new.data_dir.clone_from(&current.data_dir);
+    }
+    if cli.cores.is_some() {
+        new.cores = current.cores;
+    }
+    let restart: [(&str, bool); 6] = [
+        ("listen", new.listen != current.listen),
+        ("data_dir", new.data_dir != current.data_dir),
+        ("cores", new.cores != current.cores),
+        ("runtime", new.runtime != current.runtime),
+        ("http", new.http != current.http),
+        ("log.format", new.log.format != current.log.format),
+    ];
+    for (key, changed) in restart {
+        if changed {
+            warn!(
+                setting = key,
+                "SIGHUP: changed, takes effect after a restart"
+            );
+        }
+    }
+    if new.log.level != current.log.level {
+        match log.modify(|f| *f = EnvFilter::new(&new.log.level)) {
+            Ok(()) => info!(level = %new.log.level, "SIGHUP: log level changed"),
+            Err(e) => warn!("SIGHUP: cannot change the log level: {e}"),
+        }
+    }
+    for (index, tx) in to_shards.iter().enumerate() {
+        let (old, next) = (current.mqtt_for_shard(index), new.mqtt_for_shard(index));
+        if old != next {
+            info!(
+                shard = index,
+                "SIGHUP: [mqtt] settings changed, applied live"
+            );
+            let _ = tx.send(core_config(&next, instance));
+        }
+    }
+    *current = new;
 }
 
 fn main() -> std::process::ExitCode {
@@ -124,7 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(d) = &cli.data_dir {
         config.data_dir = d.clone();
     }
-    init_logging(&config);
+    let log = init_logging(&config);
 
     let cpus = sys::allowed_cpus().context("reading the CPU affinity mask")?;
     if cpus.is_empty() {
@@ -185,6 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .map_or(0, |d| d.as_secs());
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::new();
+    let mut to_shards = Vec::new();
     for (index, &cpu) in cpus.iter().take(shards).enumerate() {
         let spec = runtime::ShardSpec {
             index,
@@ -196,6 +270,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ready: ready_tx.clone(),
             metrics: metrics.clone(),
             http: http.filter(|_| index == 0),
+            reconfigure: {
+                let (tx, rx) = mpsc::channel();
+                to_shards.push(tx);
+                rx
+            },
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("vmqtt-shard-{index}"))
@@ -230,7 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     loop {
         let sig = sys::wait_for_signal(&signals)?;
         if sig == libc::SIGHUP {
-            info!("SIGHUP: configuration reload is not supported yet; ignoring");
+            reload(&cli, &mut config, shards, instance, &to_shards, &log);
             continue;
         }
         info!(signal = sig, "stopping");

@@ -73,6 +73,8 @@ pub struct ShardSpec {
     pub metrics: Arc<Metrics>,
     /// The HTTP endpoint's address, for the one shard that serves it.
     pub http: Option<SocketAddr>,
+    /// New settings from a configuration reload (SIGHUP).
+    pub reconfigure: mpsc::Receiver<CoreConfig>,
 }
 
 struct ConnIo {
@@ -198,6 +200,7 @@ pub async fn run(spec: ShardSpec) {
         ready,
         metrics,
         http,
+        reconfigure,
     } = spec;
     let (senders, receivers) = match mesh.join().await {
         Ok(x) => x,
@@ -282,7 +285,7 @@ pub async fn run(spec: ShardSpec) {
         spawn_local(accept_loop(shard.clone(), l, connect_timeout, max_packet)).detach();
     }
     debug!(shard = index, "running");
-    timer_loop(shard.clone(), &metrics).await;
+    timer_loop(shard.clone(), &metrics, &reconfigure).await;
     metrics.set_ready(index, false);
     info!(shard = index, "shard stopped");
 }
@@ -328,7 +331,7 @@ async fn send_loop(shard: Rc<Shard>, senders: Senders<MeshMsg>, peer_of_shard: V
     }
 }
 
-async fn timer_loop(shard: Rc<Shard>, metrics: &Metrics) {
+async fn timer_loop(shard: Rc<Shard>, metrics: &Metrics, reconfigure: &mpsc::Receiver<CoreConfig>) {
     let tick = Duration::from_millis(200);
     let mut published = Instant::now();
     loop {
@@ -345,6 +348,9 @@ async fn timer_loop(shard: Rc<Shard>, metrics: &Metrics) {
         shard.core.borrow_mut().handle_timeout(Instant::now());
         shard.after();
         glommio::yield_if_needed().await;
+        while let Ok(config) = reconfigure.try_recv() {
+            shard.core.borrow_mut().set_config(config);
+        }
         if published.elapsed() >= Duration::from_secs(1) {
             published = Instant::now();
             metrics.publish(shard.index, &shard.core.borrow().stats());

@@ -136,6 +136,12 @@ struct Conn {
     problem_info: bool,
     /// Session Expiry Interval in CONNECT was 0 (a DISCONNECT may not raise it).
     connect_expiry_zero: bool,
+    /// Receive Maximum granted in CONNACK.
+    receive_max: u16,
+    /// Topic Alias Maximum granted in CONNACK.
+    alias_max: u16,
+    /// Maximum Packet Size accepted from this client (sent in CONNACK).
+    max_packet: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -258,6 +264,14 @@ impl ShardCore {
         &self.config
     }
 
+    /// New settings (a configuration reload). Limits apply from now on;
+    /// what was granted in an earlier CONNACK (keep alive, receive maximum,
+    /// topic alias maximum) stays as granted for connections already open.
+    pub fn set_config(&mut self, config: CoreConfig) {
+        let instance = self.config.instance;
+        self.config = CoreConfig { instance, ..config };
+    }
+
     /// Current counters.
     /// Gauges are computed by walking the connections and sessions, so call
     /// this about once a second, not per packet.
@@ -306,6 +320,9 @@ impl ShardCore {
                 client_max_packet: u32::MAX,
                 problem_info: true,
                 connect_expiry_zero: true,
+                receive_max: 0,
+                alias_max: 0,
+                max_packet: self.config.max_packet_size,
             },
         );
         self.timers.push(Reverse((
@@ -319,10 +336,10 @@ impl ShardCore {
     /// packet in `buf`, leaving a partial one there.
     pub fn handle_bytes(&mut self, now: Instant, conn_id: ConnId, buf: &mut BytesMut) {
         loop {
-            let (version, state) = match self.conns.get_mut(&conn_id) {
+            let (version, max_packet, state) = match self.conns.get_mut(&conn_id) {
                 Some(c) => {
                     c.last_rx = now;
-                    (c.version, &c.state)
+                    (c.version, c.max_packet, &c.state)
                 }
                 None => return,
             };
@@ -336,7 +353,7 @@ impl ShardCore {
             } else {
                 None
             };
-            match codec::decode(buf, version, self.config.max_packet_size) {
+            match codec::decode(buf, version, max_packet) {
                 Ok(None) => return,
                 Ok(Some(packet)) => self.handle_packet(now, conn_id, packet),
                 Err(e) => {
@@ -668,6 +685,8 @@ impl ShardCore {
         conn.client_max_packet = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
         conn.problem_info = c.properties.request_problem_information.unwrap_or(true);
         conn.connect_expiry_zero = expiry == 0;
+        conn.receive_max = self.config.receive_maximum.max(1);
+        conn.alias_max = self.config.topic_alias_maximum;
         if keep_alive > 0 {
             let deadline = now + conn.keep_alive.mul_f32(1.5);
             self.timers
@@ -683,9 +702,9 @@ impl ShardCore {
         });
         if v5 {
             let p = &mut ack.properties;
-            p.receive_maximum = Some(self.config.receive_maximum.max(1));
-            p.maximum_packet_size = Some(self.config.max_packet_size);
-            p.topic_alias_maximum = Some(self.config.topic_alias_maximum);
+            p.receive_maximum = Some(conn.receive_max);
+            p.maximum_packet_size = Some(conn.max_packet);
+            p.topic_alias_maximum = Some(conn.alias_max);
             if !self.config.retain_available {
                 p.retain_available = Some(false);
             }
@@ -720,9 +739,10 @@ impl ShardCore {
             return;
         };
         let v5 = conn.version.is_v5();
+        let receive_max = usize::from(conn.receive_max.max(1));
         // Topic alias (v5 §3.3.2.3.4).
         if let Some(alias) = p.properties.topic_alias.take() {
-            if alias > self.config.topic_alias_maximum {
+            if alias > conn.alias_max {
                 let rc = ReasonCode::TOPIC_ALIAS_INVALID;
                 return self.close(now, conn_id, CloseReason::ProtocolError(rc));
             }
@@ -785,9 +805,7 @@ impl ShardCore {
             let Some(session) = self.sessions.get_mut(cid) else {
                 return;
             };
-            if session.incoming_qos2_len() >= usize::from(self.config.receive_maximum.max(1))
-                && !session.has_incoming_qos2(id)
-            {
+            if session.incoming_qos2_len() >= receive_max && !session.has_incoming_qos2(id) {
                 let rc = ReasonCode::RECEIVE_MAXIMUM_EXCEEDED;
                 return self.close(now, conn_id, CloseReason::ProtocolError(rc));
             }

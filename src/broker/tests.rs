@@ -1209,3 +1209,23 @@ fn shutdown_sends_0x8b_to_v5_and_closes_everyone_without_wills() {
         0
     );
 }
+
+#[test]
+fn reloaded_limits_apply_to_new_connections_and_keep_what_was_granted() {
+    let mut cl = Cluster::new(1);
+    let old = cl.connect(V5, "old");
+    let mut config = cl.cores[0].config().clone();
+    config.topic_alias_maximum = 2;
+    config.max_packet_size = 64;
+    cl.cores[0].set_config(config);
+    // The old connection keeps the alias maximum (64) and packet size it was granted.
+    let mut m = Publish::new(topic("t"), Bytes::from_static(&[b'x'; 80]));
+    m.properties.topic_alias = Some(10);
+    cl.send(&old, Packet::Publish(m.clone()));
+    assert!(cl.recv(&old).is_empty() && !cl.closed(&old));
+    let (new, ack) = cl.connect_with(Connect::new(V5, "new"));
+    assert_eq!(ack.properties.topic_alias_maximum, Some(2));
+    assert_eq!(ack.properties.maximum_packet_size, Some(64));
+    cl.send(&new, Packet::Publish(m));
+    assert!(cl.closed(&new));
+}

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use vmqtt::codec::ProtocolVersion;
 
 /// A port nobody listens on right now.
 fn free_port() -> u16 {
@@ -194,4 +195,58 @@ fn config_typo_names_the_key_and_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGHUP re-reads the file: changed `[mqtt]` limits apply to new
+/// connections; a connection keeps what its CONNACK granted; a setting that
+/// needs a restart is logged as such.
+#[tokio::test]
+async fn sighup_reloads_mqtt_settings_live() {
+    let test = "sighup_reloads_mqtt_settings_live";
+    if skip_on_mosquitto(test, "vmqtt's reload") {
+        return;
+    }
+    let b = Broker::start(test);
+    let (old_id, new_id) = ids_on_different_shards(test);
+    let mut old = Raw::v5(b.port(), &old_id).await;
+    let text = std::fs::read_to_string(b.config_path()).expect("read config");
+    let text = text.replace("[mqtt]\n", "[mqtt]\nmax_packet_size = 200\n");
+    let text = format!("{text}\n[runtime]\nring_depth = 64\n");
+    std::fs::write(b.config_path(), text).expect("write config");
+    b.signal(libc::SIGHUP);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (mut c, ack) =
+            Raw::connect_with(b.port(), connect_packet(ProtocolVersion::V5, &new_id)).await;
+        if ack.properties.maximum_packet_size == Some(200) {
+            // The new limit holds for the new connection...
+            c.send(&Packet::Publish(publish(
+                "ops/big",
+                vec![0u8; 500],
+                QoS::AtMostOnce,
+                false,
+            )))
+            .await;
+            let got = c.expect_closed(Duration::from_secs(5)).await;
+            assert!(
+                matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::PACKET_TOO_LARGE),
+                "{got:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reload never took effect: {ack:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...while the old connection keeps the 1 MiB it was granted.
+    old.publish_ok("ops/big", &"x".repeat(500), QoS::AtLeastOnce, false)
+        .await;
+    let log = b.log();
+    assert!(
+        log.contains("setting=\"runtime\"") && log.contains("after a restart"),
+        "{log}"
+    );
 }

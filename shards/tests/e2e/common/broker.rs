@@ -398,6 +398,21 @@ impl Broker {
     }
 
     /// The broker's stdout+stderr so far.
+    /// The configuration file the broker was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Sends `signal` to the broker process.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = self.child.as_ref() {
+            // SAFETY: kill(2) with the pid of our own child and a valid signal.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
     pub fn log(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = fs::File::open(&self.log_path) {
