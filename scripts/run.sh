@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
+bash scripts/install-build-deps.sh
 cargo build --release -p vmqtt-shard
 exec "$CARGO_TARGET_DIR/release/vmqtt-shard" "$@"

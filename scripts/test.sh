@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 
+bash scripts/install-build-deps.sh
 bash scripts/install-test-deps.sh
 
 echo "== rustfmt"
