@@ -238,16 +238,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     // Every shard binds each address with SO_REUSEPORT, which would also
-    // share the port with another running broker. A plain bind first makes
-    // "address in use" an error, as operators expect.
-    for addr in &config.listen {
-        std::net::TcpListener::bind(addr)
-            .with_context(|| format!("cannot listen on {addr} (is it in use?)"))?;
-    }
+    // share the port with another running broker of the same user. If
+    // something already accepts connections there, refuse to start. (A plain
+    // bind would also trip over this process's own TIME-WAIT sockets after a
+    // restart.)
     let http = config.http.enabled.then_some(config.http.listen);
-    if let Some(addr) = http {
-        std::net::TcpListener::bind(addr)
-            .with_context(|| format!("cannot serve HTTP on {addr} (is it in use?)"))?;
+    for addr in config.listen.iter().chain(http.iter()) {
+        if sys::accepts_connections(*addr) {
+            bail!("cannot listen on {addr}: address already in use by another process");
+        }
     }
     let metrics = http::Metrics::new(shards);
     let signals = sys::block_signals().context("blocking signals")?;

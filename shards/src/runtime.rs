@@ -30,8 +30,13 @@ use vmqtt::ClientId;
 use crate::http::Metrics;
 use crate::notify::{Broadcast, Notify};
 
-/// Bytes read per `read` call.
+/// Bytes read per `read` call by default; see [`read_some`] for how the size
+/// adapts between [`MIN_READ`] and [`MAX_READ`].
 const READ_CHUNK: usize = 4096;
+/// The read size of a quiet connection (its buffer is armed while idle).
+const MIN_READ: usize = 256;
+/// The largest single read.
+const MAX_READ: usize = 64 * 1024;
 
 /// What crosses cores over the mesh.
 #[derive(Debug)]
@@ -402,10 +407,11 @@ async fn first_bytes(shard: Rc<Shard>, mut stream: TcpStream, timeout: Duration,
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(timeout));
     let mut buf = BytesMut::new();
+    let mut size = MIN_READ;
     loop {
         match route_connect(&buf, shard.shards, max) {
             ConnectRoute::NeedMore => {
-                if read_some(&mut stream, &mut buf).await.is_none() {
+                if read_some(&mut stream, &mut buf, &mut size).await.is_none() {
                     return; // closed or timed out before CONNECT
                 }
             }
@@ -444,6 +450,7 @@ async fn first_bytes(shard: Rc<Shard>, mut stream: TcpStream, timeout: Duration,
 async fn read_some<R: futures_lite::AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
+    size: &mut usize,
 ) -> Option<usize> {
     let len = buf.len();
     if let Some(need) = vmqtt::codec::peek_frame_len(buf) {
@@ -454,10 +461,10 @@ async fn read_some<R: futures_lite::AsyncRead + Unpin>(
         }
     }
     let spare = buf.capacity() - len;
-    let want = if spare >= 512 {
-        spare.min(16 * READ_CHUNK)
+    let want = if spare >= *size {
+        spare.min(MAX_READ)
     } else {
-        READ_CHUNK
+        *size
     };
     buf.resize(len + want, 0);
     match r.read(&mut buf[len..]).await {
@@ -467,6 +474,13 @@ async fn read_some<R: futures_lite::AsyncRead + Unpin>(
         }
         Ok(n) => {
             buf.truncate(len + n);
+            // Grow while reads fill the buffer, shrink while they are small:
+            // an idle connection then waits with a small buffer armed.
+            if n == want {
+                *size = (*size * 2).min(MAX_READ);
+            } else if n * 4 < *size {
+                *size = (*size / 2).max(MIN_READ);
+            }
             Some(n)
         }
     }
@@ -481,6 +495,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
+    let mut size = MIN_READ;
     let conn = shard.core.borrow_mut().handle_open(Instant::now());
     debug!(
         shard = shard.index,
@@ -508,7 +523,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
         shard.after();
     }
     while !io.close.get() {
-        if read_some(&mut rd, &mut buf).await.is_none() {
+        if read_some(&mut rd, &mut buf, &mut size).await.is_none() {
             break;
         }
         shard
@@ -517,8 +532,11 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
             .handle_bytes(Instant::now(), conn, &mut buf);
         shard.after();
         shard.backpressure().await;
-        // A client that always has bytes ready must not starve the others.
-        glommio::yield_if_needed().await;
+        // A client that always has bytes ready must not starve the others:
+        // after each read, the other tasks of this core (the subscribers'
+        // writers among them) get their turn. glommio's own preemption
+        // (`yield_if_needed`) only fires every 100 ms.
+        futures_lite::future::yield_now().await;
         if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
             buf = BytesMut::new(); // give back memory after a large packet
         }
@@ -528,7 +546,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
         // what the client still sends until it closes too, for a bounded time.
         buf = BytesMut::new();
         let drain = async {
-            while read_some(&mut rd, &mut buf).await.is_some() {
+            while read_some(&mut rd, &mut buf, &mut size).await.is_some() {
                 buf.clear();
             }
         };

@@ -87,3 +87,16 @@ pub fn wait_for_signal(set: &libc::sigset_t) -> io::Result<i32> {
     }
     Ok(sig)
 }
+
+/// Whether something already accepts TCP connections on `addr` (a wildcard
+/// address is probed on loopback).
+pub fn accepts_connections(addr: std::net::SocketAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let probe = SocketAddr::new(ip, addr.port());
+    std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(200)).is_ok()
+}
