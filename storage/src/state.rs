@@ -493,16 +493,20 @@ pub fn plan_reshard(old: impl IntoIterator<Item = ShardState>, new_shards: usize
                     None => {
                         let mut content = Vec::new();
                         // A message that cannot be encoded is not merged
-                        // (and its write will report the error).
-                        let known = match crate::codec::encode_message(&q.message, &mut content) {
-                            Ok(()) => by_content[to].get(&content).copied(),
-                            Err(_) => None,
-                        };
+                        // (and writing the plan will report the error).
+                        let content = crate::codec::encode_message(&q.message, &mut content)
+                            .is_ok()
+                            .then_some(content);
+                        let known = content
+                            .as_ref()
+                            .and_then(|c| by_content[to].get(c).copied());
                         let id = known.unwrap_or_else(|| {
                             let id = next_id[to];
                             next_id[to] = id.next();
                             states[to].messages.insert(id, q.message.clone());
-                            by_content[to].insert(content, id);
+                            if let Some(c) = content {
+                                by_content[to].insert(c, id);
+                            }
                             id
                         });
                         remap[to].insert((old.shard, q.entry.message), id);

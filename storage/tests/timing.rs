@@ -67,3 +67,31 @@ fn queue_entry_write_timings() {
         }
     }
 }
+
+#[test]
+#[ignore = "timing, run by hand"]
+fn recovery_timing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clients = 100_000;
+    {
+        let mut s = RocksStorage::open(dir.path(), &RocksOptions::default()).unwrap();
+        recover(&mut s, 2).unwrap();
+        let t = Instant::now();
+        populate(&mut s, 2, clients, 1000, 1000);
+        eprintln!(
+            "wrote {clients} sessions (2 subscriptions, 3 queue entries each) in {:?}",
+            t.elapsed()
+        );
+        s.flush().unwrap();
+    }
+    let t = Instant::now();
+    let mut s = RocksStorage::open(dir.path(), &RocksOptions::default()).unwrap();
+    let opened = t.elapsed();
+    let r = recover(&mut s, 2).unwrap();
+    let n: usize = r.states.iter().map(|s| s.clients.len()).sum();
+    assert_eq!(n, clients);
+    eprintln!(
+        "open {opened:?}, open + recover {:?} for {clients} sessions (one thread)",
+        t.elapsed()
+    );
+}

@@ -106,3 +106,19 @@ fn ls(p: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+#[test]
+fn handles_and_states_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<RocksStorage>();
+    send_sync::<crate::MemStorage>();
+    send_sync::<crate::ShardState>();
+    send_sync::<WriteBatch>();
+    // Object safety: a storage thread may hold `Box<dyn Storage>`.
+    let dir = tmp();
+    let boxed: Box<dyn Storage> =
+        Box::new(RocksStorage::open(dir.path(), &RocksOptions::default()).unwrap());
+    std::thread::spawn(move || boxed.shards().unwrap())
+        .join()
+        .unwrap();
+}
