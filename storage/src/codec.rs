@@ -1,7 +1,7 @@
 //! Value bytes: the versioned binary encoding of every record, compact and
 //! big-endian. Keys are in [`crate::keys`]. Schema version
 //! [`SCHEMA_VERSION`] (2) is written; version 1 session values are read by
-//! the migration only ([`decode_session_v1`]).
+//! the migration only (`decode_session_v1`).
 //!
 //! Primitives: `u8`, `u16`, `u32`, `u64` big-endian; `str` = `len:u16` +
 //! UTF-8 bytes (MQTT strings are at most 65,535 bytes); `bin` = `len:u32` +

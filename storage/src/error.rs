@@ -98,7 +98,7 @@ pub enum StorageError {
         reason: &'static str,
     },
     /// A write or load named a shard that has no column family. Call
-    /// [`crate::Storage::create_shard`] or [`crate::recover`] first.
+    /// [`crate::recover`] first.
     #[error("shard {0} has no column family in this data directory")]
     UnknownShard(ShardId),
     /// [`crate::Storage::apply_reshard`] got a plan computed from other
