@@ -82,6 +82,16 @@ pub struct ShardStats {
 pub enum ShardMsg {
     /// Deliver to this shard's non-shared subscribers whose filters match.
     Publish(Arc<Message>),
+    /// [`ShardMsg::Publish`], answered with [`ShardMsg::Ack`] once the
+    /// deliveries are stored: the publisher's PUBACK/PUBREC waits for it.
+    PublishAcked {
+        /// The message.
+        msg: Arc<Message>,
+        /// The publishing shard.
+        from: ShardId,
+        /// The token to answer with.
+        token: u64,
+    },
     /// Deliver to one member, on this shard, of the shared subscription
     /// `filter` (`$share/{group}/{filter}`).
     SharedPublish {
@@ -89,6 +99,9 @@ pub enum ShardMsg {
         filter: TopicFilter,
         /// The message.
         msg: Arc<Message>,
+        /// If set, answer [`ShardMsg::Ack`] with the token to the shard once
+        /// the delivery is stored.
+        ack: Option<(ShardId, u64)>,
     },
     /// Update the retained replica: store, or delete for an empty payload.
     Retain {
@@ -110,7 +123,8 @@ pub enum ShardMsg {
         /// until every shard routes the filter.
         token: Option<u64>,
     },
-    /// A `RouteAdd` or `Retain` with this token was applied.
+    /// A `RouteAdd`, `Retain`, `PublishAcked` or `SharedPublish` with this
+    /// token was applied (and stored).
     Ack {
         /// The token.
         token: u64,

@@ -12,6 +12,7 @@
 //! Inputs are `handle_*(now, …)`, outputs are `poll_*()` / `take_*()`.
 
 mod message;
+pub mod persist;
 mod retain;
 mod session;
 mod shard;
@@ -20,7 +21,7 @@ use std::fmt;
 
 pub use message::{Message, ShardMsg, ShardStats};
 pub use retain::RetainedStore;
-pub use session::Session;
+pub use session::{Session, Subscription};
 pub use shard::{CloseReason, CoreConfig, IoEvent, ShardCore};
 
 /// Index of a shard (one per core), `0..shards`.

@@ -34,6 +34,44 @@ pub(crate) struct Delivery {
     pub(crate) retain: bool,
     /// Subscription identifiers of the matching subscriptions.
     pub(crate) sub_ids: Vec<u32>,
+    /// Where this delivery is stored, for a persistent session's QoS 1/2.
+    pub(crate) store: Option<StoreRef>,
+}
+
+/// A delivery's place in durable storage: the shard's stored message and
+/// the queue entry of this session that refers to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoreRef {
+    /// The shard's id of the stored message.
+    pub(crate) msg_id: u64,
+    /// The queue entry's position in the session's queue.
+    pub(crate) seq: u64,
+}
+
+/// Why [`Session::enqueue`] refused.
+#[derive(Debug)]
+pub(crate) enum Dropped {
+    /// The new delivery was dropped (returned).
+    New(Box<Delivery>),
+    /// A queued QoS 0 delivery made room for the new one.
+    Displaced,
+}
+
+/// What a PUBREC did to an outbound QoS 2 flow.
+#[derive(Debug)]
+pub(crate) enum Rec {
+    /// No QoS 2 flow has that packet id.
+    Unknown,
+    /// Answer with PUBREL; `changed` if the flow just moved to PUBCOMP (not
+    /// a repeated PUBREC).
+    Release {
+        /// The delivery, now awaiting PUBCOMP.
+        delivery: Delivery,
+        /// `false` for a repeated PUBREC.
+        changed: bool,
+    },
+    /// A failure code ended the flow.
+    Ended(Delivery),
 }
 
 /// Where an outbound QoS 1/2 message is in its flow.
@@ -82,6 +120,12 @@ pub struct Session {
     next_packet_id: PacketId,
     /// Messages dropped for this session (queue full, too large, expired).
     pub(crate) dropped: u64,
+    /// Whether the session has a record in durable storage.
+    pub(crate) stored: bool,
+    /// Next position in the stored queue.
+    pub(crate) store_seq: u64,
+    /// When the client went away; `None` while connected.
+    pub(crate) disconnected_at: Option<std::time::Instant>,
 }
 
 impl Session {
@@ -102,6 +146,9 @@ impl Session {
             incoming_qos2: HashSet::default(),
             next_packet_id: PacketId::new(1).unwrap_or_else(|| unreachable!()),
             dropped: 0,
+            stored: false,
+            store_seq: 1,
+            disconnected_at: None,
         }
     }
 
@@ -123,22 +170,83 @@ impl Session {
     /// Queues a delivery behind those already queued. When the queue holds
     /// `limit` messages, a QoS 1/2 delivery displaces the oldest queued QoS 0
     /// one (QoS 0 is the expendable kind); otherwise the new delivery is
-    /// dropped. Returns `false` if a message was dropped (and counts it).
-    pub(crate) fn enqueue(&mut self, d: Delivery, limit: usize) -> bool {
+    /// dropped. Returns `Err` with the new delivery if it was dropped, and
+    /// counts every drop.
+    pub(crate) fn enqueue(&mut self, d: Delivery, limit: usize) -> Result<(), Dropped> {
         if self.queue.len() >= limit {
             self.dropped += 1;
             let qos0 = self.queue.iter().position(|q| q.qos == QoS::AtMostOnce);
-            match qos0 {
+            return match qos0 {
                 Some(i) if d.qos != QoS::AtMostOnce => {
+                    // QoS 0 is never stored: nothing to clean up.
                     self.queue.remove(i);
                     self.queue.push_back(d);
+                    Err(Dropped::Displaced)
                 }
-                _ => {}
-            }
-            return false;
+                _ => Err(Dropped::New(Box::new(d))),
+            };
         }
         self.queue.push_back(d);
-        true
+        Ok(())
+    }
+
+    /// Forgets where the deliveries are stored (the session's stored
+    /// record was deleted), returning what they referred to.
+    pub(crate) fn clear_store_refs(&mut self) -> Vec<StoreRef> {
+        let mut refs = Vec::new();
+        for d in self.queue.iter_mut() {
+            refs.extend(d.store.take());
+        }
+        for f in self.inflight.values_mut() {
+            refs.extend(f.delivery.store.take());
+        }
+        refs
+    }
+
+    /// Queued QoS 1/2 deliveries not stored yet (a session that just became
+    /// persistent).
+    pub(crate) fn unstored_queue(&mut self) -> impl Iterator<Item = &mut Delivery> {
+        self.queue
+            .iter_mut()
+            .filter(|d| d.store.is_none() && d.qos != QoS::AtMostOnce)
+    }
+
+    /// Recovery: puts back a delivery that was in flight at `stage`.
+    pub(crate) fn restore_inflight(
+        &mut self,
+        packet_id: PacketId,
+        delivery: Delivery,
+        stage: Stage,
+    ) {
+        if self.inflight_by_id.contains_key(&packet_id) {
+            return;
+        }
+        self.seq += 1;
+        self.inflight_by_id.insert(packet_id, self.seq);
+        self.inflight.insert(
+            self.seq,
+            Inflight {
+                packet_id,
+                delivery,
+                stage,
+            },
+        );
+        self.next_packet_id = packet_id.next();
+    }
+
+    /// Recovery: appends a queued delivery (no limit: it was accepted).
+    pub(crate) fn restore_queued(&mut self, delivery: Delivery) {
+        self.queue.push_back(delivery);
+    }
+
+    /// Recovery: an inbound QoS 2 packet id awaiting PUBREL.
+    pub(crate) fn restore_incoming_qos2(&mut self, packet_id: PacketId) {
+        self.incoming_qos2.insert(packet_id);
+    }
+
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub(crate) fn incoming_qos2_ids(&self) -> impl Iterator<Item = PacketId> + '_ {
+        self.incoming_qos2.iter().copied()
     }
 
     /// Takes the next queued delivery if fewer than `window` are in flight,
@@ -191,50 +299,54 @@ impl Session {
         None
     }
 
-    /// PUBACK: completes a QoS 1 flow. Returns `false` for an unknown id.
-    pub(crate) fn puback(&mut self, packet_id: PacketId) -> bool {
+    /// PUBACK: completes a QoS 1 flow. Returns the delivery, `None` for an
+    /// unknown id.
+    pub(crate) fn puback(&mut self, packet_id: PacketId) -> Option<Delivery> {
         self.finish(packet_id, Stage::AwaitAck)
     }
 
-    /// PUBREC: a success moves the QoS 2 flow to PUBREL (returns `true`: send
-    /// PUBREL); a failure code ends the flow.
-    pub(crate) fn pubrec(&mut self, packet_id: PacketId, success: bool) -> bool {
+    /// PUBREC: a success moves the QoS 2 flow to PUBREL; a failure code
+    /// ends the flow.
+    pub(crate) fn pubrec(&mut self, packet_id: PacketId, success: bool) -> Rec {
         let Some(seq) = self.inflight_by_id.get(&packet_id).copied() else {
-            return false;
+            return Rec::Unknown;
         };
         let Some(entry) = self.inflight.get_mut(&seq) else {
-            return false;
+            return Rec::Unknown;
         };
         match entry.stage {
             Stage::AwaitRec if success => {
                 entry.stage = Stage::AwaitComp;
-                true
+                Rec::Release {
+                    delivery: entry.delivery.clone(),
+                    changed: true,
+                }
             }
-            Stage::AwaitRec => {
-                self.finish(packet_id, Stage::AwaitRec);
-                false
-            }
+            Stage::AwaitRec => match self.finish(packet_id, Stage::AwaitRec) {
+                Some(d) => Rec::Ended(d),
+                None => Rec::Unknown,
+            },
             // A repeated PUBREC: answer with PUBREL again.
-            Stage::AwaitComp => true,
-            Stage::AwaitAck => false,
+            Stage::AwaitComp => Rec::Release {
+                delivery: entry.delivery.clone(),
+                changed: false,
+            },
+            Stage::AwaitAck => Rec::Unknown,
         }
     }
 
     /// PUBCOMP: completes a QoS 2 flow.
-    pub(crate) fn pubcomp(&mut self, packet_id: PacketId) -> bool {
+    pub(crate) fn pubcomp(&mut self, packet_id: PacketId) -> Option<Delivery> {
         self.finish(packet_id, Stage::AwaitComp)
     }
 
-    fn finish(&mut self, packet_id: PacketId, stage: Stage) -> bool {
-        let Some(seq) = self.inflight_by_id.get(&packet_id).copied() else {
-            return false;
-        };
+    fn finish(&mut self, packet_id: PacketId, stage: Stage) -> Option<Delivery> {
+        let seq = self.inflight_by_id.get(&packet_id).copied()?;
         if self.inflight.get(&seq).map(|e| e.stage) != Some(stage) {
-            return false;
+            return None;
         }
-        self.inflight.remove(&seq);
         self.inflight_by_id.remove(&packet_id);
-        true
+        self.inflight.remove(&seq).map(|f| f.delivery)
     }
 
     /// The in-flight messages in send order, for resending on reconnect
@@ -288,6 +400,7 @@ mod tests {
             qos,
             retain: false,
             sub_ids: vec![],
+            store: None,
         }
     }
 
@@ -302,7 +415,7 @@ mod tests {
     fn window_limits_inflight_and_acks_free_slots() {
         let mut s = session();
         for _ in 0..3 {
-            assert!(s.enqueue(delivery(QoS::AtLeastOnce), 10));
+            assert!(s.enqueue(delivery(QoS::AtLeastOnce), 10).is_ok());
         }
         let (Some(a), _) = s.start_next(2).unwrap() else {
             panic!()
@@ -312,8 +425,8 @@ mod tests {
         };
         assert!(s.start_next(2).is_none(), "window of 2 is full");
         assert_ne!(a, b);
-        assert!(s.puback(a));
-        assert!(!s.puback(a), "a second PUBACK is ignored");
+        assert!(s.puback(a).is_some());
+        assert!(s.puback(a).is_none(), "a second PUBACK is ignored");
         let (Some(c), _) = s.start_next(2).unwrap() else {
             panic!()
         };
@@ -324,23 +437,29 @@ mod tests {
     #[test]
     fn queue_is_bounded_and_counts_drops() {
         let mut s = session();
-        assert!(s.enqueue(delivery(QoS::AtLeastOnce), 1));
-        assert!(!s.enqueue(delivery(QoS::AtLeastOnce), 1));
+        assert!(s.enqueue(delivery(QoS::AtLeastOnce), 1).is_ok());
+        assert!(s.enqueue(delivery(QoS::AtLeastOnce), 1).is_err());
         assert_eq!(s.dropped, 1);
     }
 
     #[test]
     fn full_queue_drops_qos0_before_qos1() {
         let mut s = session();
-        assert!(s.enqueue(delivery(QoS::AtMostOnce), 2));
-        assert!(s.enqueue(delivery(QoS::AtMostOnce), 2));
+        assert!(s.enqueue(delivery(QoS::AtMostOnce), 2).is_ok());
+        assert!(s.enqueue(delivery(QoS::AtMostOnce), 2).is_ok());
         assert!(
-            !s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            matches!(
+                s.enqueue(delivery(QoS::AtLeastOnce), 2),
+                Err(Dropped::Displaced)
+            ),
             "a drop is reported"
         );
         let qos: Vec<_> = s.queue.iter().map(|d| d.qos).collect();
         assert_eq!(qos, [QoS::AtMostOnce, QoS::AtLeastOnce]);
-        assert!(!s.enqueue(delivery(QoS::AtMostOnce), 2));
+        assert!(matches!(
+            s.enqueue(delivery(QoS::AtMostOnce), 2),
+            Err(Dropped::New(_))
+        ));
         assert_eq!(s.queued_len(), 2);
         assert_eq!(s.dropped, 2);
     }
@@ -348,23 +467,32 @@ mod tests {
     #[test]
     fn qos2_flow_and_resend_state() {
         let mut s = session();
-        s.enqueue(delivery(QoS::ExactlyOnce), 10);
+        let _ = s.enqueue(delivery(QoS::ExactlyOnce), 10);
         let (Some(id), _) = s.start_next(10).unwrap() else {
             panic!()
         };
-        assert!(!s.puback(id), "PUBACK does not complete a QoS 2 flow");
-        assert!(!s.pubcomp(id), "PUBCOMP before PUBREC is ignored");
-        assert!(s.pubrec(id, true));
+        assert!(
+            s.puback(id).is_none(),
+            "PUBACK does not complete a QoS 2 flow"
+        );
+        assert!(s.pubcomp(id).is_none(), "PUBCOMP before PUBREC is ignored");
+        assert!(matches!(
+            s.pubrec(id, true),
+            Rec::Release { changed: true, .. }
+        ));
         assert_eq!(s.inflight().next().map(|e| e.stage), Some(Stage::AwaitComp));
-        assert!(s.pubrec(id, true), "a repeated PUBREC gets PUBREL again");
-        assert!(s.pubcomp(id));
+        assert!(
+            matches!(s.pubrec(id, true), Rec::Release { changed: false, .. }),
+            "a repeated PUBREC gets PUBREL again"
+        );
+        assert!(s.pubcomp(id).is_some());
         assert_eq!(s.inflight_len(), 0);
         // A failed PUBREC ends the flow.
-        s.enqueue(delivery(QoS::ExactlyOnce), 10);
+        let _ = s.enqueue(delivery(QoS::ExactlyOnce), 10);
         let (Some(id), _) = s.start_next(10).unwrap() else {
             panic!()
         };
-        assert!(!s.pubrec(id, false));
+        assert!(matches!(s.pubrec(id, false), Rec::Ended(_)));
         assert_eq!(s.inflight_len(), 0);
     }
 
@@ -372,8 +500,8 @@ mod tests {
     fn packet_ids_skip_those_in_use_and_wrap() {
         let mut s = session();
         s.next_packet_id = PacketId::new(65535).unwrap();
-        s.enqueue(delivery(QoS::AtLeastOnce), 10);
-        s.enqueue(delivery(QoS::AtLeastOnce), 10);
+        let _ = s.enqueue(delivery(QoS::AtLeastOnce), 10);
+        let _ = s.enqueue(delivery(QoS::AtLeastOnce), 10);
         let (Some(a), _) = s.start_next(10).unwrap() else {
             panic!()
         };

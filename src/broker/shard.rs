@@ -1,13 +1,14 @@
 //! [`ShardCore`]: the sans-IO state of one shard.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::session::{Delivery, Stage, Subscription};
+use super::persist::{OutState, QueueImage, Restored, SessionImage, StoreOp};
+use super::session::{Delivery, Dropped, Rec, Stage, StoreRef, Subscription};
 use super::{home_shard, ConnId, Message, RetainedStore, Session, ShardId, ShardMsg, ShardStats};
 use crate::codec::{
     self, AckProperties, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
@@ -51,6 +52,10 @@ pub struct CoreConfig {
     /// Distinguishes server-assigned client ids of this process from those
     /// of earlier runs (e.g. the start time).
     pub instance: u64,
+    /// Whether durable storage is attached: persistent sessions and
+    /// retained messages become [`StoreOp`]s, and replies wait for them
+    /// ([`ShardCore::poll_store`]). Fixed for the life of the core.
+    pub persistence: bool,
 }
 
 impl Default for CoreConfig {
@@ -68,6 +73,7 @@ impl Default for CoreConfig {
             retain_available: true,
             sys_interval: Duration::from_secs(10),
             instance: 0,
+            persistence: false,
         }
     }
 }
@@ -129,6 +135,9 @@ struct Conn {
     keep_alive: Duration,
     last_rx: Instant,
     out: BytesMut,
+    /// Output held back until storage batches are written: `(offset,
+    /// batch)` = the bytes of `out` from `offset` on wait for `batch`.
+    gates: VecDeque<(usize, u64)>,
     woken: bool,
     aliases_in: HashMap<u16, TopicName, ahash::RandomState>,
     client_receive_max: u16,
@@ -208,6 +217,107 @@ pub struct ShardCore {
     next_token: u64,
     /// Replies held until every other shard has applied an update.
     pending: HashMap<u64, Pending, ahash::RandomState>,
+    /// Durable storage (see [`super::persist`]).
+    store: Store,
+}
+
+/// The shard's side of durable storage: changes not yet written, batch
+/// numbers, stored messages and their reference counts.
+#[derive(Debug, Default)]
+struct Store {
+    /// Changes not yet taken by [`ShardCore::poll_store`].
+    ops: Vec<StoreOp>,
+    /// The number the next batch gets (from 1).
+    next_batch: u64,
+    /// The last batch taken.
+    taken: u64,
+    /// The last batch written.
+    durable: u64,
+    /// The next stored message id.
+    next_msg_id: u64,
+    /// Queue entries referring to each stored message.
+    refs: HashMap<u64, u32, ahash::RandomState>,
+    /// The message stored last, so that one routed to many sessions of
+    /// this shard is stored once.
+    last: Option<(Arc<Message>, u64)>,
+    /// Acknowledgements to other shards held until storage caught up:
+    /// `(batch, shard, token)`.
+    held_acks: VecDeque<(u64, ShardId, u64)>,
+    /// Connections with output held back.
+    gated: HashSet<ConnId, ahash::RandomState>,
+}
+
+impl Store {
+    /// The batch that output produced now must wait for, if any.
+    fn barrier(&self) -> Option<u64> {
+        if !self.ops.is_empty() {
+            Some(self.next_batch)
+        } else if self.taken > self.durable {
+            Some(self.taken)
+        } else {
+            None
+        }
+    }
+
+    /// One more queue entry refers to `msg`; returns its id, storing it
+    /// first if needed.
+    fn retain(&mut self, msg: &Arc<Message>) -> u64 {
+        let id = match &self.last {
+            Some((m, id)) if Arc::ptr_eq(m, msg) => *id,
+            _ => {
+                let id = self.next_msg_id;
+                self.next_msg_id += 1;
+                self.ops.push(StoreOp::PutMessage {
+                    id,
+                    msg: msg.clone(),
+                });
+                self.last = Some((msg.clone(), id));
+                id
+            }
+        };
+        *self.refs.entry(id).or_insert(0) += 1;
+        id
+    }
+
+    /// One queue entry less refers to message `id`; the last one deletes it.
+    fn release(&mut self, id: u64) {
+        let Some(n) = self.refs.get_mut(&id) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.refs.remove(&id);
+            self.ops.push(StoreOp::DeleteMessage(id));
+            if self.last.as_ref().is_some_and(|(_, l)| *l == id) {
+                self.last = None;
+            }
+        }
+    }
+
+    /// Deletes a queue entry and releases its message.
+    fn dequeue(&mut self, client_id: &ClientId, r: StoreRef) {
+        self.ops.push(StoreOp::DeleteQueueEntry {
+            client_id: client_id.clone(),
+            seq: r.seq,
+        });
+        self.release(r.msg_id);
+    }
+
+    /// Writes the queue entry of `d` at `state`.
+    fn put_entry(&mut self, client_id: &ClientId, d: &Delivery, state: OutState) {
+        let Some(r) = d.store else { return };
+        self.ops.push(StoreOp::PutQueueEntry {
+            client_id: client_id.clone(),
+            seq: r.seq,
+            entry: QueueImage {
+                message: r.msg_id,
+                qos: d.qos,
+                retain: d.retain,
+                sub_ids: d.sub_ids.clone(),
+                state,
+            },
+        });
+    }
 }
 
 /// Replies to a client that wait for acknowledgements from other shards.
@@ -247,6 +357,11 @@ impl ShardCore {
             scratch: HashMap::default(),
             next_token: 0,
             pending: HashMap::default(),
+            store: Store {
+                next_batch: 1,
+                next_msg_id: 1,
+                ..Store::default()
+            },
             config,
         };
         let first = now + core.config.sys_interval;
@@ -269,7 +384,12 @@ impl ShardCore {
     /// topic alias maximum) stays as granted for connections already open.
     pub fn set_config(&mut self, config: CoreConfig) {
         let instance = self.config.instance;
-        self.config = CoreConfig { instance, ..config };
+        let persistence = self.config.persistence;
+        self.config = CoreConfig {
+            instance,
+            persistence,
+            ..config
+        };
     }
 
     /// Current counters.
@@ -314,6 +434,7 @@ impl ShardCore {
                 keep_alive: Duration::ZERO,
                 last_rx: now,
                 out: BytesMut::new(),
+                gates: VecDeque::new(),
                 woken: false,
                 aliases_in: HashMap::default(),
                 client_receive_max: u16::MAX,
@@ -414,8 +535,18 @@ impl ShardCore {
     pub fn handle_shard_msg(&mut self, now: Instant, msg: ShardMsg) {
         match msg {
             ShardMsg::Publish(m) => self.deliver_local(now, &m),
-            ShardMsg::SharedPublish { filter, msg } => self.deliver_shared(now, &filter, &msg),
+            ShardMsg::PublishAcked { msg, from, token } => {
+                self.deliver_local(now, &msg);
+                self.ack(from, Some(token));
+            }
+            ShardMsg::SharedPublish { filter, msg, ack } => {
+                self.deliver_shared(now, &filter, &msg);
+                if let Some((from, token)) = ack {
+                    self.ack(from, Some(token));
+                }
+            }
             ShardMsg::Retain { msg, from, token } => {
+                self.store_retained(&msg);
                 self.retained.apply(msg);
                 self.ack(from, token);
             }
@@ -450,7 +581,166 @@ impl ShardCore {
         }
     }
 
+    /// Storage batch `batch` (from [`ShardCore::poll_store`]) and every
+    /// earlier one are written: releases the output and acknowledgements
+    /// that waited for them.
+    pub fn handle_stored(&mut self, batch: u64) {
+        let store = &mut self.store;
+        if batch <= store.durable {
+            return;
+        }
+        store.durable = batch.min(store.taken);
+        let durable = store.durable;
+        while let Some(&(b, to, token)) = store.held_acks.front() {
+            if b > durable {
+                break;
+            }
+            store.held_acks.pop_front();
+            if let Some(q) = self.outbox.get_mut(to.get()) {
+                q.push(ShardMsg::Ack { token });
+            }
+        }
+        let gated: Vec<ConnId> = store.gated.drain().collect();
+        for id in gated {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            while conn.gates.front().is_some_and(|g| g.1 <= durable) {
+                conn.gates.pop_front();
+            }
+            let ready = conn.gates.front().map_or(conn.out.len(), |g| g.0);
+            if !conn.gates.is_empty() {
+                self.store.gated.insert(id);
+            }
+            if ready > 0 && !conn.woken {
+                conn.woken = true;
+                self.events.push_back(IoEvent::Wake(id));
+            }
+        }
+    }
+
+    /// Restores the durable state read at start: retained messages, routes
+    /// of every shard's stored subscriptions, and this shard's sessions —
+    /// all disconnected, with their queues, in-flight messages and inbound
+    /// QoS 2 ids. A session that was connected when the broker stopped lost
+    /// its connection then: its will goes out (after its delay).
+    /// `expired_wills` are the wills of sessions that expired while the
+    /// broker was down; they are published now.
+    pub fn restore(&mut self, now: Instant, restored: Restored) {
+        let Restored {
+            sessions,
+            retained,
+            routes,
+            next_message_id,
+            expired_wills,
+        } = restored;
+        self.store.next_msg_id = self.store.next_msg_id.max(next_message_id);
+        for m in retained {
+            self.retained.apply(m);
+        }
+        for (filter, shard) in routes {
+            if shard != self.id && shard.get() < self.shards {
+                self.route_add(&filter, shard);
+            }
+        }
+        for r in sessions {
+            let cid = r.client_id;
+            let mut s = Session::new(cid.clone(), r.session.protocol);
+            s.expiry_interval = r.session.expiry_interval;
+            s.will = r.session.will;
+            s.stored = true;
+            s.generation = 1;
+            let was_connected = r.session.disconnected_at.is_none();
+            let at = r.session.disconnected_at.unwrap_or(now);
+            s.disconnected_at = Some(at);
+            for (filter, sub) in r.subscriptions {
+                if filter.is_shared() {
+                    self.shared
+                        .entry(filter.clone())
+                        .or_default()
+                        .members
+                        .push(cid.clone());
+                } else {
+                    self.subs.insert(filter.matching_filter(), cid.clone(), sub);
+                }
+                let n = self.local_filters.entry(filter.clone()).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    self.route_add(&filter, self.id);
+                }
+                s.subscriptions.insert(filter, sub);
+            }
+            for e in r.queue {
+                s.store_seq = s.store_seq.max(e.seq + 1);
+                *self.store.refs.entry(e.message_id).or_insert(0) += 1;
+                let d = Delivery {
+                    msg: e.msg,
+                    qos: e.qos,
+                    retain: e.retain,
+                    sub_ids: e.sub_ids,
+                    store: Some(StoreRef {
+                        msg_id: e.message_id,
+                        seq: e.seq,
+                    }),
+                };
+                match e.state {
+                    OutState::Queued => s.restore_queued(d),
+                    OutState::AwaitPubAck(id) => s.restore_inflight(id, d, Stage::AwaitAck),
+                    OutState::AwaitPubRec(id) => s.restore_inflight(id, d, Stage::AwaitRec),
+                    OutState::AwaitPubComp(id) => s.restore_inflight(id, d, Stage::AwaitComp),
+                }
+            }
+            for id in r.inbound_qos2 {
+                s.restore_incoming_qos2(id);
+            }
+            // Timers as if the connection ended at `at`.
+            if let Some(w) = &s.will {
+                let delay = w.properties.will_delay_interval.unwrap_or(0);
+                let due = at + Duration::from_secs(u64::from(delay.min(s.expiry_interval)));
+                self.timers
+                    .push(Reverse((due.max(now), Timer::Will(cid.clone(), 1))));
+            }
+            if s.expiry_interval != u32::MAX {
+                let due = at + Duration::from_secs(u64::from(s.expiry_interval));
+                self.timers.push(Reverse((
+                    due.max(now),
+                    Timer::SessionExpiry(cid.clone(), 1),
+                )));
+            }
+            self.sessions.insert(cid.clone(), s);
+            if was_connected {
+                self.store_session(&cid);
+            }
+        }
+        for (cid, will) in expired_wills {
+            self.publish_will(now, &cid, will);
+        }
+    }
+
     // ----------------------------------------------------------- outputs
+
+    /// The next batch of storage changes, numbered in increasing order; write
+    /// it, then report it with [`ShardCore::handle_stored`]. Changes made
+    /// while a batch is being written gather in the next one (group commit).
+    pub fn poll_store(&mut self) -> Option<(u64, Vec<StoreOp>)> {
+        if self.store.ops.is_empty() {
+            return None;
+        }
+        let batch = self.store.next_batch;
+        self.store.next_batch += 1;
+        self.store.taken = batch;
+        Some((batch, std::mem::take(&mut self.store.ops)))
+    }
+
+    /// Whether storage changes wait for [`ShardCore::poll_store`].
+    pub fn has_store_ops(&self) -> bool {
+        !self.store.ops.is_empty()
+    }
+
+    /// Whether every storage change made so far has been reported written.
+    pub fn store_idle(&self) -> bool {
+        self.store.barrier().is_none()
+    }
 
     /// The next I/O event.
     pub fn poll_event(&mut self) -> Option<IoEvent> {
@@ -459,10 +749,22 @@ impl ShardCore {
 
     /// Takes the bytes to write to `conn_id`, then refills its buffer from
     /// the session queue for the next write.
+    /// Output that waits for storage stays (see [`ShardCore::poll_store`]).
     pub fn take_output(&mut self, now: Instant, conn_id: ConnId) -> Option<BytesMut> {
         let conn = self.conns.get_mut(&conn_id)?;
         conn.woken = false;
-        let out = conn.out.split();
+        let durable = self.store.durable;
+        while conn.gates.front().is_some_and(|g| g.1 <= durable) {
+            conn.gates.pop_front();
+        }
+        let ready = conn.gates.front().map_or(conn.out.len(), |g| g.0);
+        let out = conn.out.split_to(ready);
+        if !conn.gates.is_empty() {
+            for g in conn.gates.iter_mut() {
+                g.0 -= ready;
+            }
+            self.store.gated.insert(conn_id);
+        }
         if let Some(cid) = conn.client_id.clone() {
             self.pump(now, &cid);
         }
@@ -508,15 +810,35 @@ impl ShardCore {
         match packet {
             Packet::Publish(p) => self.on_publish(now, conn_id, &cid, p),
             Packet::PubAck(r) => {
-                if let Some(s) = self.sessions.get_mut(&cid) {
-                    s.puback(r.packet_id);
+                let done = self
+                    .sessions
+                    .get_mut(&cid)
+                    .and_then(|s| s.puback(r.packet_id));
+                if let Some(sr) = done.and_then(|d| d.store) {
+                    self.store.dequeue(&cid, sr);
                 }
                 self.pump(now, &cid);
             }
             Packet::PubRec(r) => {
-                let known = match self.sessions.get_mut(&cid) {
+                let rec = match self.sessions.get_mut(&cid) {
                     Some(s) => s.pubrec(r.packet_id, r.reason.is_success()),
-                    None => false,
+                    None => Rec::Unknown,
+                };
+                let known = match rec {
+                    Rec::Unknown => false,
+                    Rec::Release { delivery, changed } => {
+                        if changed {
+                            let state = OutState::AwaitPubComp(r.packet_id);
+                            self.store.put_entry(&cid, &delivery, state);
+                        }
+                        true
+                    }
+                    Rec::Ended(d) => {
+                        if let Some(sr) = d.store {
+                            self.store.dequeue(&cid, sr);
+                        }
+                        false
+                    }
                 };
                 if known {
                     self.send(conn_id, &Packet::PubRel(PubResponse::new(r.packet_id)));
@@ -530,10 +852,16 @@ impl ShardCore {
                 self.pump(now, &cid);
             }
             Packet::PubRel(r) => {
-                let known = self
-                    .sessions
-                    .get_mut(&cid)
-                    .is_some_and(|s| s.release_incoming_qos2(r.packet_id));
+                let (known, stored) = match self.sessions.get_mut(&cid) {
+                    Some(s) => (s.release_incoming_qos2(r.packet_id), s.stored),
+                    None => (false, false),
+                };
+                if known && stored {
+                    self.store.ops.push(StoreOp::DeleteInboundQos2 {
+                        client_id: cid.clone(),
+                        packet_id: r.packet_id,
+                    });
+                }
                 let rc = if known || !v5 {
                     ReasonCode::SUCCESS
                 } else {
@@ -545,8 +873,12 @@ impl ShardCore {
                 );
             }
             Packet::PubComp(r) => {
-                if let Some(s) = self.sessions.get_mut(&cid) {
-                    s.pubcomp(r.packet_id);
+                let done = self
+                    .sessions
+                    .get_mut(&cid)
+                    .and_then(|s| s.pubcomp(r.packet_id));
+                if let Some(sr) = done.and_then(|d| d.store) {
+                    self.store.dequeue(&cid, sr);
                 }
                 self.pump(now, &cid);
             }
@@ -673,6 +1005,8 @@ impl ShardCore {
         session.expiry_interval = expiry;
         // A reconnect cancels a pending will of the previous connection.
         session.will = c.will;
+        session.disconnected_at = None;
+        self.store_session(&client_id);
 
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
@@ -815,15 +1149,25 @@ impl ShardCore {
                 self.send(conn_id, &Packet::PubRec(PubResponse::new(id)));
                 return;
             }
+            if session.stored {
+                self.store.ops.push(StoreOp::PutInboundQos2 {
+                    client_id: cid.clone(),
+                    packet_id: id,
+                });
+            }
         }
         let qos = p.qos;
         let packet_id = p.packet_id;
         let msg = self.message_from_publish(now, cid, p);
         // A retained QoS 1/2 message is acknowledged once every replica has
         // it, so a subscriber anywhere sees it after the publisher's PUBACK.
-        let wait = msg.retain && packet_id.is_some() && self.shards > 1;
-        let token = wait.then(|| self.new_token());
-        let matched = self.publish_with_token(now, msg, token);
+        let wait_replicas = msg.retain && packet_id.is_some() && self.shards > 1;
+        // With storage, the publisher is acknowledged once every shard that
+        // takes the message has stored it for its persistent sessions.
+        let wait_stores = self.config.persistence && packet_id.is_some() && self.shards > 1;
+        let token = (wait_replicas || wait_stores).then(|| self.new_token());
+        let (matched, forwarded) = self.publish_with_token(now, msg, token, wait_stores);
+        let remaining = forwarded + if wait_replicas { self.shards - 1 } else { 0 };
         let rc = if matched || !v5 {
             ReasonCode::SUCCESS
         } else {
@@ -835,9 +1179,9 @@ impl ShardCore {
             _ => return,
         };
         match token {
-            Some(token) => {
+            Some(token) if remaining > 0 => {
                 let pending = Pending {
-                    remaining: self.shards - 1,
+                    remaining,
                     conn: conn_id,
                     client: cid.clone(),
                     replies: vec![reply],
@@ -845,7 +1189,7 @@ impl ShardCore {
                 };
                 self.pending.insert(token, pending);
             }
-            None => self.send(conn_id, &reply),
+            _ => self.send(conn_id, &reply),
         }
     }
 
@@ -884,6 +1228,13 @@ impl ShardCore {
                 .subscriptions
                 .insert(filter.clone(), entry)
                 .is_some();
+            if session.stored {
+                self.store.ops.push(StoreOp::PutSubscription {
+                    client_id: cid.clone(),
+                    filter: filter.clone(),
+                    sub: entry,
+                });
+            }
             if filter.is_shared() {
                 if !existed {
                     self.shared
@@ -955,6 +1306,7 @@ impl ShardCore {
                     retain: true,
                     sub_ids: entry.id.into_iter().collect(),
                     msg: m,
+                    store: None,
                 };
                 self.deliver(now, cid, d);
             }
@@ -963,8 +1315,15 @@ impl ShardCore {
 
     fn on_unsubscribe(&mut self, conn_id: ConnId, cid: &ClientId, u: Unsubscribe) {
         let mut reasons = Vec::with_capacity(u.filters.len());
+        let stored = self.sessions.get(cid).is_some_and(|s| s.stored);
         for filter in &u.filters {
             let removed = self.unsubscribe(cid, filter);
+            if removed && stored {
+                self.store.ops.push(StoreOp::DeleteSubscription {
+                    client_id: cid.clone(),
+                    filter: filter.clone(),
+                });
+            }
             reasons.push(if removed {
                 ReasonCode::SUCCESS
             } else {
@@ -1044,6 +1403,9 @@ impl ShardCore {
             self.remove_session(cid);
             return;
         }
+        if let Some(s) = self.sessions.get_mut(cid) {
+            s.disconnected_at = Some(now);
+        }
         if let Some(w) = will {
             let delay = w.properties.will_delay_interval.unwrap_or(0).min(expiry);
             if delay == 0 {
@@ -1055,6 +1417,7 @@ impl ShardCore {
                     .push(Reverse((at, Timer::Will(cid.clone(), generation))));
             }
         }
+        self.store_session(cid);
         if expiry != u32::MAX {
             let at = now + Duration::from_secs(u64::from(expiry));
             self.timers
@@ -1063,6 +1426,7 @@ impl ShardCore {
     }
 
     fn remove_session(&mut self, cid: &ClientId) {
+        self.unstore_session(cid);
         let Some(session) = self.sessions.get(cid) else {
             return;
         };
@@ -1071,6 +1435,89 @@ impl ShardCore {
             self.unsubscribe(cid, f);
         }
         self.sessions.remove(cid);
+    }
+
+    /// Writes the session record of `cid` if the session is persistent
+    /// (expiry > 0); one that is no longer persistent is deleted. A session
+    /// stored for the first time also stores its subscriptions and queue.
+    fn store_session(&mut self, cid: &ClientId) {
+        if !self.config.persistence {
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(cid) else {
+            return;
+        };
+        if s.expiry_interval == 0 {
+            self.unstore_session(cid);
+            return;
+        }
+        let first = !s.stored;
+        s.stored = true;
+        self.store.ops.push(StoreOp::PutSession {
+            client_id: cid.clone(),
+            session: SessionImage {
+                protocol: s.version,
+                expiry_interval: s.expiry_interval,
+                will: s.will.clone(),
+                disconnected_at: s.disconnected_at,
+            },
+        });
+        if !first {
+            return;
+        }
+        for (filter, sub) in &s.subscriptions {
+            self.store.ops.push(StoreOp::PutSubscription {
+                client_id: cid.clone(),
+                filter: filter.clone(),
+                sub: *sub,
+            });
+        }
+        for packet_id in s.incoming_qos2_ids() {
+            self.store.ops.push(StoreOp::PutInboundQos2 {
+                client_id: cid.clone(),
+                packet_id,
+            });
+        }
+        let mut next = s.store_seq;
+        for d in s.unstored_queue() {
+            let seq = next;
+            next += 1;
+            let msg_id = self.store.retain(&d.msg);
+            d.store = Some(StoreRef { msg_id, seq });
+            self.store.put_entry(cid, d, OutState::Queued);
+        }
+        s.store_seq = next;
+    }
+
+    /// Deletes what is stored of `cid` (its session ends or stops being
+    /// persistent).
+    fn unstore_session(&mut self, cid: &ClientId) {
+        let Some(s) = self.sessions.get_mut(cid) else {
+            return;
+        };
+        if !s.stored {
+            return;
+        }
+        s.stored = false;
+        self.store.ops.push(StoreOp::DeleteClient(cid.clone()));
+        for r in s.clear_store_refs() {
+            self.store.release(r.msg_id);
+        }
+    }
+
+    /// The shard that is home to a retained message's topic stores it.
+    fn store_retained(&mut self, msg: &Arc<Message>) {
+        if !self.config.persistence
+            || msg.topic.as_str().starts_with('$')
+            || home_shard(msg.topic.as_str(), self.shards) != self.id
+        {
+            return;
+        }
+        self.store.ops.push(if msg.payload.is_empty() {
+            StoreOp::DeleteRetained(msg.topic.clone())
+        } else {
+            StoreOp::PutRetained(msg.clone())
+        });
     }
 
     fn publish_will(&mut self, now: Instant, cid: &ClientId, w: LastWill) {
@@ -1105,13 +1552,22 @@ impl ShardCore {
     /// routes it to every shard with matching subscribers. Returns whether
     /// any subscription matched.
     fn publish(&mut self, now: Instant, msg: Arc<Message>) -> bool {
-        self.publish_with_token(now, msg, None)
+        self.publish_with_token(now, msg, None, false).0
     }
 
     /// [`ShardCore::publish`], asking every other replica to acknowledge a
-    /// retained update with `token`.
-    fn publish_with_token(&mut self, now: Instant, msg: Arc<Message>, token: Option<u64>) -> bool {
+    /// retained update with `token`, and with `ack_forwards` every shard
+    /// the message is forwarded to. Returns whether any subscription matched
+    /// and the number of forwards that will be acknowledged.
+    fn publish_with_token(
+        &mut self,
+        now: Instant,
+        msg: Arc<Message>,
+        token: Option<u64>,
+        ack_forwards: bool,
+    ) -> (bool, usize) {
         if msg.retain {
+            self.store_retained(&msg);
             self.retained.apply(msg.clone());
             for s in 0..self.shards {
                 if s != self.id.get() {
@@ -1124,10 +1580,12 @@ impl ShardCore {
                 }
             }
         }
-        self.route(now, msg)
+        let ack = token.filter(|_| ack_forwards);
+        self.route(now, msg, ack)
     }
 
-    fn route(&mut self, now: Instant, msg: Arc<Message>) -> bool {
+    fn route(&mut self, now: Instant, msg: Arc<Message>, ack: Option<u64>) -> (bool, usize) {
+        let mut acked = 0;
         let mut shards = [false; 64];
         let mut wide: Vec<ShardId> = Vec::new();
         let mut shared: Vec<(TopicFilter, ShardId)> = Vec::new();
@@ -1147,7 +1605,17 @@ impl ShardCore {
             if shard == self.id {
                 self.deliver_local(now, &msg);
             } else if let Some(q) = self.outbox.get_mut(shard.get()) {
-                q.push(ShardMsg::Publish(msg.clone()));
+                q.push(match ack {
+                    Some(token) => {
+                        acked += 1;
+                        ShardMsg::PublishAcked {
+                            msg: msg.clone(),
+                            from: self.id,
+                            token,
+                        }
+                    }
+                    None => ShardMsg::Publish(msg.clone()),
+                });
                 self.stats.forwarded += 1;
             }
         }
@@ -1166,16 +1634,18 @@ impl ShardCore {
                 if target == self.id {
                     self.deliver_shared(now, &filter, &msg);
                 } else if let Some(q) = self.outbox.get_mut(target.get()) {
+                    acked += usize::from(ack.is_some());
                     q.push(ShardMsg::SharedPublish {
                         filter,
                         msg: msg.clone(),
+                        ack: ack.map(|t| (self.id, t)),
                     });
                     self.stats.forwarded += 1;
                 }
                 i = j;
             }
         }
-        matched
+        (matched, acked)
     }
 
     /// Delivers to this shard's non-shared subscribers of `msg.topic`, once
@@ -1203,6 +1673,7 @@ impl ShardCore {
                 qos,
                 retain: msg.retain && agg.retain_as_published,
                 sub_ids: agg.ids,
+                store: None,
             };
             self.deliver(now, &cid, d);
         }
@@ -1243,6 +1714,7 @@ impl ShardCore {
             qos: msg.qos.min(sub.options.qos),
             retain: msg.retain && sub.options.retain_as_published,
             sub_ids: sub.id.into_iter().collect(),
+            store: None,
         };
         self.deliver(now, &cid, d);
     }
@@ -1279,10 +1751,38 @@ impl ShardCore {
                 return;
             }
         }
-        if !session.enqueue(d, self.config.max_queued_messages) {
-            self.stats.messages_dropped += 1;
+        let mut d = d;
+        if session.stored && d.qos != QoS::AtMostOnce {
+            let seq = session.store_seq;
+            session.store_seq += 1;
+            let msg_id = self.store.retain(&d.msg);
+            d.store = Some(StoreRef { msg_id, seq });
         }
-        if session.conn.is_some() {
+        let Some(session) = self.sessions.get_mut(cid) else {
+            return;
+        };
+        let stored = d.store.is_some().then(|| d.clone());
+        let connected = session.conn.is_some();
+        match session.enqueue(d, self.config.max_queued_messages) {
+            Ok(()) => {
+                if let Some(d) = stored {
+                    self.store.put_entry(cid, &d, OutState::Queued);
+                }
+            }
+            Err(Dropped::Displaced) => {
+                self.stats.messages_dropped += 1;
+                if let Some(d) = stored {
+                    self.store.put_entry(cid, &d, OutState::Queued);
+                }
+            }
+            Err(Dropped::New(d)) => {
+                self.stats.messages_dropped += 1;
+                if let Some(r) = d.store {
+                    self.store.release(r.msg_id);
+                }
+            }
+        }
+        if connected {
             self.pump(now, cid);
         }
     }
@@ -1312,13 +1812,26 @@ impl ShardCore {
             let Some((id, d)) = session.start_next(window) else {
                 return;
             };
-            let sent = match outbound_publish(now, &d, id, false, version) {
+            let publish = outbound_publish(now, &d, id, false, version);
+            if let (Some(_), Some(id)) = (&publish, id) {
+                // Stored before it is sent (the output waits for it), so a
+                // restart resends it with the same packet id.
+                let state = match d.qos {
+                    QoS::ExactlyOnce => OutState::AwaitPubRec(id),
+                    _ => OutState::AwaitPubAck(id),
+                };
+                self.store.put_entry(cid, &d, state);
+            }
+            let sent = match publish {
                 Some(p) => self.send_publish(conn_id, p),
                 None => false,
             };
             if !sent {
                 if let (Some(session), Some(id)) = (self.sessions.get_mut(cid), id) {
                     session.abandon(id);
+                }
+                if let Some(r) = d.store {
+                    self.store.dequeue(cid, r);
                 }
                 self.count_drop(cid);
             }
@@ -1400,8 +1913,12 @@ impl ShardCore {
     }
 
     /// Answers a `RouteAdd` or `Retain` that asked for it.
+    /// Held until this shard's storage changes so far are written.
     fn ack(&mut self, to: ShardId, token: Option<u64>) {
-        if let (Some(token), Some(q)) = (token, self.outbox.get_mut(to.get())) {
+        let Some(token) = token else { return };
+        if let Some(batch) = self.store.barrier() {
+            self.store.held_acks.push_back((batch, to, token));
+        } else if let Some(q) = self.outbox.get_mut(to.get()) {
             q.push(ShardMsg::Ack { token });
         }
     }
@@ -1476,6 +1993,12 @@ impl ShardCore {
             return;
         };
         let was_empty = conn.out.is_empty();
+        if let Some(batch) = self.store.barrier() {
+            // Whatever is said after a change waits until it is written.
+            if conn.gates.back().map_or(true, |g| g.1 != batch) {
+                conn.gates.push_back((conn.out.len(), batch));
+            }
+        }
         let stripped;
         let packet = if !conn.problem_info && has_problem_info(packet) {
             // [MQTT-3.1.2-29]: without Request Problem Information, reason
@@ -1589,6 +2112,9 @@ impl ShardCore {
                 };
                 if let Some(w) = will {
                     self.publish_will(now, &cid, w);
+                    if self.sessions.get(&cid).is_some_and(|s| s.stored) {
+                        self.store_session(&cid);
+                    }
                 }
             }
             Timer::SessionExpiry(cid, generation) => {

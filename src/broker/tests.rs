@@ -18,6 +18,10 @@ struct Cluster {
     now: Instant,
     inbox: HashMap<(usize, ConnId), BytesMut>,
     closed: HashSet<(usize, ConnId)>,
+    /// Storage batches taken from each shard, in order.
+    batches: Vec<Vec<(u64, Vec<persist::StoreOp>)>>,
+    /// Leave storage batches unwritten until [`Cluster::write_store`].
+    hold_store: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -51,8 +55,16 @@ fn ids_apart(prefix: &str) -> (String, String) {
 }
 
 impl Cluster {
+    /// With storage attached (batches written at once), so every test
+    /// also runs the persistence paths.
     fn new(shards: usize) -> Self {
-        Self::with_config(shards, CoreConfig::default())
+        Self::with_config(
+            shards,
+            CoreConfig {
+                persistence: true,
+                ..CoreConfig::default()
+            },
+        )
     }
 
     fn with_config(shards: usize, config: CoreConfig) -> Self {
@@ -65,7 +77,26 @@ impl Cluster {
             now,
             inbox: HashMap::new(),
             closed: HashSet::new(),
+            batches: vec![Vec::new(); shards],
+            hold_store: false,
         }
+    }
+
+    /// Reports every batch taken from `shard` as written.
+    fn write_store(&mut self, shard: usize) {
+        if let Some((b, _)) = self.batches[shard].last() {
+            let b = *b;
+            self.cores[shard].handle_stored(b);
+        }
+        self.run();
+    }
+
+    /// Every storage change `shard` made, in order.
+    fn store_ops(&self, shard: usize) -> Vec<persist::StoreOp> {
+        self.batches[shard]
+            .iter()
+            .flat_map(|(_, ops)| ops.iter().cloned())
+            .collect()
     }
 
     /// Moves shard messages and output until nothing is left to move.
@@ -73,6 +104,13 @@ impl Cluster {
         loop {
             let mut progress = false;
             for i in 0..self.cores.len() {
+                if let Some((b, ops)) = self.cores[i].poll_store() {
+                    progress = true;
+                    self.batches[i].push((b, ops));
+                    if !self.hold_store {
+                        self.cores[i].handle_stored(b);
+                    }
+                }
                 let batches: Vec<_> = self.cores[i].poll_shard_msgs().collect();
                 for (to, msgs) in batches {
                     progress = true;
@@ -1228,4 +1266,394 @@ fn reloaded_limits_apply_to_new_connections_and_keep_what_was_granted() {
     assert_eq!(ack.properties.maximum_packet_size, Some(64));
     cl.send(&new, Packet::Publish(m));
     assert!(cl.closed(&new));
+}
+
+// ------------------------------------------------------------ persistence
+
+use crate::ClientId;
+use persist::{OutState, Restored, RestoredEntry, RestoredSession, SessionImage, StoreOp};
+use std::sync::Arc;
+
+fn persistent(version: ProtocolVersion, id: &str) -> Connect {
+    let mut c = Connect::new(version, id);
+    c.clean_start = false;
+    if version.is_v5() {
+        c.properties.session_expiry_interval = Some(3600);
+    }
+    c
+}
+
+fn count_ops(ops: &[StoreOp], f: impl Fn(&StoreOp) -> bool) -> usize {
+    ops.iter().filter(|op| f(op)).count()
+}
+
+#[test]
+fn puback_waits_until_every_target_shard_stored_the_message() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("dur");
+    let (s, ack) = cl.connect_with(persistent(V3_1_1, &b));
+    assert!(!ack.session_present);
+    cl.subscribe(&s, "t", q(QoS::AtLeastOnce));
+    cl.drop_socket(&s);
+    let p = cl.connect(V3_1_1, &a);
+    cl.hold_store = true;
+    cl.publish(&p, "t", b"m", QoS::AtLeastOnce, 7);
+    assert_eq!(
+        cl.recv(&p),
+        vec![],
+        "no PUBACK before the subscriber's shard stored it"
+    );
+    let home = home_shard(&b, 2).get();
+    let ops = cl.store_ops(home);
+    assert!(
+        matches!(ops.last(), Some(StoreOp::PutQueueEntry { entry, .. }) if entry.state == OutState::Queued)
+    );
+    cl.write_store(home);
+    assert_eq!(cl.recv(&p), vec![Packet::PubAck(PubResponse::new(pid(7)))]);
+}
+
+#[test]
+fn clean_sessions_write_nothing_and_are_not_held() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("clean");
+    let s = cl.connect(V3_1_1, &b);
+    cl.subscribe(&s, "t", q(QoS::ExactlyOnce));
+    let p = cl.connect(V3_1_1, &a);
+    cl.hold_store = true;
+    cl.publish(&p, "t", b"m", QoS::AtLeastOnce, 1);
+    assert_eq!(cl.recv(&p), vec![Packet::PubAck(PubResponse::new(pid(1)))]);
+    assert_eq!(cl.publishes(&s).len(), 1);
+    assert!(cl.store_ops(0).is_empty() && cl.store_ops(1).is_empty());
+}
+
+#[test]
+fn message_for_many_offline_sessions_of_a_shard_is_stored_once() {
+    let mut cl = Cluster::new(2);
+    let ids: Vec<String> = (0..)
+        .map(|i| format!("many-{i}"))
+        .filter(|id| home_shard(id, 2).get() == 1)
+        .take(3)
+        .collect();
+    for id in &ids {
+        let (s, _) = cl.connect_with(persistent(V5, id));
+        cl.subscribe(&s, "fleet/#", q(QoS::AtLeastOnce));
+        cl.drop_socket(&s);
+    }
+    let before = cl.store_ops(1).len();
+    let p = cl.connect(V5, "pub");
+    cl.publish(&p, "fleet/a", b"m", QoS::AtLeastOnce, 1);
+    let ops = cl.store_ops(1)[before..].to_vec();
+    assert_eq!(
+        count_ops(&ops, |o| matches!(o, StoreOp::PutMessage { .. })),
+        1
+    );
+    assert_eq!(
+        count_ops(&ops, |o| matches!(o, StoreOp::PutQueueEntry { .. })),
+        3
+    );
+    // Each session takes its copy; the last acknowledgement deletes it.
+    for (i, id) in ids.iter().enumerate() {
+        let (s, ack) = cl.connect_with(persistent(V5, id));
+        assert!(ack.session_present);
+        let got = cl.publishes(&s);
+        assert_eq!(got.len(), 1);
+        let deleted =
+            |cl: &Cluster| count_ops(&cl.store_ops(1), |o| matches!(o, StoreOp::DeleteMessage(_)));
+        assert_eq!(deleted(&cl), 0);
+        cl.send(
+            &s,
+            Packet::PubAck(PubResponse::new(got[0].packet_id.unwrap())),
+        );
+        assert_eq!(deleted(&cl), usize::from(i == 2), "after {} acks", i + 1);
+    }
+}
+
+#[test]
+fn outbound_qos2_is_stored_with_its_packet_id_before_it_is_sent() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("q2");
+    let (s, _) = cl.connect_with(persistent(V5, &b));
+    cl.subscribe(&s, "t", q(QoS::ExactlyOnce));
+    let p = cl.connect(V5, &a);
+    cl.hold_store = true;
+    cl.publish(&p, "t", b"m", QoS::ExactlyOnce, 1);
+    assert!(
+        cl.publishes(&s).is_empty(),
+        "held until its state is stored"
+    );
+    let home = home_shard(&b, 2).get();
+    let ops = cl.store_ops(home);
+    let sent_state = ops.iter().rev().find_map(|o| match o {
+        StoreOp::PutQueueEntry { entry, .. } => Some(entry.state),
+        _ => None,
+    });
+    cl.write_store(home);
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 1);
+    let id = got[0].packet_id.unwrap();
+    assert_eq!(sent_state, Some(OutState::AwaitPubRec(id)));
+    cl.send(&s, Packet::PubRec(PubResponse::new(id)));
+    assert!(
+        cl.recv(&s).is_empty(),
+        "PUBREL waits for the state change too"
+    );
+    cl.write_store(home);
+    assert_eq!(cl.recv(&s), vec![Packet::PubRel(PubResponse::new(id))]);
+    let last = cl.store_ops(home).last().cloned();
+    assert!(
+        matches!(last, Some(StoreOp::PutQueueEntry { entry, .. }) if entry.state == OutState::AwaitPubComp(id))
+    );
+    cl.send(&s, Packet::PubComp(PubResponse::new(id)));
+    cl.write_store(home);
+    let tail: Vec<_> = cl.store_ops(home).into_iter().rev().take(2).collect();
+    assert!(matches!(tail[0], StoreOp::DeleteMessage(_)));
+    assert!(matches!(tail[1], StoreOp::DeleteQueueEntry { .. }));
+}
+
+#[test]
+fn inbound_qos2_id_is_stored_before_pubrec_and_deleted_before_pubcomp() {
+    let mut cl = Cluster::new(1);
+    let (p, _) = cl.connect_with(persistent(V3_1_1, "q2in"));
+    cl.hold_store = true;
+    cl.publish(&p, "t", b"m", QoS::ExactlyOnce, 5);
+    assert!(cl.recv(&p).is_empty());
+    assert!(
+        matches!(cl.store_ops(0).last(), Some(StoreOp::PutInboundQos2 { packet_id, .. }) if *packet_id == pid(5))
+    );
+    cl.write_store(0);
+    assert_eq!(cl.recv(&p), vec![Packet::PubRec(PubResponse::new(pid(5)))]);
+    cl.send(&p, Packet::PubRel(PubResponse::new(pid(5))));
+    assert!(cl.recv(&p).is_empty());
+    cl.write_store(0);
+    assert_eq!(cl.recv(&p), vec![Packet::PubComp(PubResponse::new(pid(5)))]);
+}
+
+#[test]
+fn suback_and_connack_of_a_persistent_session_wait_for_storage() {
+    let mut cl = Cluster::new(1);
+    cl.hold_store = true;
+    let c = cl.open(0, V5);
+    cl.send(&c, Packet::Connect(Box::new(persistent(V5, "held"))));
+    assert!(
+        cl.recv(&c).is_empty(),
+        "CONNACK after the session is stored"
+    );
+    cl.write_store(0);
+    assert!(matches!(cl.recv_one(&c), Some(Packet::ConnAck(_))));
+    let sub = Subscribe {
+        packet_id: pid(1),
+        properties: SubscribeProperties::default(),
+        filters: vec![(filter("a/#"), q(QoS::AtLeastOnce))],
+    };
+    cl.send(&c, Packet::Subscribe(sub));
+    assert!(cl.recv(&c).is_empty());
+    assert!(matches!(
+        cl.store_ops(0).last(),
+        Some(StoreOp::PutSubscription { .. })
+    ));
+    cl.write_store(0);
+    assert!(matches!(cl.recv_one(&c), Some(Packet::SubAck(_))));
+}
+
+#[test]
+fn session_end_deletes_what_was_stored() {
+    let mut cl = Cluster::new(1);
+    let mut conn = persistent(V5, "short");
+    conn.properties.session_expiry_interval = Some(5);
+    let (s, _) = cl.connect_with(conn);
+    cl.subscribe(&s, "t", q(QoS::AtLeastOnce));
+    cl.drop_socket(&s);
+    let p = cl.connect(V5, "p");
+    cl.publish(&p, "t", b"m", QoS::AtLeastOnce, 1);
+    cl.advance(Duration::from_secs(6));
+    let ops = cl.store_ops(0);
+    let n = ops.len();
+    assert!(
+        matches!(
+            &ops[n - 2..],
+            [StoreOp::DeleteClient(_), StoreOp::DeleteMessage(_)]
+        ),
+        "{:?}",
+        &ops[n - 2..]
+    );
+    // v5: a DISCONNECT that sets the expiry to 0 ends persistence too.
+    let (s, _) = cl.connect_with(persistent(V5, "again"));
+    let mut d = Disconnect::new(ReasonCode::SUCCESS);
+    d.properties.session_expiry_interval = Some(0);
+    cl.send(&s, Packet::Disconnect(d));
+    assert!(
+        matches!(cl.store_ops(0).last(), Some(StoreOp::DeleteClient(c)) if c.as_str() == "again")
+    );
+}
+
+#[test]
+fn retained_messages_are_stored_by_the_home_shard_of_their_topic() {
+    let mut cl = Cluster::new(2);
+    let p = cl.connect(V5, "rp");
+    for t in ["r/1", "r/2", "r/3", "r/4"] {
+        let mut m = Publish::new(topic(t), Bytes::from_static(b"v"));
+        m.retain = true;
+        cl.send(&p, Packet::Publish(m));
+    }
+    for shard in 0..2 {
+        for op in cl.store_ops(shard) {
+            if let StoreOp::PutRetained(m) = op {
+                assert_eq!(home_shard(m.topic.as_str(), 2).get(), shard);
+            }
+        }
+    }
+    let stored: usize = (0..2)
+        .map(|s| count_ops(&cl.store_ops(s), |o| matches!(o, StoreOp::PutRetained(_))))
+        .sum();
+    assert_eq!(stored, 4, "each once");
+    let mut del = Publish::new(topic("r/1"), Bytes::new());
+    del.retain = true;
+    cl.send(&p, Packet::Publish(del));
+    let home = home_shard("r/1", 2).get();
+    assert!(
+        matches!(cl.store_ops(home).last(), Some(StoreOp::DeleteRetained(t)) if t.as_str() == "r/1")
+    );
+}
+
+fn message(t: &str, payload: &'static [u8], qos: QoS) -> Arc<Message> {
+    Arc::new(Message {
+        topic: topic(t),
+        payload: Bytes::from_static(payload),
+        qos,
+        retain: false,
+        properties: PublishProperties::default(),
+        expires_at: None,
+        origin: None,
+    })
+}
+
+#[test]
+fn restored_session_resends_in_flight_with_same_ids_then_its_queue() {
+    let mut cl = Cluster::new(1);
+    let now = cl.now;
+    let m1 = message("t", b"one", QoS::ExactlyOnce);
+    let m2 = message("t", b"two", QoS::ExactlyOnce);
+    let m3 = message("t", b"three", QoS::AtLeastOnce);
+    let entry = |seq, id: u64, msg: &Arc<Message>, state| RestoredEntry {
+        seq,
+        message_id: id,
+        msg: msg.clone(),
+        qos: msg.qos,
+        retain: false,
+        sub_ids: vec![],
+        state,
+    };
+    let restored = Restored {
+        sessions: vec![RestoredSession {
+            client_id: ClientId::new(ByteStr::from("back")),
+            session: SessionImage {
+                protocol: V3_1_1,
+                expiry_interval: u32::MAX,
+                will: None,
+                disconnected_at: Some(now),
+            },
+            subscriptions: vec![(
+                filter("t"),
+                Subscription {
+                    options: q(QoS::ExactlyOnce),
+                    id: None,
+                },
+            )],
+            queue: vec![
+                entry(4, 10, &m1, OutState::AwaitPubComp(pid(40))),
+                entry(5, 11, &m2, OutState::AwaitPubRec(pid(41))),
+                entry(6, 12, &m3, OutState::Queued),
+            ],
+            inbound_qos2: vec![pid(9)],
+        }],
+        retained: vec![],
+        routes: vec![],
+        next_message_id: 13,
+        expired_wills: vec![],
+    };
+    cl.cores[0].restore(now, restored);
+    cl.run();
+    let (s, ack) = cl.connect_with(persistent(V3_1_1, "back"));
+    assert!(ack.session_present);
+    let got = cl.recv(&s);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0], Packet::PubRel(PubResponse::new(pid(40))));
+    let Packet::Publish(two) = &got[1] else {
+        panic!("{got:?}")
+    };
+    assert!(two.dup && two.packet_id == Some(pid(41)) && &two.payload[..] == b"two");
+    let Packet::Publish(three) = &got[2] else {
+        panic!("{got:?}")
+    };
+    assert!(
+        !three.dup
+            && three
+                .packet_id
+                .is_some_and(|id| id != pid(40) && id != pid(41))
+    );
+    // The inbound QoS 2 id is still held: a resend is acknowledged, not delivered.
+    let watcher = cl.connect(V3_1_1, "w");
+    cl.subscribe(&watcher, "in", q(QoS::AtLeastOnce));
+    let mut again = Publish::new(topic("in"), Bytes::from_static(b"x"));
+    again.qos = QoS::ExactlyOnce;
+    again.packet_id = Some(pid(9));
+    again.dup = true;
+    cl.send(&s, Packet::Publish(again));
+    assert_eq!(cl.recv(&s), vec![Packet::PubRec(PubResponse::new(pid(9)))]);
+    assert!(cl.publishes(&watcher).is_empty());
+    // The live subscription routes new messages; new message ids follow the restored ones.
+    let p = cl.connect(V3_1_1, "p2");
+    cl.publish(&p, "t", b"four", QoS::AtLeastOnce, 1);
+    assert!(cl
+        .store_ops(0)
+        .iter()
+        .any(|o| matches!(o, StoreOp::PutMessage { id: 13, .. })));
+}
+
+#[test]
+fn restored_session_that_was_connected_publishes_its_will() {
+    let mut cl = Cluster::new(2);
+    let now = cl.now;
+    let (a, b) = ids_apart("crash");
+    let w = cl.connect(V5, &a);
+    cl.subscribe(&w, "wills/#", q(QoS::AtLeastOnce));
+    let will = LastWill {
+        topic: topic("wills/b"),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: WillProperties::default(),
+    };
+    let home = home_shard(&b, 2).get();
+    let restored = Restored {
+        sessions: vec![RestoredSession {
+            client_id: ClientId::new(ByteStr::from(b.clone())),
+            session: SessionImage {
+                protocol: V5,
+                expiry_interval: 60,
+                will: Some(will),
+                disconnected_at: None,
+            },
+            subscriptions: vec![],
+            queue: vec![],
+            inbound_qos2: vec![],
+        }],
+        ..Restored::default()
+    };
+    cl.cores[home].restore(now, restored);
+    cl.run();
+    cl.advance(Duration::from_millis(1));
+    let got = cl.publishes(&w);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(&got[0].payload[..], b"gone");
+    // Stored again as disconnected, without the will.
+    let last_put = cl.store_ops(home).into_iter().rev().find_map(|o| match o {
+        StoreOp::PutSession { session, .. } => Some(session),
+        _ => None,
+    });
+    let last_put = last_put.unwrap();
+    assert!(last_put.will.is_none() && last_put.disconnected_at.is_some());
+    // And it expires on time.
+    cl.advance(Duration::from_secs(61));
+    assert!(cl.cores[home].session(&b).is_none());
 }
