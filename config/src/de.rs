@@ -8,7 +8,7 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
-use crate::MqttOverrides;
+use crate::ShardOverrides;
 
 /// `listen`: one address string, or an array of them.
 pub(crate) fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
@@ -86,11 +86,11 @@ pub(crate) fn serialize_cores<S: Serializer>(
 /// a bad name with its line before deserialization gets here.
 pub(crate) fn shards<'de, D: Deserializer<'de>>(
     d: D,
-) -> Result<BTreeMap<usize, MqttOverrides>, D::Error> {
+) -> Result<BTreeMap<usize, ShardOverrides>, D::Error> {
     struct Shards;
 
     impl<'de> Visitor<'de> for Shards {
-        type Value = BTreeMap<usize, MqttOverrides>;
+        type Value = BTreeMap<usize, ShardOverrides>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("tables named by shard number, like [shards.0]")
@@ -115,10 +115,10 @@ pub(crate) fn shards<'de, D: Deserializer<'de>>(
 
 /// `[shards.N]`: written with string keys, as TOML requires.
 pub(crate) fn serialize_shards<S: Serializer>(
-    shards: &BTreeMap<usize, MqttOverrides>,
+    shards: &BTreeMap<usize, ShardOverrides>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    let named: BTreeMap<String, &MqttOverrides> =
+    let named: BTreeMap<String, &ShardOverrides> =
         shards.iter().map(|(n, o)| (n.to_string(), o)).collect();
     named.serialize(s)
 }

@@ -80,7 +80,7 @@ pub enum ConfigError {
 
     /// A value of the wrong type, or one that does not parse as its type: a
     /// string for a number, 70000 for a 16-bit setting, a malformed socket
-    /// address, an unknown log format.
+    /// address.
     #[error("{key}{}{at}: {problem}; expected {expected}", show_value(value))]
     InvalidValue {
         /// The key as a dotted path.
@@ -96,7 +96,9 @@ pub enum ConfigError {
     },
 
     /// A value of the right type that is not allowed: out of range, not a
-    /// power of two, an empty or duplicated `listen` entry, an empty string.
+    /// power of two, not one of the names a key accepts (`log.format`,
+    /// `storage.durability`), an empty or duplicated `listen` entry, an
+    /// empty string.
     #[error("{key} = {value}{at}: {requirement}")]
     OutOfRange {
         /// The key as a dotted path.
@@ -107,6 +109,24 @@ pub enum ConfigError {
         at: Location,
         /// What is allowed, e.g. `must be between 1 and 65535`.
         requirement: String,
+    },
+
+    /// A `[storage]` key that applies to the whole database (such as
+    /// `compression`), given in a `[shards.N]` table.
+    #[error(
+        "`{key}`{at}: `{}` applies to the whole database and can only be set in [storage]; \
+         allowed keys {} are {}",
+        leaf_of(key),
+        section_of(key),
+        allowed.join(", ")
+    )]
+    NotPerShard {
+        /// The key as a dotted path, e.g. `shards.1.compression`.
+        key: String,
+        /// Where.
+        at: Location,
+        /// The keys a `[shards.N]` table allows.
+        allowed: Vec<String>,
     },
 
     /// A `[shards.N]` table whose name is not a shard number.
@@ -167,6 +187,11 @@ fn section_of(key: &str) -> String {
         Some((table, _)) => format!("in [{table}]"),
         None => "at the top level".to_owned(),
     }
+}
+
+/// The last key of a dotted path: `compression` of `shards.1.compression`.
+fn leaf_of(key: &str) -> &str {
+    key.rsplit_once('.').map_or(key, |(_, leaf)| leaf)
 }
 
 fn show_value(value: &str) -> String {

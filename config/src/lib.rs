@@ -15,8 +15,12 @@
 //! [mqtt]
 //! max_inflight = 512
 //!
+//! [storage]
+//! durability = "wal"
+//!
 //! [shards.0]          # shard 0 takes a larger inflight window
-//! max_inflight = 2048
+//! max_inflight = 2048 # and fsyncs before it acknowledges
+//! durability = "fsync"
 //! ```
 //!
 //! Errors name the file, the key as a dotted path, the line and what is
@@ -39,8 +43,9 @@ use serde::{Deserialize, Serialize};
 pub use crate::error::{ConfigError, Location};
 pub use crate::source::ConfigSource;
 
-/// The whole configuration file: global settings, the `[mqtt]`, `[runtime]`
-/// and `[log]` sections, and `[shards.N]` per-shard overrides of `[mqtt]`.
+/// The whole configuration file: global settings, the `[mqtt]`, `[runtime]`,
+/// `[log]`, `[http]` and `[storage]` sections, and `[shards.N]` per-shard
+/// overrides of `[mqtt]` and of some `[storage]` keys.
 ///
 /// Built by [`Config::load`] or [`Config::from_toml_str`], which validate
 /// it; a `Config` changed in code can be checked again with
@@ -68,13 +73,18 @@ pub struct Config {
     pub log: LogConfig,
     /// `[http]`: the HTTP endpoint for Prometheus metrics and health checks.
     pub http: HttpConfig,
-    /// `[shards.N]` tables: overrides of `[mqtt]` keys for shard `N`
-    /// (numbered from 0). [`Config::mqtt_for_shard`] applies them.
+    /// `[storage]`: durability and RocksDB tuning, the defaults of every
+    /// shard.
+    pub storage: StorageConfig,
+    /// `[shards.N]` tables: overrides of `[mqtt]` keys and of the per-shard
+    /// `[storage]` keys for shard `N` (numbered from 0).
+    /// [`Config::mqtt_for_shard`] and [`Config::storage_for_shard`] apply
+    /// them.
     #[serde(
         deserialize_with = "de::shards",
         serialize_with = "de::serialize_shards"
     )]
-    pub shards: BTreeMap<usize, MqttOverrides>,
+    pub shards: BTreeMap<usize, ShardOverrides>,
     /// Where this configuration was read from (origin name and the line of
     /// every key), used to place validation errors. Not a setting: it is
     /// never read from or written to TOML, and `==` ignores it.
@@ -96,6 +106,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
             http: HttpConfig::default(),
+            storage: StorageConfig::default(),
             shards: BTreeMap::new(),
             source: ConfigSource::default(),
         }
@@ -149,56 +160,135 @@ impl Config {
     pub fn mqtt_for_shard(&self, shard: usize) -> MqttConfig {
         let mut mqtt = self.mqtt.clone();
         if let Some(overrides) = self.shards.get(&shard) {
-            overrides.apply_to(&mut mqtt);
+            overrides.apply_to_mqtt(&mut mqtt);
         }
         mqtt
     }
+
+    /// The `[storage]` settings of shard `shard`: `[storage]` with the keys
+    /// of its `[shards.N]` table, if any, applied on top. The keys that apply
+    /// to the whole database (`max_background_jobs`, `max_open_files`,
+    /// `compression`) are always those of `[storage]`.
+    ///
+    /// ```
+    /// use vmqtt_config::{Config, Durability};
+    ///
+    /// let text = "[storage]\ndurability = \"wal\"\n\n[shards.1]\ndurability = \"fsync\"\n";
+    /// let config = Config::from_toml_str(text, "vmqtt.toml").unwrap();
+    /// assert_eq!(config.storage_for_shard(0).durability, Durability::Wal);
+    /// assert_eq!(config.storage_for_shard(1).durability, Durability::Fsync);
+    /// ```
+    pub fn storage_for_shard(&self, shard: usize) -> StorageConfig {
+        let mut storage = self.storage.clone();
+        if let Some(overrides) = self.shards.get(&shard) {
+            overrides.apply_to_storage(&mut storage);
+        }
+        storage
+    }
 }
 
-/// Declares [`MqttConfig`] and [`MqttOverrides`] from one list of fields, so
-/// the two can never disagree on which keys exist.
-macro_rules! mqtt_settings {
-    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr, )*) => {
+/// Declares [`MqttConfig`], [`StorageConfig`] and [`ShardOverrides`] from
+/// their lists of fields, so that a `[shards.N]` table can never disagree
+/// with the sections on which keys exist: it holds every `[mqtt]` key and the
+/// per-shard `[storage]` keys, but not the whole-database ones.
+macro_rules! settings {
+    (
+        mqtt {
+            $( $(#[doc = $mdoc:literal])* $mfield:ident : $mty:ty = $mdefault:expr, )*
+        }
+        storage_per_shard {
+            $( $(#[doc = $sdoc:literal])* $sfield:ident : $sty:ty = $sdefault:expr, )*
+        }
+        storage_global {
+            $( $(#[doc = $gdoc:literal])* $gfield:ident : $gty:ty = $gdefault:expr, )*
+        }
+    ) => {
         /// `[mqtt]`: protocol limits and features, the defaults of every
         /// shard. Each can be overridden per shard in `[shards.N]`.
         #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
         #[serde(deny_unknown_fields, default)]
         pub struct MqttConfig {
-            $( $(#[doc = $doc])* pub $field: $ty, )*
+            $( $(#[doc = $mdoc])* pub $mfield: $mty, )*
         }
 
         impl Default for MqttConfig {
             fn default() -> Self {
-                MqttConfig { $( $field: $default, )* }
+                MqttConfig { $( $mfield: $mdefault, )* }
             }
         }
 
-        /// `[shards.N]`: overrides of `[mqtt]` keys for one shard. A key that
-        /// is `None` (absent from the table) keeps the `[mqtt]` value.
-        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        /// `[storage]`: how durable an acknowledged change is, and the tuning
+        /// of the RocksDB database in `data_dir`, which holds one column
+        /// family per shard. `durability`, `write_buffer_size` and
+        /// `block_cache_size` are the defaults of every shard and can be
+        /// overridden in `[shards.N]` ([`Config::storage_for_shard`]); the
+        /// other keys apply to the whole database.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
         #[serde(deny_unknown_fields, default)]
-        pub struct MqttOverrides {
+        pub struct StorageConfig {
+            $( $(#[doc = $sdoc])* pub $sfield: $sty, )*
             $(
-                $(#[doc = $doc])*
+                $(#[doc = $gdoc])*
                 ///
-                /// `None`: the `[mqtt]` value applies.
-                #[serde(skip_serializing_if = "Option::is_none")]
-                pub $field: Option<$ty>,
+                /// Whole database: cannot be overridden per shard.
+                pub $gfield: $gty,
             )*
         }
 
-        impl MqttOverrides {
-            /// Writes every key this table sets into `mqtt`.
-            pub fn apply_to(&self, mqtt: &mut MqttConfig) {
-                $( if let Some(value) = &self.$field { mqtt.$field = value.clone(); } )*
+        impl Default for StorageConfig {
+            fn default() -> Self {
+                StorageConfig {
+                    $( $sfield: $sdefault, )*
+                    $( $gfield: $gdefault, )*
+                }
+            }
+        }
+
+        /// `[shards.N]`: overrides for one shard of `[mqtt]` keys and of the
+        /// per-shard `[storage]` keys, all written flat in the table. A key
+        /// that is `None` (absent from the table) keeps the value of its
+        /// section.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct ShardOverrides {
+            $(
+                $(#[doc = $mdoc])*
+                ///
+                /// `None`: the `[mqtt]` value applies.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $mfield: Option<$mty>,
+            )*
+            $(
+                $(#[doc = $sdoc])*
+                ///
+                /// `None`: the `[storage]` value applies.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $sfield: Option<$sty>,
+            )*
+        }
+
+        impl ShardOverrides {
+            /// Writes every `[mqtt]` key this table sets into `mqtt`.
+            pub fn apply_to_mqtt(&self, mqtt: &mut MqttConfig) {
+                $( if let Some(value) = &self.$mfield { mqtt.$mfield = value.clone(); } )*
+            }
+
+            /// Writes every `[storage]` key this table sets into `storage`.
+            pub fn apply_to_storage(&self, storage: &mut StorageConfig) {
+                $( if let Some(value) = &self.$sfield { storage.$sfield = value.clone(); } )*
             }
 
             /// The numeric keys this table sets, with their values.
             fn numbers(&self) -> Vec<(&'static str, u64)> {
                 let mut out = Vec::new();
                 $(
-                    if let Some(n) = self.$field.as_ref().and_then(validate::AsNumber::as_number) {
-                        out.push((stringify!($field), n));
+                    if let Some(n) = self.$mfield.as_ref().and_then(validate::AsNumber::as_number) {
+                        out.push((stringify!($mfield), n));
+                    }
+                )*
+                $(
+                    if let Some(n) = self.$sfield.as_ref().and_then(validate::AsNumber::as_number) {
+                        out.push((stringify!($sfield), n));
                     }
                 )*
                 out
@@ -210,55 +300,87 @@ macro_rules! mqtt_settings {
             fn numbers(&self) -> Vec<(&'static str, u64)> {
                 let mut out = Vec::new();
                 $(
-                    if let Some(n) = validate::AsNumber::as_number(&self.$field) {
-                        out.push((stringify!($field), n));
+                    if let Some(n) = validate::AsNumber::as_number(&self.$mfield) {
+                        out.push((stringify!($mfield), n));
                     }
                 )*
                 out
             }
         }
+
+        /// The `[storage]` keys a `[shards.N]` table may override.
+        pub(crate) const STORAGE_SHARD_KEYS: &[&str] = &[$( stringify!($sfield), )*];
+
+        /// The `[storage]` keys that apply to the whole database only.
+        pub(crate) const STORAGE_GLOBAL_KEYS: &[&str] = &[$( stringify!($gfield), )*];
     };
 }
 
-mqtt_settings! {
-    /// Largest packet, in bytes including the fixed header, that the broker
-    /// accepts from a client; advertised to v5 clients as Maximum Packet
-    /// Size. 16..=268435460, default 1048576 (1 MiB).
-    max_packet_size: u32 = 1_048_576,
-    /// Largest keep alive, in seconds, a client may ask for; a client asking
-    /// for more (or for 0) is told this value (v5 Server Keep Alive).
-    /// 0 = no limit (the default).
-    max_keepalive: u16 = 0,
-    /// QoS 1 and 2 PUBLISHes a client may have unacknowledged towards the
-    /// broker (v5 Receive Maximum in CONNACK). 1..=65535, default 1024.
-    receive_maximum: u16 = 1024,
-    /// Topic aliases a v5 client may use towards the broker (Topic Alias
-    /// Maximum in CONNACK); 0 disables them. Default 64.
-    topic_alias_maximum: u16 = 64,
-    /// QoS 1 and 2 messages the broker has in flight to one client, further
-    /// capped by the client's own Receive Maximum. 1..=65535, default 1024.
-    max_inflight: u16 = 1024,
-    /// Messages queued per session beyond the inflight window (client slow or
-    /// offline); more are dropped and counted. 0 = queue nothing.
-    /// Default 1000.
-    max_queued_messages: usize = 1000,
-    /// Encoded bytes waiting to be written to one connection before it counts
-    /// as slow and further messages are queued in its session instead.
-    /// At least 1024, default 262144 (256 KiB).
-    max_output_buffer: usize = 262_144,
-    /// Milliseconds a new connection has to send CONNECT before it is
-    /// closed. At least 1, default 10000.
-    connect_timeout_ms: u64 = 10_000,
-    /// Longest session expiry interval, in seconds, a client may ask for;
-    /// longer requests are cut to it. 4294967295 (the default) = sessions may
-    /// never expire.
-    max_session_expiry: u32 = u32::MAX,
-    /// Whether retained messages are supported (v5 Retain Available).
-    /// Default true.
-    retain_available: bool = true,
-    /// Milliseconds between two publications of the `$SYS` topics.
-    /// At least 100, default 10000.
-    sys_interval_ms: u64 = 10_000,
+settings! {
+    mqtt {
+        /// Largest packet, in bytes including the fixed header, that the broker
+        /// accepts from a client; advertised to v5 clients as Maximum Packet
+        /// Size. 16..=268435460, default 1048576 (1 MiB).
+        max_packet_size: u32 = 1_048_576,
+        /// Largest keep alive, in seconds, a client may ask for; a client asking
+        /// for more (or for 0) is told this value (v5 Server Keep Alive).
+        /// 0 = no limit (the default).
+        max_keepalive: u16 = 0,
+        /// QoS 1 and 2 PUBLISHes a client may have unacknowledged towards the
+        /// broker (v5 Receive Maximum in CONNACK). 1..=65535, default 1024.
+        receive_maximum: u16 = 1024,
+        /// Topic aliases a v5 client may use towards the broker (Topic Alias
+        /// Maximum in CONNACK); 0 disables them. Default 64.
+        topic_alias_maximum: u16 = 64,
+        /// QoS 1 and 2 messages the broker has in flight to one client, further
+        /// capped by the client's own Receive Maximum. 1..=65535, default 1024.
+        max_inflight: u16 = 1024,
+        /// Messages queued per session beyond the inflight window (client slow or
+        /// offline); more are dropped and counted. 0 = queue nothing.
+        /// Default 1000.
+        max_queued_messages: usize = 1000,
+        /// Encoded bytes waiting to be written to one connection before it counts
+        /// as slow and further messages are queued in its session instead.
+        /// At least 1024, default 262144 (256 KiB).
+        max_output_buffer: usize = 262_144,
+        /// Milliseconds a new connection has to send CONNECT before it is
+        /// closed. At least 1, default 10000.
+        connect_timeout_ms: u64 = 10_000,
+        /// Longest session expiry interval, in seconds, a client may ask for;
+        /// longer requests are cut to it. 4294967295 (the default) = sessions may
+        /// never expire.
+        max_session_expiry: u32 = u32::MAX,
+        /// Whether retained messages are supported (v5 Retain Available).
+        /// Default true.
+        retain_available: bool = true,
+        /// Milliseconds between two publications of the `$SYS` topics.
+        /// At least 100, default 10000.
+        sys_interval_ms: u64 = 10_000,
+    }
+    storage_per_shard {
+        /// When the broker acknowledges a change, and so what a client's
+        /// acknowledgement survives. Default [`Durability::Wal`].
+        durability: Durability = Durability::Wal,
+        /// Memtable (RocksDB write buffer) of each shard's column family, in
+        /// bytes: writes collect in it before they are flushed to a table
+        /// file. 1048576 (1 MiB) ..= 4294967296 (4 GiB), default 67108864
+        /// (64 MiB).
+        write_buffer_size: usize = 64 << 20,
+        /// RocksDB block cache of each shard's column family (every shard has
+        /// its own), in bytes. 0 (no block cache) ..= 68719476736 (64 GiB),
+        /// default 33554432 (32 MiB).
+        block_cache_size: usize = 32 << 20,
+    }
+    storage_global {
+        /// Background threads that flush memtables and compact table files,
+        /// for the whole database. 1..=64, default 2.
+        max_background_jobs: u32 = 2,
+        /// Table files RocksDB keeps open, for the whole database: -1 (no
+        /// limit) or 16..=1000000, default 1024.
+        max_open_files: i32 = 1024,
+        /// Whether table files are compressed with LZ4. Default true.
+        compression: bool = true,
+    }
 }
 
 /// `[runtime]`: executor and process resources.
@@ -338,4 +460,38 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line (`"json"`).
     Json,
+}
+
+/// When the broker acknowledges a change: `"off"`, `"wal"` or `"fsync"` in
+/// the file (`[storage] durability`, can be overridden per shard).
+///
+/// The acknowledgements that wait for it are PUBACK and PUBREC of QoS 1 and
+/// 2 PUBLISHes, and SUBACK and CONNACK of persistent sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `"off"`: nothing is written; all state is lost when the broker exits.
+    /// For tests and benchmarks.
+    Off,
+    /// `"wal"`: acknowledged only after the change is in RocksDB's
+    /// write-ahead log. Survives a crash of the process (`kill -9`), not a
+    /// power loss or an OS crash.
+    #[default]
+    Wal,
+    /// `"fsync"`: acknowledged only after the write-ahead log is fsynced,
+    /// with group commit (one fsync covers the changes written meanwhile).
+    /// Survives a power loss.
+    Fsync,
+}
+
+impl Durability {
+    /// The setting's name in the configuration file: `"off"`, `"wal"` or
+    /// `"fsync"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Durability::Off => "off",
+            Durability::Wal => "wal",
+            Durability::Fsync => "fsync",
+        }
+    }
 }

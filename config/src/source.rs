@@ -9,7 +9,8 @@ use toml_edit::{ImDocument, TableLike};
 
 use crate::de::parse_shard_number;
 use crate::error::{ConfigError, Location};
-use crate::validate;
+use crate::validate::{self, Rule};
+use crate::STORAGE_GLOBAL_KEYS;
 
 /// Where a [`Config`](crate::Config) came from: the name of its text (the file
 /// name) and the line of every key in it.
@@ -188,6 +189,13 @@ impl ConfigSource {
             });
             let key = found.map_or_else(|| name.to_owned(), |k| k.path.clone());
             let allowed = backquoted(message.split_once(", expected ").map_or("", |(_, e)| e));
+            if is_global_storage_key_in_shard(&key) {
+                return ConfigError::NotPerShard {
+                    at: self.locate(&key),
+                    key,
+                    allowed,
+                };
+            }
             let suggestion = closest(name, &allowed);
             return ConfigError::UnknownKey {
                 at: self.locate(&key),
@@ -196,14 +204,19 @@ impl ConfigSource {
                 suggestion,
             };
         }
-        // Anything else is about a value: find the innermost key whose value
-        // contains the span.
-        let found = span.as_ref().and_then(|s| {
-            self.keys
-                .iter()
-                .filter(|k| k.value.as_ref().is_some_and(|r| contains(r, s)))
-                .min_by_key(|k| k.value.as_ref().map_or(usize::MAX, |r| r.len()))
-        });
+        // Anything else is about a value: find the innermost setting whose
+        // value contains the span (not a key inside a wrongly given table
+        // such as `durability = { fsync = 1 }`), else the innermost key.
+        let innermost = |setting_only: bool| {
+            span.as_ref().and_then(|s| {
+                self.keys
+                    .iter()
+                    .filter(|k| k.value.as_ref().is_some_and(|r| contains(r, s)))
+                    .filter(|k| !setting_only || validate::rule(&k.path).is_some())
+                    .min_by_key(|k| k.value.as_ref().map_or(usize::MAX, |r| r.len()))
+            })
+        };
+        let found = innermost(true).or_else(|| innermost(false));
         let Some(found) = found else {
             let line = span.map(|s| line_and_column(text, s.start).0);
             return ConfigError::Other {
@@ -218,14 +231,34 @@ impl ConfigSource {
             Some((problem, expected)) => (problem.to_owned(), expected.to_owned()),
             None => (message.clone(), String::new()),
         };
-        let expected = validate::rule(&found.path)
-            .map(|rule| rule.expected())
-            .unwrap_or(serde_expected);
+        let rule = validate::rule(&found.path);
         // The line of the value itself: in a multi-line array, that of the bad
         // element rather than of the key.
         let line = span
             .map(|s| line_and_column(text, s.start).0)
             .or(found.line);
+        let mut problem = problem;
+        if let Some(rule @ Rule::OneOf(_)) = rule {
+            // A string that is not one of the names the key accepts is a
+            // value of the right type that is not allowed.
+            if found.text.starts_with(['"', '\'']) {
+                return ConfigError::OutOfRange {
+                    key: found.path.clone(),
+                    value: found.text.clone(),
+                    at: Location {
+                        origin: self.origin.clone(),
+                        line,
+                    },
+                    requirement: rule.requirement(),
+                };
+            }
+            // Anything else is not a string: serde's words for it ("wanted
+            // string or table", or an unknown variant for a table) mislead.
+            if !found.text.is_empty() {
+                "not a string".clone_into(&mut problem);
+            }
+        }
+        let expected = rule.map(Rule::expected).unwrap_or(serde_expected);
         ConfigError::InvalidValue {
             key: found.path.clone(),
             value: found.text.clone(),
@@ -237,6 +270,14 @@ impl ConfigSource {
             expected,
         }
     }
+}
+
+/// Whether `key` is a whole-database `[storage]` key in a `[shards.N]` table,
+/// such as `shards.1.compression`.
+fn is_global_storage_key_in_shard(key: &str) -> bool {
+    key.strip_prefix("shards.")
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(_, leaf)| STORAGE_GLOBAL_KEYS.contains(&leaf))
 }
 
 /// Whether span `inner` lies within `outer`.

@@ -1,7 +1,7 @@
 //! What each key allows, and the checks that serde's types cannot express.
 
 use crate::error::ConfigError;
-use crate::Config;
+use crate::{Config, Durability, STORAGE_SHARD_KEYS};
 
 /// What one key allows: used both to check values and to say what is
 /// expected in an error message.
@@ -15,6 +15,10 @@ pub(crate) enum Rule {
     },
     /// A power of two from `min` to `max`.
     PowerOfTwo { min: u64, max: u64 },
+    /// `-1` (no limit), or an integer from `min` to `max`.
+    IntOrUnlimited { min: u64, max: u64 },
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
     /// `true` or `false`.
     Bool,
     /// Anything else, described in words.
@@ -30,8 +34,8 @@ const U32: u64 = u32::MAX as u64;
 const NO_MAX: u64 = u64::MAX;
 
 /// The rule of every key, by dotted path. `[shards.N]` keys follow the rules
-/// of the `[mqtt]` key of the same name. A test checks that every key of
-/// [`Config`] has one.
+/// of the `[mqtt]` or `[storage]` key of the same name. A test checks that
+/// every key of [`Config`] has one.
 const RULES: &[(&str, Rule)] = &[
     (
         "listen",
@@ -64,7 +68,7 @@ const RULES: &[(&str, Rule)] = &[
     ),
     ("runtime.max_connections", int(1, NO_MAX, "connections")),
     ("log", Rule::Text("a table of [log] settings")),
-    ("log.format", Rule::Text("\"text\" or \"json\"")),
+    ("log.format", Rule::OneOf(&["text", "json"])),
     (
         "log.level",
         Rule::Text("a tracing filter directive such as \"info\" or \"info,vmqtt_shard=debug\""),
@@ -75,24 +79,45 @@ const RULES: &[(&str, Rule)] = &[
         "http.listen",
         Rule::Text("an IP address and port such as \"127.0.0.1:9883\""),
     ),
+    ("storage", Rule::Text("a table of [storage] settings")),
+    ("storage.durability", Rule::OneOf(&["off", "wal", "fsync"])),
+    ("storage.write_buffer_size", int(1 << 20, 4 << 30, "bytes")),
+    ("storage.block_cache_size", int(0, 64 << 30, "bytes")),
+    ("storage.max_background_jobs", int(1, 64, "threads")),
+    (
+        "storage.max_open_files",
+        Rule::IntOrUnlimited {
+            min: 16,
+            max: 1_000_000,
+        },
+    ),
+    ("storage.compression", Rule::Bool),
     (
         "shards",
         Rule::Text("tables named by shard number, like [shards.0]"),
     ),
     (
         "shards.N",
-        Rule::Text("a table of [mqtt] keys to override for that shard"),
+        Rule::Text(
+            "a table of [mqtt] keys, and of the [storage] keys durability, write_buffer_size \
+             and block_cache_size, to override for that shard",
+        ),
     ),
 ];
 
 /// The rule of a key given as a dotted path; `shards.3.max_inflight` follows
-/// `mqtt.max_inflight`.
+/// `mqtt.max_inflight`, `shards.3.durability` follows `storage.durability`.
 pub(crate) fn rule(path: &str) -> Option<&'static Rule> {
     let normalized;
     let path = match path.strip_prefix("shards.") {
         Some(rest) => match rest.split_once('.') {
             Some((_, key)) => {
-                normalized = format!("mqtt.{key}");
+                let section = if STORAGE_SHARD_KEYS.contains(&key) {
+                    "storage"
+                } else {
+                    "mqtt"
+                };
+                normalized = format!("{section}.{key}");
                 normalized.as_str()
             }
             None => "shards.N",
@@ -116,6 +141,10 @@ impl Rule {
             } => format!("a non-negative integer{}", unit_of(unit)),
             Rule::Int { .. } => format!("an integer {}", self.bounds()),
             Rule::PowerOfTwo { .. } => format!("an integer that is {}", self.bounds()),
+            Rule::IntOrUnlimited { min, max } => {
+                format!("-1 (no limit) or an integer between {min} and {max}")
+            }
+            Rule::OneOf(_) => self.bounds(),
             Rule::Bool => "true or false".to_owned(),
             Rule::Text(text) => (*text).to_owned(),
         }
@@ -123,7 +152,7 @@ impl Rule {
 
     /// The requirement an allowed value of the right type fails:
     /// `must be between 1 and 65535`.
-    fn requirement(&self) -> String {
+    pub(crate) fn requirement(&self) -> String {
         format!("must be {}", self.bounds())
     }
 
@@ -136,15 +165,33 @@ impl Rule {
             } => format!("at least {min}{}", unit_of(unit)),
             Rule::Int { min, max, unit } => format!("between {min} and {max}{}", unit_of(unit)),
             Rule::PowerOfTwo { min, max } => format!("a power of two between {min} and {max}"),
+            Rule::IntOrUnlimited { min, max } => {
+                format!("-1 (no limit) or between {min} and {max}")
+            }
+            Rule::OneOf(names) => {
+                let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+                format!("one of {}", quoted.join(", "))
+            }
             Rule::Bool | Rule::Text(_) => String::new(),
         }
     }
 
+    /// Whether a non-negative value is allowed.
     fn allows(&self, n: u64) -> bool {
         match *self {
-            Rule::Int { min, max, .. } => (min..=max).contains(&n),
+            Rule::Int { min, max, .. } | Rule::IntOrUnlimited { min, max } => {
+                (min..=max).contains(&n)
+            }
             Rule::PowerOfTwo { min, max } => n.is_power_of_two() && (min..=max).contains(&n),
-            Rule::Bool | Rule::Text(_) => true,
+            Rule::OneOf(_) | Rule::Bool | Rule::Text(_) => true,
+        }
+    }
+
+    /// Whether a value of a signed setting is allowed.
+    fn allows_signed(&self, n: i64) -> bool {
+        match u64::try_from(n) {
+            Ok(n) => self.allows(n),
+            Err(_) => n == -1 && matches!(self, Rule::IntOrUnlimited { .. }),
         }
     }
 }
@@ -181,10 +228,16 @@ impl AsNumber for bool {
     }
 }
 
+impl AsNumber for Durability {
+    fn as_number(&self) -> Option<u64> {
+        None
+    }
+}
+
 impl Config {
     /// Checks every value against its allowed range (the checks the types
-    /// alone do not make): `[mqtt]`, `[runtime]`, `[log]`, `listen`,
-    /// `data_dir` and every `[shards.N]` override. [`Config::from_toml_str`]
+    /// alone do not make): `[mqtt]`, `[runtime]`, `[log]`, `[storage]`,
+    /// `listen`, `data_dir` and every `[shards.N]` override. [`Config::from_toml_str`]
     /// and [`Config::load`] call it; errors name the key and, for a
     /// configuration read from a file, the file and line.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -222,6 +275,20 @@ impl Config {
                 "must not be empty (give a level such as \"info\")",
             ));
         }
+        let storage = &self.storage;
+        self.check(
+            "storage.write_buffer_size",
+            storage.write_buffer_size.as_number().unwrap_or(u64::MAX),
+        )?;
+        self.check(
+            "storage.block_cache_size",
+            storage.block_cache_size.as_number().unwrap_or(u64::MAX),
+        )?;
+        self.check(
+            "storage.max_background_jobs",
+            u64::from(storage.max_background_jobs),
+        )?;
+        self.check_signed("storage.max_open_files", i64::from(storage.max_open_files))?;
         for (shard, overrides) in &self.shards {
             for (key, n) in overrides.numbers() {
                 self.check(&format!("shards.{shard}.{key}"), n)?;
@@ -252,6 +319,16 @@ impl Config {
     fn check(&self, key: &str, n: u64) -> Result<(), ConfigError> {
         match rule(key) {
             Some(rule) if !rule.allows(n) => {
+                Err(self.invalid(key, n.to_string(), &rule.requirement()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks a signed numeric key against its rule.
+    fn check_signed(&self, key: &str, n: i64) -> Result<(), ConfigError> {
+        match rule(key) {
+            Some(rule) if !rule.allows_signed(n) => {
                 Err(self.invalid(key, n.to_string(), &rule.requirement()))
             }
             _ => Ok(()),
@@ -304,6 +381,12 @@ mod tests {
             }
         }
         assert!(rule("shards.0").is_some());
+        for key in STORAGE_SHARD_KEYS {
+            assert!(std::ptr::eq(
+                rule(&format!("shards.0.{key}")).unwrap(),
+                rule(&format!("storage.{key}")).unwrap()
+            ));
+        }
     }
 
     #[test]
@@ -314,6 +397,12 @@ mod tests {
         ));
         assert!(matches!(rule("shards.7"), Some(Rule::Text(_))));
         assert!(rule("mqtt.nope").is_none());
+        assert!(std::ptr::eq(
+            rule("shards.7.write_buffer_size").unwrap(),
+            rule("storage.write_buffer_size").unwrap()
+        ));
+        // Whole-database keys have no per-shard form.
+        assert!(rule("shards.7.compression").is_none());
     }
 
     #[test]
@@ -334,6 +423,31 @@ mod tests {
             rule("mqtt.max_queued_messages").unwrap().expected(),
             "a non-negative integer (messages)"
         );
+        let durability = rule("storage.durability").unwrap();
+        assert_eq!(durability.expected(), "one of \"off\", \"wal\", \"fsync\"");
+        assert_eq!(
+            durability.requirement(),
+            "must be one of \"off\", \"wal\", \"fsync\""
+        );
+        let open_files = rule("storage.max_open_files").unwrap();
+        assert_eq!(
+            open_files.expected(),
+            "-1 (no limit) or an integer between 16 and 1000000"
+        );
+        assert_eq!(
+            open_files.requirement(),
+            "must be -1 (no limit) or between 16 and 1000000"
+        );
+    }
+
+    #[test]
+    fn minus_one_means_no_limit() {
+        let r = rule("storage.max_open_files").unwrap();
+        assert!(r.allows_signed(-1) && r.allows_signed(16) && r.allows_signed(1_000_000));
+        assert!(!r.allows_signed(-2) && !r.allows_signed(0) && !r.allows_signed(15));
+        assert!(!r.allows_signed(1_000_001) && !r.allows_signed(i64::MIN));
+        // -1 is no limit only where the rule says so.
+        assert!(!rule("mqtt.max_inflight").unwrap().allows_signed(-1));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Tests of the configuration file: defaults, the commented default file,
-//! per-shard overrides, and the errors (key, line and what is allowed).
+//! per-shard overrides of `[mqtt]` and `[storage]`, and the errors (key,
+//! line and what is allowed).
 
 // The helpers below are test code too (clippy's allow-unwrap-in-tests only
 // covers #[test] functions).
@@ -8,7 +9,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use vmqtt_config::{Config, ConfigError, LogFormat, MqttConfig};
+use vmqtt_config::{Config, ConfigError, Durability, LogFormat, MqttConfig, StorageConfig};
 
 const ORIGIN: &str = "vmqtt.toml";
 
@@ -49,6 +50,18 @@ fn default_setting_paths() -> Vec<String> {
     paths
 }
 
+/// The `[storage]` keys a `[shards.N]` table may override.
+const STORAGE_SHARD_KEYS: [&str; 3] = ["durability", "write_buffer_size", "block_cache_size"];
+
+/// The key a `[shards.N]` table gives for a setting of `[mqtt]` or a
+/// per-shard setting of `[storage]`; `None` for the others.
+fn shard_key(path: &str) -> Option<&str> {
+    path.strip_prefix("mqtt.").or_else(|| {
+        path.strip_prefix("storage.")
+            .filter(|key| STORAGE_SHARD_KEYS.contains(key))
+    })
+}
+
 /// A TOML text that sets one dotted setting, with the key on line 3.
 fn text_setting(path: &str, value: &str) -> String {
     match path.rsplit_once('.') {
@@ -73,6 +86,7 @@ fn default_file_parses_and_equals_default() {
     assert_eq!(parsed.cores, None);
     assert_eq!(parsed.log.format, LogFormat::Text);
     assert_eq!(parsed.log.level, "info");
+    assert_eq!(parsed.storage, StorageConfig::default());
     assert!(parsed.shards.is_empty());
 }
 
@@ -94,7 +108,33 @@ fn documented_defaults() {
     assert_eq!(c.runtime.io_memory, 512 * 1024);
     assert_eq!(c.runtime.ring_depth, 128);
     assert_eq!(c.runtime.max_connections, 1_000_000);
+    let s = &c.storage;
+    assert_eq!(s.durability, Durability::Wal);
+    assert_eq!(s.write_buffer_size, 64 << 20);
+    assert_eq!(s.block_cache_size, 32 << 20);
+    assert_eq!(s.max_background_jobs, 2);
+    assert_eq!(s.max_open_files, 1024);
+    assert!(s.compression);
+    assert_eq!(Durability::default(), Durability::Wal);
+    for shard in [0, 1, 63] {
+        assert_eq!(c.storage_for_shard(shard), c.storage);
+    }
     c.validate().unwrap();
+}
+
+#[test]
+fn durability_names() {
+    for (name, durability) in [
+        ("off", Durability::Off),
+        ("wal", Durability::Wal),
+        ("fsync", Durability::Fsync),
+    ] {
+        let c = parse(&format!("[storage]\ndurability = \"{name}\"\n")).unwrap();
+        assert_eq!(c.storage.durability, durability);
+        assert_eq!(durability.as_str(), name);
+        let text = toml::to_string(&c.storage).unwrap();
+        assert!(text.contains(&format!("durability = \"{name}\"")), "{text}");
+    }
 }
 
 /// Fails when a field is added to a settings struct but not to vmqtt.toml.
@@ -104,7 +144,9 @@ fn every_setting_is_in_the_default_file_with_a_comment() {
     let lines: Vec<&str> = Config::DEFAULT_TOML.lines().collect();
     let paths = default_setting_paths();
     assert!(
-        paths.len() >= 19 && paths.iter().any(|p| p == "mqtt.max_inflight"),
+        paths.len() >= 25
+            && paths.iter().any(|p| p == "mqtt.max_inflight")
+            && paths.iter().any(|p| p == "storage.durability"),
         "{paths:?}"
     );
     for path in &paths {
@@ -121,7 +163,7 @@ fn every_setting_is_in_the_default_file_with_a_comment() {
     // And nothing in the file that is not a setting (deny_unknown_fields
     // already ensures it; this guards the walk above).
     for key in parsed.source.keys() {
-        let is_table = ["mqtt", "runtime", "log", "http"].contains(&key);
+        let is_table = ["mqtt", "runtime", "log", "http", "storage"].contains(&key);
         assert!(
             is_table || paths.iter().any(|p| p == key),
             "unexpected key {key}"
@@ -129,11 +171,35 @@ fn every_setting_is_in_the_default_file_with_a_comment() {
     }
 }
 
+/// The commented `[shards.N]` example at the end of the default file names the
+/// `[storage]` keys it may hold, and is valid once uncommented.
+#[test]
+fn shard_example_in_the_default_file() {
+    let text = Config::DEFAULT_TOML;
+    let example = &text[text.find("# Per-shard overrides.").unwrap()..];
+    for key in STORAGE_SHARD_KEYS {
+        assert!(example.contains(key), "the [shards.N] comment omits {key}");
+    }
+    // The example proper: the commented lines from its table header on.
+    let uncommented: String = example[example.find("# [shards.").unwrap()..]
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap()))
+        .collect();
+    let c = parse(&uncommented).unwrap();
+    let shard = &c.shards[&0];
+    assert!(
+        shard.max_inflight.is_some() && shard.durability.is_some(),
+        "{uncommented}"
+    );
+    assert_eq!(c.storage_for_shard(0).durability, Durability::Fsync);
+    assert_eq!(c.storage_for_shard(1), StorageConfig::default());
+}
+
 #[test]
 fn empty_file_is_the_default() {
     assert_eq!(parse("").unwrap(), Config::default());
     assert_eq!(
-        parse("# nothing\n[mqtt]\n[runtime]\n[log]\n").unwrap(),
+        parse("# nothing\n[mqtt]\n[runtime]\n[log]\n[storage]\n").unwrap(),
         Config::default()
     );
 }
@@ -147,6 +213,15 @@ fn missing_keys_keep_their_defaults() {
     assert_eq!(c.log.format, LogFormat::Json);
     assert_eq!(c.log.level, "info");
     assert_eq!(c.runtime, Config::default().runtime);
+    let c = parse("[storage]\ndurability = \"fsync\"\n").unwrap();
+    assert_eq!(c.storage.durability, Durability::Fsync);
+    assert_eq!(
+        StorageConfig {
+            durability: Durability::Wal,
+            ..c.storage
+        },
+        StorageConfig::default()
+    );
 }
 
 #[test]
@@ -157,7 +232,11 @@ fn cores_zero_means_one_per_cpu() {
 
 #[test]
 fn serialized_config_parses_back() {
-    let mut c = parse("cores = 3\n[shards.1]\nmax_inflight = 9\n").unwrap();
+    let mut c = parse(
+        "cores = 3\n[storage]\ndurability = \"off\"\nmax_open_files = -1\ncompression = false\n\
+         [shards.1]\nmax_inflight = 9\nblock_cache_size = 0\n[shards.2]\ndurability = \"fsync\"\n",
+    )
+    .unwrap();
     c.listen = vec![addr("127.0.0.1:1883"), addr("[::1]:8883")];
     let text = toml::to_string(&c).unwrap();
     assert_eq!(parse(&text).unwrap(), c);
@@ -295,11 +374,36 @@ fn typo_names_key_line_and_allowed_keys() {
 
 #[test]
 fn unknown_keys_everywhere() {
+    let err = parse_err("cores = 1\n[database]\npath = \"x\"\n");
+    assert_eq!(
+        err.to_string(),
+        "unknown key `database` at vmqtt.toml line 2: allowed keys at the top level are listen, \
+         data_dir, cores, mqtt, runtime, log, http, storage, shards"
+    );
     let err = parse_err("cores = 1\n[storage]\npath = \"x\"\n");
     assert_eq!(
         err.to_string(),
-        "unknown key `storage` at vmqtt.toml line 2: allowed keys at the top level are listen, \
-         data_dir, cores, mqtt, runtime, log, http, shards"
+        "unknown key `storage.path` at vmqtt.toml line 3: allowed keys in [storage] are \
+         durability, write_buffer_size, block_cache_size, max_background_jobs, max_open_files, \
+         compression"
+    );
+    let err = parse_err("[storage]\n\nwrite_buffer = 1048576\n");
+    assert!(
+        matches!(&err, ConfigError::UnknownKey { key, at, suggestion, .. }
+            if key == "storage.write_buffer" && at.line == Some(3)
+                && suggestion.as_deref() == Some("write_buffer_size")),
+        "{err:?}"
+    );
+    // [mqtt] and [storage] keys belong in their own sections.
+    let err = parse_err("[mqtt]\ndurability = \"wal\"\n");
+    assert!(
+        matches!(&err, ConfigError::UnknownKey { key, .. } if key == "mqtt.durability"),
+        "{err:?}"
+    );
+    let err = parse_err("[storage]\nmax_inflight = 1\n");
+    assert!(
+        matches!(&err, ConfigError::UnknownKey { key, .. } if key == "storage.max_inflight"),
+        "{err:?}"
     );
     let err = parse_err("[runtime]\nio_mem = 65536\n");
     assert!(
@@ -318,6 +422,23 @@ fn unknown_keys_everywhere() {
              allowed keys in [shards.2] are max_packet_size,"
         ),
         "{err}"
+    );
+    // The allowed keys of [shards.N] are those of [mqtt] and the per-shard
+    // ones of [storage].
+    let err = parse_err("[shards.2]\ndurability = \"wal\"\nbogus = 1\n");
+    assert_eq!(
+        err.to_string(),
+        "unknown key `shards.2.bogus` at vmqtt.toml line 3: allowed keys in [shards.2] are \
+         max_packet_size, max_keepalive, receive_maximum, topic_alias_maximum, max_inflight, \
+         max_queued_messages, max_output_buffer, connect_timeout_ms, max_session_expiry, \
+         retain_available, sys_interval_ms, durability, write_buffer_size, block_cache_size"
+    );
+    let err = parse_err("[shards.2]\ndurabilty = \"wal\"\n");
+    assert!(
+        matches!(&err, ConfigError::UnknownKey { key, at, suggestion, .. }
+            if key == "shards.2.durabilty" && at.line == Some(2)
+                && suggestion.as_deref() == Some("durability")),
+        "{err:?}"
     );
     // Inline tables and dotted keys are found as well.
     let err = parse_err("\nmqtt = { max_inflight = 1, bogus = 2 }\n");
@@ -350,10 +471,33 @@ fn wrong_type_names_key_line_and_expected() {
         "mqtt.max_keepalive = 70000 at vmqtt.toml line 2: invalid value: integer `70000`; \
          expected an integer between 0 and 65535 (seconds)"
     );
-    let err = parse_err("[log]\nformat = \"xml\"\n");
+    let err = parse_err("[log]\nformat = 1\n");
     assert_eq!(
         err.to_string(),
-        "log.format = \"xml\" at vmqtt.toml line 2: unknown variant `xml`; expected \"text\" or \"json\""
+        "log.format = 1 at vmqtt.toml line 2: not a string; expected one of \"text\", \
+         \"json\""
+    );
+    let err = parse_err("[storage]\ndurability = true\n");
+    assert_eq!(
+        err.to_string(),
+        "storage.durability = true at vmqtt.toml line 2: not a string; expected \
+         one of \"off\", \"wal\", \"fsync\""
+    );
+    for table in ["{ x = 1 }", "{ fsync = 1 }", "{}"] {
+        let err = parse_err(&format!("[storage]\ndurability = {table}\n"));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "storage.durability = {table} at vmqtt.toml line 2: not a string; expected one of \
+                 \"off\", \"wal\", \"fsync\""
+            )
+        );
+    }
+    let err = parse_err("[storage]\nwrite_buffer_size = -1\n");
+    assert_eq!(
+        err.to_string(),
+        "storage.write_buffer_size = -1 at vmqtt.toml line 2: invalid value: integer `-1`; \
+         expected an integer between 1048576 and 4294967296 (bytes)"
     );
     let err = parse_err("[mqtt]\nretain_available = 1\n");
     assert!(err.to_string().ends_with("expected true or false"), "{err}");
@@ -379,8 +523,9 @@ fn wrong_type_for_every_setting() {
             }
             _ => panic!("{path}: {err:?}"),
         }
-        // Also as a per-shard override, for [mqtt] keys.
-        if let Some(key) = path.strip_prefix("mqtt.") {
+        // Also as a per-shard override, for [mqtt] and per-shard [storage]
+        // keys.
+        if let Some(key) = shard_key(&path) {
             let err = parse_err(&text_setting(&format!("shards.5.{key}"), "{ x = 1 }"));
             assert!(
                 matches!(&err, ConfigError::InvalidValue { key: k, at, .. }
@@ -449,7 +594,83 @@ const RANGES: &[(&str, &[&str], &[&str], &str)] = &[
         &["1", "19000"],
         "must be at least 1 (connections)",
     ),
+    (
+        "storage.write_buffer_size",
+        &["1048575", "0", "4294967297"],
+        &["1048576", "4294967296"],
+        "must be between 1048576 and 4294967296 (bytes)",
+    ),
+    (
+        "storage.block_cache_size",
+        &["68719476737"],
+        &["0", "68719476736"],
+        "must be between 0 and 68719476736 (bytes)",
+    ),
+    (
+        "storage.max_background_jobs",
+        &["0", "65"],
+        &["1", "64"],
+        "must be between 1 and 64 (threads)",
+    ),
+    (
+        "storage.max_open_files",
+        &["0", "15", "-2", "1000001"],
+        &["-1", "16", "1000000"],
+        "must be -1 (no limit) or between 16 and 1000000",
+    ),
 ];
+
+/// (setting, rejected names, requirement)
+const NAMES: &[(&str, &[&str], &str)] = &[
+    (
+        "storage.durability",
+        &["\"fsnyc\"", "\"WAL\"", "\"\"", "'sync'"],
+        "must be one of \"off\", \"wal\", \"fsync\"",
+    ),
+    (
+        "log.format",
+        &["\"xml\""],
+        "must be one of \"text\", \"json\"",
+    ),
+];
+
+#[test]
+fn name_not_allowed_names_key_line_and_choices() {
+    let text = "listen = \"127.0.0.1:1883\"\n\n[storage]\nwrite_buffer_size = 1048576\n\
+                durability = \"fsnyc\"\n";
+    let err = parse_err(text);
+    let ConfigError::OutOfRange { key, at, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((key.as_str(), at.line), ("storage.durability", Some(5)));
+    assert_eq!(
+        err.to_string(),
+        "storage.durability = \"fsnyc\" at vmqtt.toml line 5: must be one of \"off\", \"wal\", \
+         \"fsync\""
+    );
+    for (path, bad, requirement) in NAMES {
+        for value in *bad {
+            let err = parse_err(&text_setting(path, value));
+            assert_eq!(
+                err.to_string(),
+                format!("{path} = {value} at vmqtt.toml line 3: {requirement}")
+            );
+        }
+    }
+    // In a shard override, and written as an inline table.
+    let err = parse_err("[shards.2]\ndurability = \"fsnyc\"\n");
+    assert_eq!(
+        err.to_string(),
+        "shards.2.durability = \"fsnyc\" at vmqtt.toml line 2: must be one of \"off\", \"wal\", \
+         \"fsync\""
+    );
+    let err = parse_err("\nstorage = { durability = \"none\" }\n");
+    assert!(
+        matches!(&err, ConfigError::OutOfRange { key, value, at, .. }
+            if key == "storage.durability" && value == "\"none\"" && at.line == Some(2)),
+        "{err:?}"
+    );
+}
 
 #[test]
 fn out_of_range_for_each_validated_setting() {
@@ -470,22 +691,25 @@ fn out_of_range_for_each_validated_setting() {
 
 #[test]
 fn out_of_range_in_a_shard_override() {
+    let mut storage_keys = 0;
     for (path, bad, good, requirement) in RANGES {
-        let Some(key) = path.strip_prefix("mqtt.") else {
+        let Some(key) = shard_key(path) else {
             continue;
         };
-        let shard_key = format!("shards.3.{key}");
+        storage_keys += usize::from(path.starts_with("storage."));
+        let shard_path = format!("shards.3.{key}");
         for value in *bad {
-            let err = parse_err(&text_setting(&shard_key, value));
+            let err = parse_err(&text_setting(&shard_path, value));
             assert_eq!(
                 err.to_string(),
-                format!("{shard_key} = {value} at vmqtt.toml line 3: {requirement}")
+                format!("{shard_path} = {value} at vmqtt.toml line 3: {requirement}")
             );
         }
         for value in *good {
-            parse(&text_setting(&shard_key, value)).unwrap();
+            parse(&text_setting(&shard_path, value)).unwrap();
         }
     }
+    assert_eq!(storage_keys, 2);
 }
 
 #[test]
@@ -521,6 +745,18 @@ fn validate_in_code_has_no_location() {
     assert_eq!(
         c.validate().unwrap_err().to_string(),
         "mqtt.receive_maximum = 0: must be between 1 and 65535"
+    );
+    let mut c = Config::default();
+    c.storage.max_open_files = -5;
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "storage.max_open_files = -5: must be -1 (no limit) or between 16 and 1000000"
+    );
+    let mut c = Config::default();
+    c.storage.block_cache_size = 65 << 30;
+    assert_eq!(
+        c.validate().unwrap_err().to_string(),
+        "storage.block_cache_size = 69793218560: must be between 0 and 68719476736 (bytes)"
     );
     // A config read from a file keeps its locations after a change in code.
     let mut c = parse("\n[runtime]\nring_depth = 64\n").unwrap();
@@ -589,6 +825,93 @@ fn override_keeps_the_other_mqtt_keys() {
     assert_eq!(inline, c);
     let dotted = parse("mqtt.max_inflight = 100\nmqtt.receive_maximum = 200\nshards.0.max_inflight = 5\nshards.2.retain_available = false\n").unwrap();
     assert_eq!(dotted, c);
+}
+
+#[test]
+fn storage_override_applies_to_its_shard_only() {
+    let text = "[storage]\nwrite_buffer_size = 33554432\nmax_open_files = 4096\ncompression = false\n\n\
+                [shards.1]\ndurability = \"fsync\"\nwrite_buffer_size = 134217728\nmax_inflight = 5\n\n\
+                [shards.2]\nblock_cache_size = 0\n";
+    let c = parse(text).unwrap();
+    let global = StorageConfig {
+        write_buffer_size: 32 << 20,
+        max_open_files: 4096,
+        compression: false,
+        ..StorageConfig::default()
+    };
+    assert_eq!(c.storage, global);
+    assert_eq!(c.storage_for_shard(0), global);
+    assert_eq!(c.storage_for_shard(3), global);
+    // Shard 1: its two storage keys; block_cache_size and the whole-database
+    // keys come from [storage].
+    assert_eq!(
+        c.storage_for_shard(1),
+        StorageConfig {
+            durability: Durability::Fsync,
+            write_buffer_size: 128 << 20,
+            ..global.clone()
+        }
+    );
+    assert_eq!(
+        c.storage_for_shard(2),
+        StorageConfig {
+            block_cache_size: 0,
+            ..global.clone()
+        }
+    );
+    // The [mqtt] and [storage] keys of one table apply to their own section.
+    assert_eq!(c.mqtt_for_shard(1).max_inflight, 5);
+    assert_eq!(c.mqtt_for_shard(2), MqttConfig::default());
+    // Inline tables and dotted keys too.
+    let dotted = parse(
+        "storage.write_buffer_size = 33554432\nstorage.max_open_files = 4096\n\
+         storage.compression = false\nshards.1.durability = \"fsync\"\n\
+         shards.1.write_buffer_size = 134217728\nshards.1.max_inflight = 5\n\
+         shards.2.block_cache_size = 0\n",
+    )
+    .unwrap();
+    assert_eq!(dotted, c);
+    let inline = parse(
+        "storage = { write_buffer_size = 33554432, max_open_files = 4096, compression = false }\n\
+         shards = { 1 = { durability = \"fsync\", write_buffer_size = 134217728, max_inflight = 5 }, \
+         2 = { block_cache_size = 0 } }\n",
+    )
+    .unwrap();
+    assert_eq!(inline, c);
+}
+
+#[test]
+fn whole_database_storage_keys_are_not_per_shard() {
+    for (key, value) in [
+        ("max_background_jobs", "4"),
+        ("max_open_files", "-1"),
+        ("compression", "false"),
+    ] {
+        let err = parse_err(&format!(
+            "[shards.0]\nmax_inflight = 1\n\n[shards.1]\n{key} = {value}\n"
+        ));
+        let ConfigError::NotPerShard {
+            key: path,
+            at,
+            allowed,
+        } = &err
+        else {
+            panic!("{key}: {err:?}")
+        };
+        assert_eq!(path, &format!("shards.1.{key}"));
+        assert_eq!(at.line, Some(5));
+        assert!(allowed.iter().any(|k| k == "durability"), "{allowed:?}");
+        assert!(!allowed.iter().any(|k| k == key), "{allowed:?}");
+    }
+    let err = parse_err("[shards.1]\ncompression = false\n");
+    assert_eq!(
+        err.to_string(),
+        "`shards.1.compression` at vmqtt.toml line 2: `compression` applies to the whole \
+         database and can only be set in [storage]; allowed keys in [shards.1] are \
+         max_packet_size, max_keepalive, receive_maximum, topic_alias_maximum, max_inflight, \
+         max_queued_messages, max_output_buffer, connect_timeout_ms, max_session_expiry, \
+         retain_available, sys_interval_ms, durability, write_buffer_size, block_cache_size"
+    );
 }
 
 #[test]
