@@ -22,7 +22,16 @@ use vmqtt::broker::ShardStats;
 pub struct ShardSlot {
     ready: AtomicBool,
     values: [AtomicU64; SERIES.len()],
+    /// Storage write latency: count per bucket of [`STORE_BUCKETS_US`]
+    /// (not cumulative; the last one is +Inf), sum in microseconds.
+    store_buckets: [AtomicU64; STORE_BUCKETS_US.len() + 1],
+    store_sum_us: AtomicU64,
 }
+
+/// Upper bounds of the storage write latency histogram, in microseconds.
+const STORE_BUCKETS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 250_000, 1_000_000,
+];
 
 /// Counters of every shard, shared by all executors (`Send + Sync`).
 #[derive(Debug)]
@@ -112,6 +121,21 @@ impl Metrics {
         }
     }
 
+    /// Shard `shard` wrote a storage batch in `took` (from hand-off to the
+    /// blocking thread until it returned).
+    pub fn observe_store_write(&self, shard: usize, took: Duration) {
+        let Some(slot) = self.shards.get(shard) else {
+            return;
+        };
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let i = STORE_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(STORE_BUCKETS_US.len());
+        slot.store_buckets[i].fetch_add(1, Ordering::Relaxed);
+        slot.store_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
     /// Shard `shard` serves (or stops serving) MQTT.
     pub fn set_ready(&self, shard: usize, ready: bool) {
         if let Some(slot) = self.shards.get(shard) {
@@ -132,6 +156,28 @@ impl Metrics {
                 let v = slot.values[i].load(Ordering::Relaxed);
                 let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {v}");
             }
+        }
+        let name = "vmqtt_storage_write_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time to write one storage batch (group commit), per shard.\n# TYPE {name} histogram"
+        );
+        for (shard, slot) in self.shards.iter().enumerate() {
+            let mut total = 0;
+            for (i, cell) in slot.store_buckets.iter().enumerate() {
+                total += cell.load(Ordering::Relaxed);
+                let le = match STORE_BUCKETS_US.get(i) {
+                    Some(us) => format!("{}", *us as f64 / 1e6),
+                    None => "+Inf".to_owned(),
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {total}"
+                );
+            }
+            let sum = slot.store_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {total}");
         }
         out
     }

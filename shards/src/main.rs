@@ -7,6 +7,7 @@
 mod http;
 mod notify;
 mod runtime;
+mod store;
 mod sys;
 
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter};
 
 use vmqtt::broker::CoreConfig;
-use vmqtt_config::{Config, LogFormat, MqttConfig};
+use vmqtt_config::{Config, Durability, LogFormat, MqttConfig};
 
 /// The vmqtt MQTT broker (MQTT 3.1, 3.1.1 and 5.0).
 #[derive(Debug, Parser)]
@@ -62,7 +63,7 @@ enum Command {
 /// while a slower shard catches up.
 const MESH_CAPACITY: usize = 256;
 
-fn core_config(m: &MqttConfig, instance: u64) -> CoreConfig {
+fn core_config(m: &MqttConfig, instance: u64, persistence: bool) -> CoreConfig {
     CoreConfig {
         max_packet_size: m.max_packet_size,
         max_keepalive: m.max_keepalive,
@@ -76,6 +77,7 @@ fn core_config(m: &MqttConfig, instance: u64) -> CoreConfig {
         retain_available: m.retain_available,
         sys_interval: Duration::from_millis(m.sys_interval_ms),
         instance,
+        persistence,
     }
 }
 
@@ -157,7 +159,8 @@ fn reload(
                 shard = index,
                 "SIGHUP: [mqtt] settings changed, applied live"
             );
-            let _ = tx.send(core_config(&next, instance));
+            // (persistence is fixed for the life of a core: ignored here.)
+            let _ = tx.send(core_config(&next, instance, false));
         }
     }
     *current = new;
@@ -248,6 +251,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bail!("cannot listen on {addr}: address already in use by another process");
         }
     }
+    // Storage: opened and recovered before any shard starts.
+    let (db, mut restored) = if store::enabled(&config, shards) {
+        let (db, restored) = store::open(&config, shards)?;
+        (Some(db), restored.into_iter().map(Some).collect())
+    } else {
+        store::warn_off();
+        (None, vec![None; shards])
+    };
     let metrics = http::Metrics::new(shards);
     let signals = sys::block_signals().context("blocking signals")?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -259,11 +270,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut handles = Vec::new();
     let mut to_shards = Vec::new();
     for (index, &cpu) in cpus.iter().take(shards).enumerate() {
+        let durability = config.storage_for_shard(index).durability;
+        let storage = match (&db, restored.get_mut(index).and_then(Option::take)) {
+            (Some(db), Some(restored)) if durability != Durability::Off => {
+                Some(runtime::ShardStorage {
+                    db: db.clone(),
+                    sync: durability == Durability::Fsync,
+                    restored,
+                })
+            }
+            _ => None,
+        };
+        let persistence = storage.is_some();
         let spec = runtime::ShardSpec {
             index,
             shards,
             listen: config.listen.clone(),
-            core: core_config(&config.mqtt_for_shard(index), instance),
+            core: core_config(&config.mqtt_for_shard(index), instance, persistence),
+            storage,
             mesh: mesh.clone(),
             stop: stop.clone(),
             ready: ready_tx.clone(),
@@ -318,6 +342,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     for h in handles {
         if h.join().is_err() {
             warn!("a shard ended with an error");
+        }
+    }
+    if let Some(mut db) = db {
+        // Whatever the durability mode, a clean stop leaves the log synced.
+        if let Err(e) = vmqtt_storage::Storage::sync(&mut db) {
+            warn!(error = %e, "syncing storage at stop failed");
         }
     }
     info!("stopped");

@@ -19,7 +19,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{spawn_local, timer};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
+use vmqtt_storage::{unix_ms, RocksStorage, Storage};
 
 use vmqtt::broker::{
     route_connect, CloseReason, ConnId, ConnectRoute, CoreConfig, IoEvent, ShardCore, ShardId,
@@ -80,6 +81,29 @@ pub struct ShardSpec {
     pub http: Option<SocketAddr>,
     /// New settings from a configuration reload (SIGHUP).
     pub reconfigure: mpsc::Receiver<CoreConfig>,
+    /// Durable storage, unless `durability = "off"` for this shard.
+    pub storage: Option<ShardStorage>,
+}
+
+/// A shard's durable storage and what was recovered from it.
+pub struct ShardStorage {
+    /// The node's database (a handle; each shard writes its own column
+    /// family).
+    pub db: RocksStorage,
+    /// `durability = "fsync"`: every batch is synced before it counts as
+    /// written.
+    pub sync: bool,
+    /// This shard's state at start.
+    pub restored: vmqtt::broker::persist::Restored,
+}
+
+impl std::fmt::Debug for ShardStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardStorage")
+            .field("sync", &self.sync)
+            .field("sessions", &self.restored.sessions.len())
+            .finish_non_exhaustive()
+    }
 }
 
 struct ConnIo {
@@ -107,6 +131,8 @@ struct Shard {
     timer_notify: Notify,
     timer_at: Cell<Option<Instant>>,
     stop: Arc<AtomicBool>,
+    /// Storage changes wait for the storage task.
+    store_notify: Notify,
 }
 
 /// Batches queued for other shards beyond which readers stop reading: the
@@ -173,6 +199,9 @@ impl Shard {
         if queued {
             self.out_notify.notify();
         }
+        if core.has_store_ops() {
+            self.store_notify.notify();
+        }
         if let Some(next) = core.poll_timeout() {
             // `None` means the timer task is running now and re-reads the
             // deadline itself.
@@ -206,6 +235,7 @@ pub async fn run(spec: ShardSpec) {
         metrics,
         http,
         reconfigure,
+        storage,
     } = spec;
     let (senders, receivers) = match mesh.join().await {
         Ok(x) => x,
@@ -253,6 +283,15 @@ pub async fn run(spec: ShardSpec) {
         timer_notify: Notify::default(),
         timer_at: Cell::new(None),
         stop,
+        store_notify: Notify::default(),
+    });
+    let storage = storage.map(|st| {
+        let sessions = st.restored.sessions.len();
+        shard.core.borrow_mut().restore(Instant::now(), st.restored);
+        if sessions > 0 {
+            info!(shard = index, sessions, "sessions restored");
+        }
+        (st.db, st.sync)
     });
 
     let mut listeners = Vec::new();
@@ -286,6 +325,11 @@ pub async fn run(spec: ShardSpec) {
         }
     }
     spawn_local(send_loop(shard.clone(), senders, peer_of_shard)).detach();
+    if let Some((db, sync)) = storage {
+        spawn_local(storage_loop(shard.clone(), db, sync, metrics.clone())).detach();
+    }
+    // Wills of sessions lost in the crash, routes: out to the other shards.
+    shard.after();
     for l in listeners {
         spawn_local(accept_loop(shard.clone(), l, connect_timeout, max_packet)).detach();
     }
@@ -368,12 +412,74 @@ async fn timer_loop(shard: Rc<Shard>, metrics: &Metrics, reconfigure: &mpsc::Rec
     }
 }
 
+/// Writes the core's storage batches, one at a time, off the reactor (on
+/// glommio's blocking thread): what the core produces while one batch is
+/// written goes into the next (group commit). A failed write is retried
+/// until it succeeds: the replies that wait for it are never sent before.
+async fn storage_loop(shard: Rc<Shard>, db: RocksStorage, sync: bool, metrics: Arc<Metrics>) {
+    let id = ShardId::new(shard.index as u16);
+    let mut failures = 0u32;
+    loop {
+        let next = shard.core.borrow_mut().poll_store();
+        let Some((batch_no, ops)) = next else {
+            shard.store_notify.wait().await;
+            continue;
+        };
+        let now = Instant::now();
+        let batch = crate::store::to_write_batch(ops, now, unix_ms(std::time::SystemTime::now()));
+        loop {
+            let mut db = db.clone();
+            let b = batch.clone();
+            let started = Instant::now();
+            let res = glommio::executor()
+                .spawn_blocking(move || db.write(id, b, sync))
+                .await;
+            match res {
+                Ok(()) => {
+                    metrics.observe_store_write(shard.index, started.elapsed());
+                    if failures > 0 {
+                        info!(shard = shard.index, failures, "storage writes work again");
+                        failures = 0;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    failures += 1;
+                    error!(
+                        shard = shard.index,
+                        error = %e,
+                        failures,
+                        "storage write failed; acknowledgements wait, retrying"
+                    );
+                    let backoff = Duration::from_millis(100 << failures.min(5));
+                    timer::sleep(backoff).await;
+                }
+            }
+        }
+        shard.core.borrow_mut().handle_stored(batch_no);
+        shard.after();
+    }
+}
+
+/// How long a stopping shard waits for its last storage batch.
+const STORE_GRACE: Duration = Duration::from_secs(10);
+
 /// Closes every connection (v5 clients get DISCONNECT 0x8B) and waits,
-/// bounded, for their last bytes to be written.
+/// bounded, for their last bytes to be written — after the storage
+/// changes they depend on.
 async fn shutdown(shard: &Rc<Shard>) {
     let start = Instant::now();
     shard.core.borrow_mut().handle_shutdown(start);
     shard.after();
+    while !shard.core.borrow().store_idle() && start.elapsed() < STORE_GRACE {
+        timer::sleep(Duration::from_millis(5)).await;
+    }
+    if !shard.core.borrow().store_idle() {
+        warn!(
+            shard = shard.index,
+            "stopping with storage writes unfinished"
+        );
+    }
     while !shard.conns.borrow().is_empty() && start.elapsed() < CLOSE_GRACE {
         timer::sleep(Duration::from_millis(10)).await;
     }
