@@ -130,7 +130,10 @@ fn reload(
     if cli.cores.is_some() {
         new.cores = current.cores;
     }
-    let restart: [(&str, bool); 6] = [
+    let storage_changed = new.storage != current.storage
+        || (0..shards).any(|i| new.storage_for_shard(i) != current.storage_for_shard(i));
+    let restart: [(&str, bool); 7] = [
+        ("storage", storage_changed),
         ("listen", new.listen != current.listen),
         ("data_dir", new.data_dir != current.data_dir),
         ("cores", new.cores != current.cores),
