@@ -22,6 +22,8 @@ use vmqtt::broker::ShardStats;
 pub struct ShardSlot {
     ready: AtomicBool,
     values: [AtomicU64; SERIES.len()],
+    /// Per QoS (0, 1, 2) series of [`BY_QOS`], in that order.
+    by_qos: [[AtomicU64; 3]; BY_QOS.len()],
     /// Storage write latency: count per bucket of [`STORE_BUCKETS_US`]
     /// (not cumulative; the last one is +Inf), sum in microseconds.
     store_buckets: [AtomicU64; STORE_BUCKETS_US.len() + 1],
@@ -40,7 +42,7 @@ pub struct Metrics {
 }
 
 /// (name, type, help) of each series, in the order of [`values`].
-const SERIES: [(&str, &str, &str); 10] = [
+const SERIES: [(&str, &str, &str); 7] = [
     (
         "vmqtt_connections",
         "gauge",
@@ -51,21 +53,6 @@ const SERIES: [(&str, &str, &str); 10] = [
         "vmqtt_subscriptions",
         "gauge",
         "Subscriptions of the sessions.",
-    ),
-    (
-        "vmqtt_messages_received_total",
-        "counter",
-        "PUBLISH packets received from clients.",
-    ),
-    (
-        "vmqtt_messages_sent_total",
-        "counter",
-        "PUBLISH packets sent to clients.",
-    ),
-    (
-        "vmqtt_messages_dropped_total",
-        "counter",
-        "Messages dropped: session queue full, too large for the client, expired.",
     ),
     (
         "vmqtt_retained_messages",
@@ -89,14 +76,32 @@ const SERIES: [(&str, &str, &str); 10] = [
     ),
 ];
 
+/// (name, help) of the series with a `qos` label, in the order of
+/// [`by_qos`].
+const BY_QOS: [(&str, &str); 3] = [
+    (
+        "vmqtt_messages_received_total",
+        "PUBLISH packets received from clients, by their QoS.",
+    ),
+    (
+        "vmqtt_messages_sent_total",
+        "PUBLISH packets sent to clients, by the QoS sent.",
+    ),
+    (
+        "vmqtt_messages_dropped_total",
+        "Messages dropped (session queue full, too large for the client, expired), by delivery QoS.",
+    ),
+];
+
+fn by_qos(s: &ShardStats) -> [[u64; 3]; BY_QOS.len()] {
+    [s.received_by_qos, s.sent_by_qos, s.dropped_by_qos]
+}
+
 fn values(s: &ShardStats) -> [u64; SERIES.len()] {
     [
         s.connections,
         s.sessions,
         s.subscriptions,
-        s.messages_received,
-        s.messages_sent,
-        s.messages_dropped,
         s.retained,
         s.forwarded,
         s.inflight,
@@ -117,6 +122,11 @@ impl Metrics {
         if let Some(slot) = self.shards.get(shard) {
             for (cell, v) in slot.values.iter().zip(values(stats)) {
                 cell.store(v, Ordering::Relaxed);
+            }
+            for (cells, vs) in slot.by_qos.iter().zip(by_qos(stats)) {
+                for (cell, v) in cells.iter().zip(vs) {
+                    cell.store(v, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -155,6 +165,15 @@ impl Metrics {
             for (shard, slot) in self.shards.iter().enumerate() {
                 let v = slot.values[i].load(Ordering::Relaxed);
                 let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {v}");
+            }
+        }
+        for (i, (name, help)) in BY_QOS.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (shard, slot) in self.shards.iter().enumerate() {
+                for (qos, cell) in slot.by_qos[i].iter().enumerate() {
+                    let v = cell.load(Ordering::Relaxed);
+                    let _ = writeln!(out, "{name}{{shard=\"{shard}\",qos=\"{qos}\"}} {v}");
+                }
             }
         }
         let name = "vmqtt_storage_write_seconds";
@@ -263,17 +282,28 @@ mod tests {
         let stats = ShardStats {
             connections: 3,
             messages_received: 7,
+            received_by_qos: [4, 2, 1],
             ..ShardStats::default()
         };
         m.publish(1, &stats);
+        m.observe_store_write(0, Duration::from_micros(80));
+        m.observe_store_write(0, Duration::from_millis(3));
         let text = m.render();
         assert!(text.contains("# TYPE vmqtt_connections gauge"));
         assert!(text.contains("vmqtt_connections{shard=\"0\"} 0\n"));
         assert!(text.contains("vmqtt_connections{shard=\"1\"} 3\n"));
-        assert!(text.contains("vmqtt_messages_received_total{shard=\"1\"} 7\n"));
+        assert!(text.contains("vmqtt_messages_received_total{shard=\"1\",qos=\"1\"} 2\n"));
+        assert!(text.contains("vmqtt_messages_received_total{shard=\"1\",qos=\"2\"} 1\n"));
+        // Cumulative buckets: 80 us is under 100 us, 3 ms under 5 ms.
+        assert!(text.contains("vmqtt_storage_write_seconds_bucket{shard=\"0\",le=\"0.00005\"} 0\n"));
+        assert!(text.contains("vmqtt_storage_write_seconds_bucket{shard=\"0\",le=\"0.0001\"} 1\n"));
+        assert!(text.contains("vmqtt_storage_write_seconds_bucket{shard=\"0\",le=\"0.005\"} 2\n"));
+        assert!(text.contains("vmqtt_storage_write_seconds_bucket{shard=\"0\",le=\"+Inf\"} 2\n"));
+        assert!(text.contains("vmqtt_storage_write_seconds_count{shard=\"0\"} 2\n"));
+        let histogram = 2 * (STORE_BUCKETS_US.len() + 1 + 2);
         assert_eq!(
             text.lines().filter(|l| !l.starts_with('#')).count(),
-            2 * SERIES.len()
+            2 * SERIES.len() + 2 * 3 * BY_QOS.len() + histogram
         );
     }
 

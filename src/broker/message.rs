@@ -75,6 +75,12 @@ pub struct ShardStats {
     pub inflight: u64,
     /// Messages waiting in session queues.
     pub queued: u64,
+    /// `messages_received` by QoS (index 0, 1, 2).
+    pub received_by_qos: [u64; 3],
+    /// `messages_sent` by delivered QoS.
+    pub sent_by_qos: [u64; 3],
+    /// `messages_dropped` by delivery QoS.
+    pub dropped_by_qos: [u64; 3],
 }
 
 /// Work sent from one shard to another, in batches, over the channel mesh.

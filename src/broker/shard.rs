@@ -1069,6 +1069,7 @@ impl ShardCore {
 
     fn on_publish(&mut self, now: Instant, conn_id: ConnId, cid: &ClientId, mut p: Publish) {
         self.stats.messages_received += 1;
+        self.stats.received_by_qos[p.qos as usize] += 1;
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
@@ -1731,6 +1732,7 @@ impl ShardCore {
             let Some(conn_id) = session.conn else {
                 session.dropped += 1;
                 self.stats.messages_dropped += 1;
+                self.stats.dropped_by_qos[0] += 1;
                 return;
             };
             let direct = session.queued_len() == 0
@@ -1745,7 +1747,7 @@ impl ShardCore {
                     .map_or(ProtocolVersion::V5, |c| c.version);
                 if let Some(p) = outbound_publish(now, &d, None, false, version) {
                     if !self.send_publish(conn_id, p) {
-                        self.count_drop(cid);
+                        self.count_drop(cid, QoS::AtMostOnce);
                     }
                 }
                 return;
@@ -1771,12 +1773,14 @@ impl ShardCore {
             }
             Err(Dropped::Displaced) => {
                 self.stats.messages_dropped += 1;
+                self.stats.dropped_by_qos[0] += 1;
                 if let Some(d) = stored {
                     self.store.put_entry(cid, &d, OutState::Queued);
                 }
             }
             Err(Dropped::New(d)) => {
                 self.stats.messages_dropped += 1;
+                self.stats.dropped_by_qos[d.qos as usize] += 1;
                 if let Some(r) = d.store {
                     self.store.release(r.msg_id);
                 }
@@ -1833,16 +1837,17 @@ impl ShardCore {
                 if let Some(r) = d.store {
                     self.store.dequeue(cid, r);
                 }
-                self.count_drop(cid);
+                self.count_drop(cid, d.qos);
             }
         }
     }
 
-    fn count_drop(&mut self, cid: &ClientId) {
+    fn count_drop(&mut self, cid: &ClientId, qos: QoS) {
         if let Some(session) = self.sessions.get_mut(cid) {
             session.dropped += 1;
         }
         self.stats.messages_dropped += 1;
+        self.stats.dropped_by_qos[qos as usize] += 1;
     }
 
     /// On reconnect, resends what was in flight ([MQTT-4.4.0-1]).
@@ -2025,6 +2030,7 @@ impl ShardCore {
         let Some(conn) = self.conns.get(&conn_id) else {
             return false;
         };
+        let qos = p.qos;
         let packet = Packet::Publish(p);
         match packet.encoded_len(conn.version) {
             Ok(len) if len as u64 <= u64::from(conn.client_max_packet) => {}
@@ -2032,6 +2038,7 @@ impl ShardCore {
         }
         self.send(conn_id, &packet);
         self.stats.messages_sent += 1;
+        self.stats.sent_by_qos[qos as usize] += 1;
         true
     }
 
@@ -2160,10 +2167,15 @@ impl ShardCore {
             total.messages_sent += s.messages_sent;
             total.messages_dropped += s.messages_dropped;
             total.forwarded += s.forwarded;
+            for q in 0..3 {
+                total.received_by_qos[q] += s.received_by_qos[q];
+                total.sent_by_qos[q] += s.sent_by_qos[q];
+                total.dropped_by_qos[q] += s.dropped_by_qos[q];
+            }
         }
         total.retained = self.retained.len() as u64;
         let uptime = now.saturating_duration_since(self.started).as_secs();
-        let items: [(&'static str, String); 10] = [
+        let mut items: Vec<(&'static str, String)> = vec![
             (
                 "$SYS/broker/version",
                 concat!("vmqtt ", env!("CARGO_PKG_VERSION")).to_string(),
@@ -2196,6 +2208,33 @@ impl ShardCore {
                 total.retained.to_string(),
             ),
         ];
+        const BY_QOS: [[&str; 3]; 3] = [
+            [
+                "$SYS/broker/messages/received/qos0",
+                "$SYS/broker/messages/received/qos1",
+                "$SYS/broker/messages/received/qos2",
+            ],
+            [
+                "$SYS/broker/messages/sent/qos0",
+                "$SYS/broker/messages/sent/qos1",
+                "$SYS/broker/messages/sent/qos2",
+            ],
+            [
+                "$SYS/broker/messages/dropped/qos0",
+                "$SYS/broker/messages/dropped/qos1",
+                "$SYS/broker/messages/dropped/qos2",
+            ],
+        ];
+        let counts = [
+            total.received_by_qos,
+            total.sent_by_qos,
+            total.dropped_by_qos,
+        ];
+        for (topics, values) in BY_QOS.iter().zip(counts) {
+            for (topic, v) in topics.iter().zip(values) {
+                items.push((topic, v.to_string()));
+            }
+        }
         for (topic, value) in items {
             let Ok(topic) = TopicName::from_static(topic) else {
                 continue;

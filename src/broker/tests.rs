@@ -821,10 +821,33 @@ fn sys_counters_aggregate_every_shard() {
     for i in 0..5 {
         cl.publish(&p, "x", b"1", QoS::AtLeastOnce, i + 1);
     }
+    cl.publish(&p, "x", b"1", QoS::ExactlyOnce, 9);
+    cl.publish(&p, "x", b"1", QoS::AtMostOnce, 0);
+    cl.subscribe(&s, "$SYS/broker/messages/received/+", q(QoS::AtMostOnce));
     cl.advance(Duration::from_secs(1)); // every shard reports
     cl.advance(Duration::from_secs(1)); // shard 0 publishes the sum
     let got = cl.publishes(&s);
-    assert_eq!(got.last().map(|p| &p.payload[..]), Some(&b"5"[..]));
+    let last = |t: &str| {
+        got.iter()
+            .rev()
+            .find(|p| p.topic.as_str() == t)
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+    };
+    assert_eq!(last("$SYS/broker/messages/received").as_deref(), Some("7"));
+    assert_eq!(
+        last("$SYS/broker/messages/received/qos0").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        last("$SYS/broker/messages/received/qos1").as_deref(),
+        Some("5")
+    );
+    assert_eq!(
+        last("$SYS/broker/messages/received/qos2").as_deref(),
+        Some("1")
+    );
+    let stats = cl.cores[home_shard(&a, 2).get()].stats();
+    assert_eq!(stats.received_by_qos, [1, 5, 1]);
 }
 
 #[test]
