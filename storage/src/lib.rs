@@ -40,7 +40,7 @@ pub use record::{
     unix_ms, DeliveryState, Durability, MessageId, Op, QueueEntry, Record, RecordKey,
     SessionRecord, StoredMessage, SubscriptionRecord, WriteBatch,
 };
-pub use rocks::{RocksOptions, RocksStorage};
+pub use rocks::{CfTuning, RocksOptions, RocksStorage};
 pub use state::{
     plan_reshard, retained_home, ClientState, MessageRefs, Purged, QueuedMessage, ReshardPlan,
     ShardState,

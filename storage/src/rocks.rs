@@ -8,15 +8,16 @@
 //! `LOG`). Only a directory that passes is opened for writing; a newer,
 //! damaged or foreign one is refused with an error naming it, untouched.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use rocksdb::{
-    BoundColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRawIteratorWithThreadMode,
-    DBWithThreadMode, InfoLogger, LogLevel, MultiThreaded, Options, ReadOptions, WriteOptions,
+    BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, DBCompressionType,
+    DBRawIteratorWithThreadMode, DBWithThreadMode, InfoLogger, LogLevel, MultiThreaded, Options,
+    ReadOptions, WriteOptions,
 };
 use vmqtt::broker::ShardId;
 
@@ -34,18 +35,44 @@ type Db = DBWithThreadMode<MultiThreaded>;
 
 /// RocksDB tuning. The defaults suit a broker node; every field is a
 /// plain value so the configuration crate can fill it.
+///
+/// The memtable and block cache sizes apply to each shard column family
+/// (each has its own), with per-shard exceptions in
+/// [`shard_overrides`](Self::shard_overrides); read them with
+/// [`write_buffer_size_for`](Self::write_buffer_size_for) and
+/// [`block_cache_size_for`](Self::block_cache_size_for). They are applied
+/// whenever a shard column family is opened or created, so a change takes
+/// effect at the next start and nothing about them is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RocksOptions {
     /// Table files kept open (RocksDB `max_open_files`); `-1` keeps all
     /// open. Bounded by default so the broker's connections keep the file
     /// descriptors.
     pub max_open_files: i32,
-    /// Memtable size per shard column family, in bytes.
+    /// Memtable size per shard column family, in bytes (RocksDB keeps up
+    /// to two per column family: the one filling and one being flushed).
     pub write_buffer_size: usize,
+    /// LRU block cache per shard column family, in bytes; `0` runs without
+    /// a block cache (every read of a table block goes to the file system).
+    pub block_cache_size: usize,
+    /// Per-shard exceptions to `write_buffer_size` and `block_cache_size`,
+    /// by shard index (as in `[shards.N]`). An entry for a shard the node
+    /// does not run is ignored.
+    pub shard_overrides: BTreeMap<usize, CfTuning>,
     /// Background flush and compaction threads for the whole database.
     pub max_background_jobs: i32,
     /// LZ4-compress table files.
     pub compression: bool,
+}
+
+/// The tuning of one shard column family that differs from the
+/// [`RocksOptions`] defaults; `None` keeps the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CfTuning {
+    /// Memtable size in bytes.
+    pub write_buffer_size: Option<usize>,
+    /// Block cache size in bytes (`0`: none).
+    pub block_cache_size: Option<usize>,
 }
 
 impl Default for RocksOptions {
@@ -53,16 +80,39 @@ impl Default for RocksOptions {
         Self {
             max_open_files: 1024,
             write_buffer_size: 64 << 20,
+            block_cache_size: 32 << 20,
+            shard_overrides: BTreeMap::new(),
             max_background_jobs: 2,
             compression: true,
         }
     }
 }
 
+impl RocksOptions {
+    /// The memtable size of `shard`'s column family: its override, else
+    /// [`write_buffer_size`](Self::write_buffer_size).
+    pub fn write_buffer_size_for(&self, shard: ShardId) -> usize {
+        self.shard_overrides
+            .get(&shard.get())
+            .and_then(|t| t.write_buffer_size)
+            .unwrap_or(self.write_buffer_size)
+    }
+
+    /// The block cache size of `shard`'s column family: its override, else
+    /// [`block_cache_size`](Self::block_cache_size).
+    pub fn block_cache_size_for(&self, shard: ShardId) -> usize {
+        self.shard_overrides
+            .get(&shard.get())
+            .and_then(|t| t.block_cache_size)
+            .unwrap_or(self.block_cache_size)
+    }
+}
+
 struct Inner {
     db: Db,
     path: PathBuf,
-    cf_opts: Options,
+    /// For the options of shard column families created later.
+    options: RocksOptions,
     /// The shard column families, kept in step with the database under
     /// this lock (creates and drops happen only in `apply_reshard`).
     shards: Mutex<BTreeSet<ShardId>>,
@@ -102,9 +152,18 @@ fn db_options(o: &RocksOptions) -> Options {
     opts
 }
 
-fn cf_options(o: &RocksOptions) -> Options {
+/// The options of `shard`'s column family, with its own block cache.
+fn cf_options(o: &RocksOptions, shard: ShardId) -> Options {
     let mut opts = Options::default();
-    opts.set_write_buffer_size(o.write_buffer_size);
+    opts.set_write_buffer_size(o.write_buffer_size_for(shard));
+    let mut table = BlockBasedOptions::default();
+    match o.block_cache_size_for(shard) {
+        0 => table.disable_cache(),
+        // The table options hold a reference to the cache: it lives as
+        // long as the column family does.
+        n => table.set_block_cache(&Cache::new_lru_cache(n)),
+    }
+    opts.set_block_based_table_factory(&table);
     opts.set_compression_type(if o.compression {
         DBCompressionType::Lz4
     } else {
@@ -245,7 +304,6 @@ impl RocksStorage {
         let path = path.as_ref();
         let state = inspect(path)?;
         let mut opts = db_options(options);
-        let cf_opts = cf_options(options);
         let (db, fresh, version) = match state {
             DirState::Fresh => {
                 std::fs::create_dir_all(path).map_err(|source| StorageError::Io {
@@ -260,11 +318,11 @@ impl RocksStorage {
                 (db, true, SCHEMA_VERSION)
             }
             DirState::Unfinished(cfs) => {
-                let db = open_existing(&opts, &cf_opts, path, &cfs)?;
+                let db = open_existing(&opts, options, path, &cfs)?;
                 (db, true, SCHEMA_VERSION)
             }
             DirState::Existing(e) => {
-                let db = open_existing(&opts, &cf_opts, path, &e.cfs)?;
+                let db = open_existing(&opts, options, path, &e.cfs)?;
                 (db, false, e.version)
             }
         };
@@ -273,7 +331,7 @@ impl RocksStorage {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_path_buf(),
-                cf_opts,
+                options: options.clone(),
                 shards: Mutex::new(shards),
             }),
         };
@@ -357,12 +415,16 @@ impl RocksStorage {
     }
 }
 
-fn open_existing(opts: &Options, cf_opts: &Options, path: &Path, cfs: &[String]) -> Result<Db> {
+fn open_existing(
+    opts: &Options,
+    options: &RocksOptions,
+    path: &Path,
+    cfs: &[String],
+) -> Result<Db> {
     let descriptors = cfs.iter().map(|name| {
-        let o = if parse_shard_cf(name).is_some() {
-            cf_opts.clone()
-        } else {
-            Options::default()
+        let o = match parse_shard_cf(name) {
+            Some(shard) => cf_options(options, shard),
+            None => Options::default(),
         };
         ColumnFamilyDescriptor::new(name, o)
     });
@@ -494,8 +556,11 @@ impl Storage for RocksStorage {
         let db = &self.inner.db;
         for st in &plan.states {
             if !shards.contains(&st.shard) {
-                db.create_cf(shard_cf(st.shard), &self.inner.cf_opts)
-                    .map_err(|e| self.err("create column family", e))?;
+                db.create_cf(
+                    shard_cf(st.shard),
+                    &cf_options(&self.inner.options, st.shard),
+                )
+                .map_err(|e| self.err("create column family", e))?;
                 shards.insert(st.shard);
             }
         }

@@ -122,3 +122,113 @@ fn handles_and_states_cross_threads() {
         .join()
         .unwrap();
 }
+
+/// `write_buffer_size` of every column family, from the newest `OPTIONS-*`
+/// file RocksDB wrote into the directory (it writes one at every open and
+/// column family creation).
+fn options_file_write_buffer_sizes(p: &Path) -> BTreeMap<String, usize> {
+    let newest = ls(p)
+        .into_iter()
+        .filter_map(|n| Some((n.strip_prefix("OPTIONS-")?.parse::<u64>().ok()?, n)))
+        .max()
+        .unwrap()
+        .1;
+    let text = std::fs::read_to_string(p.join(newest)).unwrap();
+    let mut out = BTreeMap::new();
+    let mut cf = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("[CFOptions \"") {
+            cf = name.strip_suffix("\"]").map(str::to_owned);
+        } else if line.starts_with('[') {
+            cf = None;
+        } else if let (Some(cf), Some(v)) = (&cf, line.strip_prefix("write_buffer_size=")) {
+            out.insert(cf.clone(), v.parse().unwrap());
+        }
+    }
+    out
+}
+
+fn block_cache_capacity(s: &RocksStorage, shard: u16) -> Option<u64> {
+    let cf = s.cf(&shard_cf(ShardId::new(shard))).unwrap();
+    s.inner
+        .db
+        .property_int_value_cf(&cf, "rocksdb.block-cache-capacity")
+        .unwrap()
+}
+
+#[test]
+fn per_shard_tuning_is_applied_when_shards_are_created_and_opened() {
+    let dir = tmp();
+    let mut options = RocksOptions {
+        write_buffer_size: 8 << 20,
+        block_cache_size: 16 << 20,
+        ..RocksOptions::default()
+    };
+    options.shard_overrides.insert(
+        1,
+        CfTuning {
+            write_buffer_size: Some(2 << 20),
+            block_cache_size: Some(0),
+        },
+    );
+    options.shard_overrides.insert(
+        2,
+        CfTuning {
+            write_buffer_size: None,
+            block_cache_size: Some(4 << 20),
+        },
+    );
+    // An override for a shard that does not exist is ignored.
+    options.shard_overrides.insert(7, CfTuning::default());
+    assert_eq!(options.write_buffer_size_for(ShardId::new(1)), 2 << 20);
+    assert_eq!(options.write_buffer_size_for(ShardId::new(2)), 8 << 20);
+    assert_eq!(options.block_cache_size_for(ShardId::new(2)), 4 << 20);
+    assert_eq!(options.block_cache_size_for(ShardId::new(7)), 16 << 20);
+
+    let check = |s: &RocksStorage, o: &RocksOptions| {
+        for n in 0..3u16 {
+            let shard = ShardId::new(n);
+            let want = o.block_cache_size_for(shard) as u64;
+            let got = block_cache_capacity(s, n);
+            if want == 0 {
+                // No block cache: the property has nothing to report.
+                assert_eq!(got, None, "shard {n}");
+            } else {
+                assert_eq!(got, Some(want), "shard {n}");
+            }
+        }
+        let sizes = options_file_write_buffer_sizes(s.path());
+        for n in 0..3u16 {
+            let shard = ShardId::new(n);
+            assert_eq!(
+                sizes.get(&shard_cf(shard)),
+                Some(&o.write_buffer_size_for(shard)),
+                "shard {n} in {sizes:?}"
+            );
+        }
+    };
+
+    // Created by the first `recover` (apply_reshard creates the families).
+    let mut s = RocksStorage::open(dir.path(), &options).unwrap();
+    recover(&mut s, 3).unwrap();
+    check(&s, &options);
+    drop(s);
+
+    // Opened again with other values: the new ones apply.
+    options.write_buffer_size = 4 << 20;
+    options.shard_overrides.insert(
+        0,
+        CfTuning {
+            write_buffer_size: Some(1 << 20),
+            block_cache_size: Some(1 << 20),
+        },
+    );
+    options.shard_overrides.remove(&1);
+    let s = RocksStorage::open(dir.path(), &options).unwrap();
+    check(&s, &options);
+    assert_eq!(block_cache_capacity(&s, 1), Some(16 << 20));
+    assert_eq!(
+        options_file_write_buffer_sizes(s.path()).get("shard-0"),
+        Some(&(1 << 20))
+    );
+}
