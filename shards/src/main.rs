@@ -204,6 +204,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         config.data_dir = d.clone();
     }
     let log = init_logging(&config);
+    // Before any thread starts (RocksDB's background threads, the shards):
+    // threads inherit the mask, so SIGTERM/SIGINT/SIGHUP reach only
+    // `wait_for_signal` below, never a thread that would die of them.
+    let signals = sys::block_signals().context("blocking signals")?;
 
     let cpus = sys::allowed_cpus().context("reading the CPU affinity mask")?;
     if cpus.is_empty() {
@@ -263,7 +267,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         (None, vec![None; shards])
     };
     let metrics = http::Metrics::new(shards);
-    let signals = sys::block_signals().context("blocking signals")?;
     let stop = Arc::new(AtomicBool::new(false));
     let mesh = MeshBuilder::full(shards, MESH_CAPACITY);
     let instance = SystemTime::now()
