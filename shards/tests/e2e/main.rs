@@ -27,12 +27,17 @@
 //!   a failing test always keeps it and prints the broker's log.
 //! - `VMQTT_E2E_MOSQUITTO_DEBUG=1` — Mosquitto logs every packet.
 //! - `MOSQUITTO=/path/to/mosquitto` — another Mosquitto binary.
+//!
+//! `durability::` kills the broker with SIGKILL under load and restarts it on
+//! the same data directory and port (`Broker::kill9`, `Broker::restart`);
+//! vmqtt only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 mod common;
 
 mod connect;
+mod durability;
 mod external;
 mod keepalive;
 mod load;

@@ -17,6 +17,11 @@ use super::shard::SHARDS;
 
 /// How long a broker may take to accept TCP connections after spawn.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a restarted broker may take to accept TCP connections: it
+/// recovers its data directory first.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the port of an exited broker may still accept connections.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a broker may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -61,6 +66,8 @@ pub struct BrokerConfig {
     pub sys_interval_ms: Option<u64>,
     /// `[http]` enabled on `127.0.0.1:<port>` (vmqtt only).
     pub http_port: Option<u16>,
+    /// `storage.durability`: `"wal"`, `"fsync"` or `"off"` (vmqtt only).
+    pub durability: Option<&'static str>,
 }
 
 impl BrokerConfig {
@@ -86,6 +93,9 @@ impl BrokerConfig {
         );
         kv("connect_timeout_ms", self.connect_timeout_ms);
         kv("sys_interval_ms", self.sys_interval_ms);
+        if let Some(d) = self.durability {
+            let _ = write!(s, "\n[storage]\ndurability = {d:?}\n");
+        }
         if let Some(port) = self.http_port {
             let _ = write!(
                 s,
@@ -203,6 +213,11 @@ fn fresh_dir(test: &str) -> PathBuf {
 /// One running broker process. Stopped (SIGTERM, then SIGKILL) on drop; its
 /// log is printed if the test fails, and a broker that died during the test
 /// fails the test.
+///
+/// A vmqtt broker keeps its data in `<dir>/data`; after [`Broker::kill9`] or
+/// [`Broker::stop_gracefully`] it can be started again on the same data
+/// directory and port ([`Broker::restart`], [`Broker::restart_with_cores`]),
+/// or run to a refusal ([`Broker::run_expecting_failure`]).
 #[derive(Debug)]
 pub struct Broker {
     kind: BrokerKind,
@@ -211,9 +226,14 @@ pub struct Broker {
     child: Option<Child>,
     dir: PathBuf,
     log_path: PathBuf,
+    /// Every log of this broker's runs, in order (printed on failure).
+    logs: Vec<PathBuf>,
     config_path: PathBuf,
     config: BrokerConfig,
-    /// Set once the test itself has sent SIGTERM: an exit is then expected.
+    /// `--cores` of the current (or last) run.
+    cores: usize,
+    /// Set once the test itself has sent SIGTERM or SIGKILL: an exit is then
+    /// expected.
     terminated: bool,
 }
 
@@ -231,21 +251,24 @@ impl Broker {
         let mut last_log = String::new();
         for attempt in 0..5 {
             let port = pick_port();
+            let log_path = dir.join(format!("broker-{attempt}.log"));
             let mut b = Broker {
                 kind,
                 test: test.to_owned(),
                 port,
                 child: None,
-                log_path: dir.join(format!("broker-{attempt}.log")),
+                logs: vec![log_path.clone()],
+                log_path,
                 config_path: dir.join(match kind {
                     BrokerKind::Vmqtt => "vmqtt.toml",
                     BrokerKind::Mosquitto => "mosquitto.conf",
                 }),
                 dir: dir.clone(),
                 config: config.clone(),
+                cores: SHARDS,
                 terminated: false,
             };
-            match b.spawn_and_wait() {
+            match b.spawn_and_wait(START_TIMEOUT) {
                 Ok(()) => return b,
                 Err(log) => {
                     let in_use = log.to_ascii_lowercase().contains("in use");
@@ -263,19 +286,19 @@ impl Broker {
         );
     }
 
-    /// Writes the config, spawns the process and waits until the port accepts
-    /// TCP. On failure returns the broker's log.
-    fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let log = fs::File::create(&self.log_path).expect("create the broker log");
-        let mut cmd = match self.kind {
+    /// The command that runs this broker (config file written).
+    fn command(&self) -> Command {
+        match self.kind {
             BrokerKind::Vmqtt => {
-                let data_dir = self.dir.join("data");
-                fs::create_dir_all(&data_dir).expect("create data_dir");
+                let data_dir = self.data_dir();
+                if !data_dir.exists() {
+                    fs::create_dir_all(&data_dir).expect("create data_dir");
+                }
                 fs::write(&self.config_path, self.config.vmqtt_toml(&data_dir))
                     .expect("write vmqtt.toml");
                 let mut c = Command::new(env!("CARGO_BIN_EXE_vmqtt-shard"));
                 c.arg("--cores")
-                    .arg(SHARDS.to_string())
+                    .arg(self.cores.to_string())
                     .arg("--listen")
                     .arg(format!("127.0.0.1:{}", self.port))
                     .arg("--config")
@@ -292,7 +315,14 @@ impl Broker {
                 c.arg("-c").arg(&self.config_path);
                 c
             }
-        };
+        }
+    }
+
+    /// Writes the config, spawns the process and waits (up to `timeout`)
+    /// until the port accepts TCP. On failure returns the broker's log.
+    fn spawn_and_wait(&mut self, timeout: Duration) -> Result<(), String> {
+        let log = fs::File::create(&self.log_path).expect("create the broker log");
+        let mut cmd = self.command();
         cmd.current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
@@ -317,7 +347,7 @@ impl Broker {
             )
         })?;
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
         loop {
             if let Some(status) = self.try_wait() {
@@ -335,7 +365,7 @@ impl Broker {
                 return Err(format!(
                     "`{command_line}`: port {} not accepting after {:?}\n{}",
                     self.port,
-                    START_TIMEOUT,
+                    timeout,
                     self.log()
                 ));
             }
@@ -397,10 +427,175 @@ impl Broker {
         }
     }
 
-    /// The broker's stdout+stderr so far.
     /// The configuration file the broker was started with.
     pub fn config_path(&self) -> &Path {
         &self.config_path
+    }
+
+    /// The broker's data directory (`data_dir` of vmqtt).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The broker's own temporary directory (config, logs, data).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `--cores` of the current (or last) run.
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+
+    /// SIGKILL: the process dies at once, without any shutdown (no flush,
+    /// no goodbye to clients). Waits until it is gone.
+    pub fn kill9(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            panic!("[{}] kill9: the broker is not running", self.test);
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "[{}] kill9: the broker had already exited with {}",
+                self.test,
+                describe(status)
+            );
+        }
+        self.terminated = true;
+        child.kill().expect("SIGKILL the broker");
+        let status = child.wait().expect("wait for the killed broker");
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "[{}] the broker should have died of SIGKILL",
+            self.test
+        );
+        self.child = None;
+        self.wait_port_released();
+    }
+
+    /// Waits until nothing accepts connections on the broker's port any
+    /// more. A process that used io_uring can be reaped while the kernel
+    /// still tears its rings down, and with them its listening sockets; the
+    /// next broker would find the port taken ("address already in use by
+    /// another process").
+    fn wait_port_released(&self) {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let start = Instant::now();
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if start.elapsed() > RELEASE_TIMEOUT {
+                panic!(
+                    "[{}] port {} still accepts connections {RELEASE_TIMEOUT:?} after the broker exited",
+                    self.test, self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if start.elapsed() > Duration::from_millis(100) {
+            eprintln!(
+                "[{}] note: port {} accepted connections for {:?} after the broker exited",
+                self.test,
+                self.port,
+                start.elapsed()
+            );
+        }
+    }
+
+    /// SIGTERM, and asserts the broker exits successfully within `within`.
+    pub fn stop_gracefully(&mut self, within: Duration) {
+        match self.terminate(within) {
+            Some(s) if s.success() => {
+                self.child = None;
+                self.wait_port_released();
+            }
+            Some(s) => panic!(
+                "[{}] the broker exited with {} after SIGTERM; expected success",
+                self.test,
+                describe(s)
+            ),
+            None => panic!(
+                "[{}] the broker did not exit within {within:?} of SIGTERM",
+                self.test
+            ),
+        }
+    }
+
+    /// Starts the broker again on the same data directory and port, with the
+    /// same `--cores` (after [`Broker::kill9`] or [`Broker::stop_gracefully`]).
+    pub fn restart(&mut self) {
+        self.restart_with_cores(self.cores);
+    }
+
+    /// Starts the broker again on the same data directory and port with
+    /// `--cores cores`; waits until it accepts connections (recovery done).
+    pub fn restart_with_cores(&mut self, cores: usize) {
+        assert!(
+            self.is_vmqtt(),
+            "restart is for vmqtt (Mosquitto runs without persistence)"
+        );
+        assert!(
+            self.child.is_none(),
+            "[{}] restart: the broker is still running",
+            self.test
+        );
+        self.cores = cores;
+        self.log_path = self
+            .dir
+            .join(format!("broker-restart-{}.log", self.logs.len()));
+        self.logs.push(self.log_path.clone());
+        self.terminated = false;
+        if let Err(log) = self.spawn_and_wait(RESTART_TIMEOUT) {
+            self.child = None;
+            panic!(
+                "[{}] the broker did not restart (--cores {cores}, port {}). Its log:\n{log}",
+                self.test, self.port
+            );
+        }
+    }
+
+    /// Runs the broker on its data directory (it must not be running) and
+    /// expects it to exit unsuccessfully within `within`: returns the exit
+    /// status and what it wrote on stderr. A broker still running after
+    /// `within` is killed and fails the test.
+    pub fn run_expecting_failure(&mut self, within: Duration) -> (ExitStatus, String) {
+        assert!(
+            self.child.is_none(),
+            "[{}] the broker is still running",
+            self.test
+        );
+        self.log_path = self
+            .dir
+            .join(format!("broker-refused-{}.log", self.logs.len()));
+        self.logs.push(self.log_path.clone());
+        let stderr_path = self.log_path.with_extension("stderr");
+        let stdout = fs::File::create(&self.log_path).expect("create the broker log");
+        let stderr = fs::File::create(&stderr_path).expect("create the broker's stderr file");
+        let mut cmd = self.command();
+        cmd.current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        let mut child = cmd.spawn().expect("spawn the broker");
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait for the broker") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "[{}] the broker was still running {within:?} after start; it should have \
+                     refused its data directory. stderr:\n{}",
+                    self.test,
+                    fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = fs::read_to_string(&stderr_path).unwrap_or_default();
+        // Keep stderr in the broker's log too, for the failure report.
+        let _ = fs::write(&self.log_path, format!("{}{err}", self.log()));
+        (status, err)
     }
 
     /// Sends `signal` to the broker process.
@@ -413,12 +608,23 @@ impl Broker {
         }
     }
 
+    /// The broker's stdout+stderr so far (of the current or last run).
     pub fn log(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = fs::File::open(&self.log_path) {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// The logs of every run of this broker, each under a header line.
+    pub fn all_logs(&self) -> String {
+        let mut out = String::new();
+        for p in &self.logs {
+            let _ = writeln!(out, "=== {} ===", p.display());
+            out.push_str(&fs::read_to_string(p).unwrap_or_default());
+        }
+        out
     }
 
     /// Sends SIGTERM and waits up to `bound` for the process to exit; returns
@@ -477,7 +683,7 @@ impl Drop for Broker {
             eprintln!("{note}");
         }
         if failing || died.is_some() {
-            let log = self.log();
+            let log = self.all_logs();
             let tail: String = {
                 let lines: Vec<&str> = log.lines().collect();
                 let from = lines.len().saturating_sub(300);

@@ -182,6 +182,16 @@ impl Raw {
         self.send_raw(&buf).await;
     }
 
+    /// Encodes and writes one packet, returning a write error (the server
+    /// may be gone) instead of failing.
+    pub async fn try_send(&mut self, packet: &Packet) -> std::io::Result<()> {
+        let mut buf = BytesMut::new();
+        packet
+            .encode(self.version, &mut buf)
+            .unwrap_or_else(|e| panic!("[{}] encode {packet:?}: {e:?}", self.name));
+        self.stream.write_all(&buf).await
+    }
+
     /// Writes bytes as they are.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         if let Err(e) = self.stream.write_all(bytes).await {
