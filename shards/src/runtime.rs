@@ -676,7 +676,24 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
         loop {
             let out = shard.core.borrow_mut().take_output(Instant::now(), conn);
             shard.after();
-            let Some(out) = out else { break };
+            let Some(out) = out else {
+                // A closing connection's last bytes (a DISCONNECT, acks) may
+                // wait for a storage batch: wait for them, bounded.
+                if io.close.get() && !io.dead.get() && shard.core.borrow().has_output(conn) {
+                    let woken = async {
+                        io.notify.wait().await;
+                        true
+                    };
+                    let give_up = async {
+                        timer::sleep(CLOSE_GRACE).await;
+                        false
+                    };
+                    if futures_lite::future::or(woken, give_up).await {
+                        continue;
+                    }
+                }
+                break;
+            };
             // A client that stopped reading blocks only this task; once the
             // server decides to close it, it gets CLOSE_GRACE to take its bytes.
             let write = async { wr.write_all(&out).await.is_ok() };

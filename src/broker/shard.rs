@@ -732,6 +732,12 @@ impl ShardCore {
         Some((batch, std::mem::take(&mut self.store.ops)))
     }
 
+    /// Whether `conn_id` has output not yet taken (e.g. held until a
+    /// storage batch is written): a closing connection waits for it.
+    pub fn has_output(&self, conn_id: ConnId) -> bool {
+        self.conns.get(&conn_id).is_some_and(|c| !c.out.is_empty())
+    }
+
     /// Whether storage changes wait for [`ShardCore::poll_store`].
     pub fn has_store_ops(&self) -> bool {
         !self.store.ops.is_empty()
