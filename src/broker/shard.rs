@@ -2173,6 +2173,8 @@ impl ShardCore {
             total.messages_sent += s.messages_sent;
             total.messages_dropped += s.messages_dropped;
             total.forwarded += s.forwarded;
+            total.inflight += s.inflight;
+            total.queued += s.queued;
             for q in 0..3 {
                 total.received_by_qos[q] += s.received_by_qos[q];
                 total.sent_by_qos[q] += s.sent_by_qos[q];
@@ -2213,6 +2215,8 @@ impl ShardCore {
                 "$SYS/broker/retained messages/count",
                 total.retained.to_string(),
             ),
+            ("$SYS/broker/messages/inflight", total.inflight.to_string()),
+            ("$SYS/broker/messages/queued", total.queued.to_string()),
         ];
         const BY_QOS: [[&str; 3]; 3] = [
             [

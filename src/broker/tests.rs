@@ -851,6 +851,34 @@ fn sys_counters_aggregate_every_shard() {
 }
 
 #[test]
+fn sys_reports_queue_depths() {
+    let mut cl = Cluster::with_config(
+        2,
+        CoreConfig {
+            sys_interval: Duration::from_secs(1),
+            ..CoreConfig::default()
+        },
+    );
+    let (a, b) = ids_apart("sysq");
+    let (s, _) = cl.connect_with(Connect {
+        clean_start: false,
+        ..Connect::new(V3_1_1, &b)
+    });
+    cl.subscribe(&s, "q", q(QoS::AtLeastOnce));
+    cl.drop_socket(&s);
+    let p = cl.connect(V5, &a);
+    for i in 0..3 {
+        cl.publish(&p, "q", b"1", QoS::AtLeastOnce, i + 1);
+    }
+    let w = cl.connect(V5, "watcher");
+    cl.subscribe(&w, "$SYS/broker/messages/queued", q(QoS::AtMostOnce));
+    cl.advance(Duration::from_secs(1));
+    cl.advance(Duration::from_secs(1));
+    let got = cl.publishes(&w);
+    assert_eq!(got.last().map(|p| &p.payload[..]), Some(&b"3"[..]));
+}
+
+#[test]
 fn wildcards_and_unsubscribe() {
     let mut cl = Cluster::new(2);
     let (a, b) = ids_apart("wc");
