@@ -23,7 +23,7 @@ const MAX_QUEUED: usize = 1000;
 /// flight (output buffers, shard channels of 256 batches, read buffers) and
 /// allocator slack (glibc arenas per thread). The flood itself is 512 MiB:
 /// an unbounded broker goes far past this. (96 MiB of slack was measured
-/// at 86 MiB used when run alone and failed once among 90 parallel tests.)
+/// at 82 MiB used when run alone and failed once among 90 parallel tests.)
 const RSS_GROWTH_LIMIT_KIB: u64 = ((2 * MAX_QUEUED * FLOOD_PAYLOAD) as u64 >> 10) + 160 * 1024;
 
 /// A subscriber that stops reading its socket while a publisher floods QoS 0:
