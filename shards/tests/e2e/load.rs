@@ -19,12 +19,14 @@ const FLOOD_COUNT: usize = 8192;
 /// Queue bound configured for this test (messages per session).
 const MAX_QUEUED: usize = 1000;
 /// What the configuration allows the broker to hold: both subscribers'
-/// queues full of distinct flood payloads, plus 160 MiB for buffers in
-/// flight (output buffers, shard channels of 256 batches, read buffers) and
+/// queues full of distinct flood payloads (125 MiB), plus 192 MiB for
+/// buffers in flight (output buffers, shard channels of 256 batches whose
+/// messages keep their 64 KiB read buffers alive, read buffers) and
 /// allocator slack (glibc arenas per thread). The flood itself is 512 MiB:
-/// an unbounded broker goes far past this. (96 MiB of slack was measured
-/// at 82 MiB used when run alone and failed once among 90 parallel tests.)
-const RSS_GROWTH_LIMIT_KIB: u64 = ((2 * MAX_QUEUED * FLOOD_PAYLOAD) as u64 >> 10) + 160 * 1024;
+/// an unbounded broker goes far past this. Measured: 82 MiB of slack used
+/// when run alone; 124 MiB in a debug build among the parallel suite, which
+/// failed an earlier 96 MiB allowance.
+const RSS_GROWTH_LIMIT_KIB: u64 = ((2 * MAX_QUEUED * FLOOD_PAYLOAD) as u64 >> 10) + 192 * 1024;
 
 /// A subscriber that stops reading its socket while a publisher floods QoS 0:
 /// the publisher finishes in bounded time, a fast subscriber keeps receiving
