@@ -76,6 +76,8 @@ pub struct Config {
     /// `[storage]`: durability and RocksDB tuning, the defaults of every
     /// shard.
     pub storage: StorageConfig,
+    /// `[tasks]`: CPU shares of each kind of work on a shard.
+    pub tasks: TasksConfig,
     /// `[shards.N]` tables: overrides of `[mqtt]` keys and of the per-shard
     /// `[storage]` keys for shard `N` (numbered from 0).
     /// [`Config::mqtt_for_shard`] and [`Config::storage_for_shard`] apply
@@ -106,6 +108,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
             http: HttpConfig::default(),
+            tasks: TasksConfig::default(),
             storage: StorageConfig::default(),
             shards: BTreeMap::new(),
             source: ConfigSource::default(),
@@ -185,6 +188,16 @@ impl Config {
         }
         storage
     }
+
+    /// The `[tasks]` shares of shard `shard`: `[tasks]` with the keys of its
+    /// `[shards.N]` table, if any, applied on top.
+    pub fn tasks_for_shard(&self, shard: usize) -> TasksConfig {
+        let mut tasks = self.tasks.clone();
+        if let Some(overrides) = self.shards.get(&shard) {
+            overrides.apply_to_tasks(&mut tasks);
+        }
+        tasks
+    }
 }
 
 /// Declares [`MqttConfig`], [`StorageConfig`] and [`ShardOverrides`] from
@@ -202,7 +215,43 @@ macro_rules! settings {
         storage_global {
             $( $(#[doc = $gdoc:literal])* $gfield:ident : $gty:ty = $gdefault:expr, )*
         }
+        tasks {
+            $( $(#[doc = $tdoc:literal])* $tfield:ident : $tty:ty = $tdefault:expr, )*
+        }
     ) => {
+        /// `[tasks]`: how a busy shard divides its core between its kinds of
+        /// work. Each kind runs in its own glommio task queue with these
+        /// shares (relative weights: a queue with twice the shares gets
+        /// twice the CPU time when all are busy; an idle queue takes
+        /// nothing). Each key can be overridden per shard in `[shards.N]`.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct TasksConfig {
+            $( $(#[doc = $tdoc])* pub $tfield: $tty, )*
+        }
+
+        impl Default for TasksConfig {
+            fn default() -> Self {
+                TasksConfig { $( $tfield: $tdefault, )* }
+            }
+        }
+
+        impl TasksConfig {
+            /// The keys with their values.
+            fn numbers(&self) -> Vec<(&'static str, u64)> {
+                let mut out = Vec::new();
+                $(
+                    if let Some(n) = validate::AsNumber::as_number(&self.$tfield) {
+                        out.push((stringify!($tfield), n));
+                    }
+                )*
+                out
+            }
+        }
+
+        /// The `[tasks]` keys (all may be overridden per shard).
+        pub(crate) const TASK_SHARD_KEYS: &[&str] = &[$( stringify!($tfield), )*];
+
         /// `[mqtt]`: protocol limits and features, the defaults of every
         /// shard. Each can be overridden per shard in `[shards.N]`.
         #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,6 +314,13 @@ macro_rules! settings {
                 #[serde(skip_serializing_if = "Option::is_none")]
                 pub $sfield: Option<$sty>,
             )*
+            $(
+                $(#[doc = $tdoc])*
+                ///
+                /// `None`: the `[tasks]` value applies.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $tfield: Option<$tty>,
+            )*
         }
 
         impl ShardOverrides {
@@ -278,6 +334,11 @@ macro_rules! settings {
                 $( if let Some(value) = &self.$sfield { storage.$sfield = value.clone(); } )*
             }
 
+            /// Writes every `[tasks]` key this table sets into `tasks`.
+            pub fn apply_to_tasks(&self, tasks: &mut TasksConfig) {
+                $( if let Some(value) = &self.$tfield { tasks.$tfield = value.clone(); } )*
+            }
+
             /// The numeric keys this table sets, with their values.
             fn numbers(&self) -> Vec<(&'static str, u64)> {
                 let mut out = Vec::new();
@@ -289,6 +350,11 @@ macro_rules! settings {
                 $(
                     if let Some(n) = self.$sfield.as_ref().and_then(validate::AsNumber::as_number) {
                         out.push((stringify!($sfield), n));
+                    }
+                )*
+                $(
+                    if let Some(n) = self.$tfield.as_ref().and_then(validate::AsNumber::as_number) {
+                        out.push((stringify!($tfield), n));
                     }
                 )*
                 out
@@ -380,6 +446,18 @@ settings! {
         max_open_files: i32 = 1024,
         /// Whether table files are compressed with LZ4. Default true.
         compression: bool = true,
+    }
+    tasks {
+        /// Shares of the connection tasks (reading, decoding and answering
+        /// clients, writing to them). 1..=1000, default 1000.
+        client_shares: u32 = 1000,
+        /// Shares of the cross-shard traffic (batches to and from the other
+        /// shards, connections handed over). 1..=1000, default 1000.
+        mesh_shares: u32 = 1000,
+        /// Shares of the background work: timers (keep alive, expiry, wills,
+        /// `$SYS`), metrics, handing batches to storage, the HTTP endpoint.
+        /// 1..=1000, default 250.
+        background_shares: u32 = 250,
     }
 }
 

@@ -1,7 +1,7 @@
 //! What each key allows, and the checks that serde's types cannot express.
 
 use crate::error::ConfigError;
-use crate::{Config, Durability, STORAGE_SHARD_KEYS};
+use crate::{Config, Durability, STORAGE_SHARD_KEYS, TASK_SHARD_KEYS};
 
 /// What one key allows: used both to check values and to say what is
 /// expected in an error message.
@@ -92,6 +92,10 @@ const RULES: &[(&str, Rule)] = &[
         },
     ),
     ("storage.compression", Rule::Bool),
+    ("tasks", Rule::Text("a table of [tasks] settings")),
+    ("tasks.client_shares", int(1, 1000, "shares")),
+    ("tasks.mesh_shares", int(1, 1000, "shares")),
+    ("tasks.background_shares", int(1, 1000, "shares")),
     (
         "shards",
         Rule::Text("tables named by shard number, like [shards.0]"),
@@ -99,8 +103,8 @@ const RULES: &[(&str, Rule)] = &[
     (
         "shards.N",
         Rule::Text(
-            "a table of [mqtt] keys, and of the [storage] keys durability, write_buffer_size \
-             and block_cache_size, to override for that shard",
+            "a table of [mqtt] keys, of the [storage] keys durability, write_buffer_size \
+             and block_cache_size, and of [tasks] keys, to override for that shard",
         ),
     ),
 ];
@@ -114,6 +118,8 @@ pub(crate) fn rule(path: &str) -> Option<&'static Rule> {
             Some((_, key)) => {
                 let section = if STORAGE_SHARD_KEYS.contains(&key) {
                     "storage"
+                } else if TASK_SHARD_KEYS.contains(&key) {
+                    "tasks"
                 } else {
                     "mqtt"
                 };
@@ -289,6 +295,9 @@ impl Config {
             u64::from(storage.max_background_jobs),
         )?;
         self.check_signed("storage.max_open_files", i64::from(storage.max_open_files))?;
+        for (key, n) in self.tasks.numbers() {
+            self.check(&format!("tasks.{key}"), n)?;
+        }
         for (shard, overrides) in &self.shards {
             for (key, n) in overrides.numbers() {
                 self.check(&format!("shards.{shard}.{key}"), n)?;

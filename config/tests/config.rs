@@ -163,7 +163,7 @@ fn every_setting_is_in_the_default_file_with_a_comment() {
     // And nothing in the file that is not a setting (deny_unknown_fields
     // already ensures it; this guards the walk above).
     for key in parsed.source.keys() {
-        let is_table = ["mqtt", "runtime", "log", "http", "storage"].contains(&key);
+        let is_table = ["mqtt", "runtime", "log", "http", "storage", "tasks"].contains(&key);
         assert!(
             is_table || paths.iter().any(|p| p == key),
             "unexpected key {key}"
@@ -378,7 +378,7 @@ fn unknown_keys_everywhere() {
     assert_eq!(
         err.to_string(),
         "unknown key `database` at vmqtt.toml line 2: allowed keys at the top level are listen, \
-         data_dir, cores, mqtt, runtime, log, http, storage, shards"
+         data_dir, cores, mqtt, runtime, log, http, storage, tasks, shards"
     );
     let err = parse_err("cores = 1\n[storage]\npath = \"x\"\n");
     assert_eq!(
@@ -423,15 +423,16 @@ fn unknown_keys_everywhere() {
         ),
         "{err}"
     );
-    // The allowed keys of [shards.N] are those of [mqtt] and the per-shard
-    // ones of [storage].
+    // The allowed keys of [shards.N] are those of [mqtt], the per-shard
+    // ones of [storage], and those of [tasks].
     let err = parse_err("[shards.2]\ndurability = \"wal\"\nbogus = 1\n");
     assert_eq!(
         err.to_string(),
         "unknown key `shards.2.bogus` at vmqtt.toml line 3: allowed keys in [shards.2] are \
          max_packet_size, max_keepalive, receive_maximum, topic_alias_maximum, max_inflight, \
          max_queued_messages, max_output_buffer, connect_timeout_ms, max_session_expiry, \
-         retain_available, sys_interval_ms, durability, write_buffer_size, block_cache_size"
+         retain_available, sys_interval_ms, durability, write_buffer_size, block_cache_size, \
+         client_shares, mesh_shares, background_shares"
     );
     let err = parse_err("[shards.2]\ndurabilty = \"wal\"\n");
     assert!(
@@ -910,7 +911,8 @@ fn whole_database_storage_keys_are_not_per_shard() {
          database and can only be set in [storage]; allowed keys in [shards.1] are \
          max_packet_size, max_keepalive, receive_maximum, topic_alias_maximum, max_inflight, \
          max_queued_messages, max_output_buffer, connect_timeout_ms, max_session_expiry, \
-         retain_available, sys_interval_ms, durability, write_buffer_size, block_cache_size"
+         retain_available, sys_interval_ms, durability, write_buffer_size, block_cache_size, \
+         client_shares, mesh_shares, background_shares"
     );
 }
 
@@ -1004,4 +1006,38 @@ fn equality_ignores_where_a_config_came_from() {
         (a.source.line_of("cores"), b.source.line_of("cores")),
         (Some(1), Some(4))
     );
+}
+
+/// `[tasks]` shares: defaults, per-shard overrides, and a value out of range
+/// named with its key and line.
+#[test]
+fn task_shares_per_shard() {
+    let text = "[tasks]\nbackground_shares = 100\n\n[shards.1]\nclient_shares = 500\n";
+    let config = Config::from_toml_str(text, "vmqtt.toml").unwrap();
+    let (t0, t1) = (config.tasks_for_shard(0), config.tasks_for_shard(1));
+    assert_eq!(
+        (t0.client_shares, t0.mesh_shares, t0.background_shares),
+        (1000, 1000, 100)
+    );
+    assert_eq!(
+        (t1.client_shares, t1.mesh_shares, t1.background_shares),
+        (500, 1000, 100)
+    );
+    let err = Config::from_toml_str("[tasks]\nmesh_shares = 0\n", "vmqtt.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tasks.mesh_shares"), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(err.contains("between 1 and 1000"), "{err}");
+    let err = Config::from_toml_str("[shards.0]\nclient_shares = 5000\n", "vmqtt.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("client_shares") && err.contains("between 1 and 1000"),
+        "{err}"
+    );
+    let err = Config::from_toml_str("[tasks]\nclient_share = 10\n", "vmqtt.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("client_share"), "{err}");
 }

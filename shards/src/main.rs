@@ -132,8 +132,10 @@ fn reload(
     }
     let storage_changed = new.storage != current.storage
         || (0..shards).any(|i| new.storage_for_shard(i) != current.storage_for_shard(i));
-    let restart: [(&str, bool); 7] = [
+    let tasks_changed = (0..shards).any(|i| new.tasks_for_shard(i) != current.tasks_for_shard(i));
+    let restart: [(&str, bool); 8] = [
         ("storage", storage_changed),
+        ("tasks", tasks_changed),
         ("listen", new.listen != current.listen),
         ("data_dir", new.data_dir != current.data_dir),
         ("cores", new.cores != current.cores),
@@ -294,6 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen: config.listen.clone(),
             core: core_config(&config.mqtt_for_shard(index), instance, persistence),
             storage,
+            tasks: config.tasks_for_shard(index),
             mesh: mesh.clone(),
             stop: stop.clone(),
             ready: ready_tx.clone(),

@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::net::{TcpListener, TcpStream};
-use glommio::{spawn_local, timer};
+use glommio::{spawn_local, spawn_local_into, timer, Latency, Shares, TaskQueueHandle};
 use tracing::{debug, error, info, warn};
 use vmqtt_storage::{unix_ms, RocksStorage, Storage};
 
@@ -83,6 +83,46 @@ pub struct ShardSpec {
     pub reconfigure: mpsc::Receiver<CoreConfig>,
     /// Durable storage, unless `durability = "off"` for this shard.
     pub storage: Option<ShardStorage>,
+    /// CPU shares of the task queues (`[tasks]`).
+    pub tasks: vmqtt_config::TasksConfig,
+}
+
+/// The shard's task queues: glommio divides the core between them by their
+/// shares while more than one has work (`[tasks]` in the configuration).
+#[derive(Debug, Clone, Copy)]
+struct Queues {
+    /// Connection readers and writers, the accept loops.
+    clients: TaskQueueHandle,
+    /// The channel mesh: batches to and from other shards, handoffs.
+    mesh: TaskQueueHandle,
+    /// Timers, metrics, the storage task, the HTTP endpoint.
+    background: TaskQueueHandle,
+}
+
+impl Queues {
+    fn new(tasks: &vmqtt_config::TasksConfig) -> Self {
+        let ex = glommio::executor();
+        let queue = |shares: u32, name| {
+            let shares = Shares::Static(usize::try_from(shares).unwrap_or(1).max(1));
+            ex.create_task_queue(shares, Latency::NotImportant, name)
+        };
+        Queues {
+            clients: queue(tasks.client_shares, "clients"),
+            mesh: queue(tasks.mesh_shares, "mesh"),
+            background: queue(tasks.background_shares, "background"),
+        }
+    }
+}
+
+/// Spawns `future` into `queue` (a task spawned from there inherits it).
+fn spawn_into(queue: TaskQueueHandle, future: impl std::future::Future<Output = ()> + 'static) {
+    match spawn_local_into(future, queue) {
+        Ok(task) => {
+            task.detach();
+        }
+        // Only for a queue of another executor, which these are not.
+        Err(e) => warn!(error = %e, "spawning into a task queue failed"),
+    }
 }
 
 /// A shard's durable storage and what was recovered from it.
@@ -133,6 +173,8 @@ struct Shard {
     stop: Arc<AtomicBool>,
     /// Storage changes wait for the storage task.
     store_notify: Notify,
+    /// The task queues.
+    queues: Queues,
 }
 
 /// Batches queued for other shards beyond which readers stop reading: the
@@ -236,6 +278,7 @@ pub async fn run(spec: ShardSpec) {
         http,
         reconfigure,
         storage,
+        tasks,
     } = spec;
     let (senders, receivers) = match mesh.join().await {
         Ok(x) => x,
@@ -284,7 +327,16 @@ pub async fn run(spec: ShardSpec) {
         timer_at: Cell::new(None),
         stop,
         store_notify: Notify::default(),
+        queues: Queues::new(&tasks),
     });
+    let q = shard.queues;
+    debug!(
+        shard = index,
+        client_shares = tasks.client_shares,
+        mesh_shares = tasks.mesh_shares,
+        background_shares = tasks.background_shares,
+        "task queues"
+    );
     let storage = storage.map(|st| {
         let sessions = st.restored.sessions.len();
         shard.core.borrow_mut().restore(Instant::now(), st.restored);
@@ -313,7 +365,7 @@ pub async fn run(spec: ShardSpec) {
         None => None,
     };
     if let Some(l) = http_listener {
-        spawn_local(crate::http::serve(l, metrics.clone())).detach();
+        spawn_into(q.background, crate::http::serve(l, metrics.clone()));
     }
     metrics.set_ready(index, true);
     let _ = ready.send(Ok(index));
@@ -321,20 +373,33 @@ pub async fn run(spec: ShardSpec) {
     let receivers = Rc::new(receivers);
     for peer in 0..receivers.nr_producers() {
         if peer != me {
-            spawn_local(receive_loop(shard.clone(), receivers.clone(), peer)).detach();
+            spawn_into(q.mesh, receive_loop(shard.clone(), receivers.clone(), peer));
         }
     }
-    spawn_local(send_loop(shard.clone(), senders, peer_of_shard)).detach();
+    spawn_into(q.mesh, send_loop(shard.clone(), senders, peer_of_shard));
     if let Some((db, sync)) = storage {
-        spawn_local(storage_loop(shard.clone(), db, sync, metrics.clone())).detach();
+        spawn_into(
+            q.background,
+            storage_loop(shard.clone(), db, sync, metrics.clone()),
+        );
     }
     // Wills of sessions lost in the crash, routes: out to the other shards.
     shard.after();
     for l in listeners {
-        spawn_local(accept_loop(shard.clone(), l, connect_timeout, max_packet)).detach();
+        spawn_into(
+            q.clients,
+            accept_loop(shard.clone(), l, connect_timeout, max_packet),
+        );
     }
     debug!(shard = index, "running");
-    timer_loop(shard.clone(), &metrics, &reconfigure).await;
+    let timers = spawn_local_into(
+        timer_loop(shard.clone(), metrics.clone(), reconfigure),
+        q.background,
+    );
+    match timers {
+        Ok(task) => task.await,
+        Err(e) => warn!(shard = index, error = %e, "starting the timer task failed"),
+    }
     metrics.set_ready(index, false);
     info!(shard = index, "shard stopped");
 }
@@ -353,7 +418,7 @@ async fn receive_loop(shard: Rc<Shard>, receivers: Rc<Receivers<MeshMsg>>, peer:
                 // SAFETY: the descriptor was dup'ed for this handoff and is
                 // owned by `h.fd` alone; ownership moves into the stream.
                 let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
-                spawn_local(serve(shard.clone(), stream, h.buf)).detach();
+                spawn_into(shard.queues.clients, serve(shard.clone(), stream, h.buf));
             }
             Ok(Some(MeshMsg::Hello(_))) => {}
             Ok(None) | Err(_) => return,
@@ -380,7 +445,11 @@ async fn send_loop(shard: Rc<Shard>, senders: Senders<MeshMsg>, peer_of_shard: V
     }
 }
 
-async fn timer_loop(shard: Rc<Shard>, metrics: &Metrics, reconfigure: &mpsc::Receiver<CoreConfig>) {
+async fn timer_loop(
+    shard: Rc<Shard>,
+    metrics: Arc<Metrics>,
+    reconfigure: mpsc::Receiver<CoreConfig>,
+) {
     let tick = Duration::from_millis(200);
     let mut published = Instant::now();
     loop {
