@@ -505,7 +505,9 @@ async fn storage_loop(shard: Rc<Shard>, db: RocksStorage, sync: bool, metrics: A
                 .await;
             match res {
                 Ok(()) => {
-                    metrics.observe_store_write(shard.index, started.elapsed());
+                    let took = started.elapsed();
+                    metrics.observe_store_write(shard.index, took);
+                    shard.core.borrow_mut().note_store_write(took);
                     if failures > 0 {
                         info!(shard = shard.index, failures, "storage writes work again");
                         failures = 0;

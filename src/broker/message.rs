@@ -81,6 +81,12 @@ pub struct ShardStats {
     pub sent_by_qos: [u64; 3],
     /// `messages_dropped` by delivery QoS.
     pub dropped_by_qos: [u64; 3],
+    /// Storage batches written.
+    pub store_writes: u64,
+    /// Their total write time, in microseconds.
+    pub store_write_us: u64,
+    /// The longest write since the previous report, in microseconds.
+    pub store_write_max_us: u64,
 }
 
 /// Work sent from one shard to another, in batches, over the channel mesh.

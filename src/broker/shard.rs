@@ -732,6 +732,15 @@ impl ShardCore {
         Some((batch, std::mem::take(&mut self.store.ops)))
     }
 
+    /// The runtime wrote a storage batch in `took` (for `$SYS` and
+    /// [`ShardCore::stats`]).
+    pub fn note_store_write(&mut self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.stats.store_writes += 1;
+        self.stats.store_write_us = self.stats.store_write_us.saturating_add(us);
+        self.stats.store_write_max_us = self.stats.store_write_max_us.max(us);
+    }
+
     /// Whether `conn_id` has output not yet taken (e.g. held until a
     /// storage batch is written): a closing connection waits for it.
     pub fn has_output(&self, conn_id: ConnId) -> bool {
@@ -2148,6 +2157,7 @@ impl ShardCore {
                 self.timers
                     .push(Reverse((now + self.config.sys_interval, Timer::Sys)));
                 let stats = self.stats();
+                self.stats.store_write_max_us = 0;
                 if self.id.get() == 0 {
                     self.sys_stats[0] = stats;
                     self.publish_sys(now);
@@ -2175,6 +2185,9 @@ impl ShardCore {
             total.forwarded += s.forwarded;
             total.inflight += s.inflight;
             total.queued += s.queued;
+            total.store_writes += s.store_writes;
+            total.store_write_us += s.store_write_us;
+            total.store_write_max_us = total.store_write_max_us.max(s.store_write_max_us);
             for q in 0..3 {
                 total.received_by_qos[q] += s.received_by_qos[q];
                 total.sent_by_qos[q] += s.sent_by_qos[q];
@@ -2217,6 +2230,15 @@ impl ShardCore {
             ),
             ("$SYS/broker/messages/inflight", total.inflight.to_string()),
             ("$SYS/broker/messages/queued", total.queued.to_string()),
+            ("$SYS/broker/storage/writes", total.store_writes.to_string()),
+            (
+                "$SYS/broker/storage/write time/mean us",
+                (total.store_write_us / total.store_writes.max(1)).to_string(),
+            ),
+            (
+                "$SYS/broker/storage/write time/max us",
+                total.store_write_max_us.to_string(),
+            ),
         ];
         const BY_QOS: [[&str; 3]; 3] = [
             [

@@ -1708,3 +1708,40 @@ fn restored_session_that_was_connected_publishes_its_will() {
     cl.advance(Duration::from_secs(61));
     assert!(cl.cores[home].session(&b).is_none());
 }
+
+#[test]
+fn sys_reports_storage_write_times() {
+    let mut cl = Cluster::with_config(
+        2,
+        CoreConfig {
+            sys_interval: Duration::from_secs(1),
+            ..CoreConfig::default()
+        },
+    );
+    cl.cores[0].note_store_write(Duration::from_micros(100));
+    cl.cores[1].note_store_write(Duration::from_micros(300));
+    cl.cores[1].note_store_write(Duration::from_micros(500));
+    let w = cl.connect(V5, "watcher");
+    cl.subscribe(&w, "$SYS/broker/storage/#", q(QoS::AtMostOnce));
+    cl.advance(Duration::from_secs(1));
+    cl.advance(Duration::from_secs(1));
+    let got = cl.publishes(&w);
+    let last = |t: &str| {
+        got.iter()
+            .rev()
+            .find(|p| p.topic.as_str() == t)
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+    };
+    assert_eq!(last("$SYS/broker/storage/writes").as_deref(), Some("3"));
+    assert_eq!(
+        last("$SYS/broker/storage/write time/mean us").as_deref(),
+        Some("300")
+    );
+    // The maximum is per reporting interval: shard 1 reported 500 first, then 0.
+    let maxes: Vec<String> = got
+        .iter()
+        .filter(|p| p.topic.as_str() == "$SYS/broker/storage/write time/max us")
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    assert!(maxes.iter().any(|m| m == "500"), "{maxes:?}");
+}
