@@ -221,16 +221,7 @@ impl Session {
         if self.inflight_by_id.contains_key(&packet_id) {
             return;
         }
-        self.seq += 1;
-        self.inflight_by_id.insert(packet_id, self.seq);
-        self.inflight.insert(
-            self.seq,
-            Inflight {
-                packet_id,
-                delivery,
-                stage,
-            },
-        );
+        self.push_inflight(packet_id, delivery, stage);
         self.next_packet_id = packet_id.next();
     }
 
@@ -266,17 +257,22 @@ impl Session {
         } else {
             Stage::AwaitAck
         };
+        self.push_inflight(packet_id, d.clone(), stage);
+        Some((Some(packet_id), d))
+    }
+
+    /// Records `delivery` as in flight with `packet_id`, last in send order.
+    fn push_inflight(&mut self, packet_id: PacketId, delivery: Delivery, stage: Stage) {
         self.seq += 1;
         self.inflight_by_id.insert(packet_id, self.seq);
         self.inflight.insert(
             self.seq,
             Inflight {
                 packet_id,
-                delivery: d.clone(),
+                delivery,
                 stage,
             },
         );
-        Some((Some(packet_id), d))
     }
 
     /// Puts back a delivery that could not be sent after [`Session::start_next`]

@@ -654,15 +654,7 @@ impl ShardCore {
             let at = r.session.disconnected_at.unwrap_or(now);
             s.disconnected_at = Some(at);
             for (filter, sub) in r.subscriptions {
-                if filter.is_shared() {
-                    self.shared
-                        .entry(filter.clone())
-                        .or_default()
-                        .members
-                        .push(cid.clone());
-                } else {
-                    self.subs.insert(filter.matching_filter(), cid.clone(), sub);
-                }
+                self.index_subscription(&cid, &filter, sub, false);
                 let n = self.local_filters.entry(filter.clone()).or_insert(0);
                 *n += 1;
                 if *n == 1 {
@@ -1251,17 +1243,8 @@ impl ShardCore {
                     sub: entry,
                 });
             }
-            if filter.is_shared() {
-                if !existed {
-                    self.shared
-                        .entry(filter.clone())
-                        .or_default()
-                        .members
-                        .push(cid.clone());
-                }
-            } else {
-                self.subs
-                    .insert(filter.matching_filter(), cid.clone(), entry);
+            self.index_subscription(cid, &filter, entry, existed);
+            if !filter.is_shared() {
                 let send = match options.retain_handling {
                     RetainHandling::SendAtSubscribe => true,
                     RetainHandling::SendIfNew => !existed,
@@ -1299,6 +1282,29 @@ impl ShardCore {
             self.send(conn_id, p);
         }
         self.send_retained(now, cid, retained_for);
+    }
+
+    /// Makes a subscription of `cid` findable when routing: the trie for a
+    /// plain filter, the group's members for a shared one (`existed`: the
+    /// session already had it, so it is a member already).
+    fn index_subscription(
+        &mut self,
+        cid: &ClientId,
+        filter: &TopicFilter,
+        sub: Subscription,
+        existed: bool,
+    ) {
+        if filter.is_shared() {
+            if !existed {
+                self.shared
+                    .entry(filter.clone())
+                    .or_default()
+                    .members
+                    .push(cid.clone());
+            }
+        } else {
+            self.subs.insert(filter.matching_filter(), cid.clone(), sub);
+        }
     }
 
     /// Sends the retained messages matching new subscriptions
