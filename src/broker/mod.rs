@@ -11,6 +11,7 @@
 //!
 //! Inputs are `handle_*(now, …)`, outputs are `poll_*()` / `take_*()`.
 
+pub mod auth;
 mod message;
 pub mod persist;
 mod retain;
@@ -19,6 +20,7 @@ mod shard;
 
 use std::fmt;
 
+pub use auth::{Authorizer, Identity};
 pub use message::{Message, ShardMsg, ShardStats};
 pub use retain::RetainedStore;
 pub use session::{Session, Subscription};
