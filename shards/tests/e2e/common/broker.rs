@@ -68,6 +68,12 @@ pub struct BrokerConfig {
     pub http_port: Option<u16>,
     /// `storage.durability`: `"wal"`, `"fsync"` or `"off"` (vmqtt only).
     pub durability: Option<&'static str>,
+    /// More TOML appended verbatim after everything above (vmqtt only): e.g.
+    /// `[tls]`, `[auth]` sections, or `[mqtt]` keys with no field here
+    /// (write them as `[mqtt]\nkey = value`; a table may appear twice only
+    /// if it is not already written above, so prefer `[shards.N]` or a new
+    /// section).
+    pub extra_toml: String,
 }
 
 impl BrokerConfig {
@@ -101,6 +107,11 @@ impl BrokerConfig {
                 s,
                 "\n[http]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n"
             );
+        }
+        if !self.extra_toml.is_empty() {
+            s.push('\n');
+            s.push_str(&self.extra_toml);
+            s.push('\n');
         }
         s
     }

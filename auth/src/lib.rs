@@ -1,0 +1,2 @@
+//! Authentication and authorization for vmqtt: the password file and the
+//! ACL file. (Being written.)
