@@ -68,11 +68,10 @@ pub struct BrokerConfig {
     pub http_port: Option<u16>,
     /// `storage.durability`: `"wal"`, `"fsync"` or `"off"` (vmqtt only).
     pub durability: Option<&'static str>,
-    /// More TOML appended verbatim after everything above (vmqtt only): e.g.
-    /// `[tls]`, `[auth]` sections, or `[mqtt]` keys with no field here
-    /// (write them as `[mqtt]\nkey = value`; a table may appear twice only
-    /// if it is not already written above, so prefer `[shards.N]` or a new
-    /// section).
+    /// More `[mqtt]` keys, verbatim `key = value` lines (vmqtt only).
+    pub extra_mqtt: String,
+    /// More TOML appended verbatim after everything else (vmqtt only): whole
+    /// sections such as `[tls]` or `[auth]`.
     pub extra_toml: String,
 }
 
@@ -99,6 +98,10 @@ impl BrokerConfig {
         );
         kv("connect_timeout_ms", self.connect_timeout_ms);
         kv("sys_interval_ms", self.sys_interval_ms);
+        if !self.extra_mqtt.is_empty() {
+            s.push_str(&self.extra_mqtt);
+            s.push('\n');
+        }
         if let Some(d) = self.durability {
             let _ = write!(s, "\n[storage]\ndurability = {d:?}\n");
         }
