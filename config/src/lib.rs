@@ -78,6 +78,10 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[tasks]`: CPU shares of each kind of work on a shard.
     pub tasks: TasksConfig,
+    /// `[tls]`: MQTT over TLS listeners, certificates, mutual TLS.
+    pub tls: TlsConfig,
+    /// `[auth]`: anonymous access, the password file and the ACL file.
+    pub auth: AuthConfig,
     /// `[shards.N]` tables: overrides of `[mqtt]` keys and of the per-shard
     /// `[storage]` keys for shard `N` (numbered from 0).
     /// [`Config::mqtt_for_shard`] and [`Config::storage_for_shard`] apply
@@ -110,6 +114,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             tasks: TasksConfig::default(),
             storage: StorageConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             shards: BTreeMap::new(),
             source: ConfigSource::default(),
         }
@@ -422,6 +428,25 @@ settings! {
         /// Milliseconds between two publications of the `$SYS` topics.
         /// At least 100, default 10000.
         sys_interval_ms: u64 = 10_000,
+        /// Connections one shard serves at once (its clients' sessions live
+        /// there); a new connection beyond it is closed at once. 0 = no
+        /// limit (the default; `[runtime] max_connections` still bounds the
+        /// process).
+        max_connections: u32 = 0,
+        /// New connections one shard accepts per second (a burst of up to
+        /// one second's worth is allowed); more are closed at once, unread.
+        /// 0 = no limit (the default).
+        max_connect_rate: u32 = 0,
+        /// Longest topic name or filter, in bytes, in a PUBLISH, SUBSCRIBE or
+        /// will. 1..=65535, default 65535.
+        max_topic_length: u32 = 65_535,
+        /// Most levels (`/`-separated parts) in a topic name or filter.
+        /// 1..=65535, default 128.
+        max_topic_levels: u32 = 128,
+        /// Subscriptions one client may hold; a SUBSCRIBE beyond it is refused
+        /// for the extra filters (v5 reason 0x97). 0 = no limit; default
+        /// 10000.
+        max_subscriptions: u32 = 10_000,
     }
     storage_per_shard {
         /// When the broker acknowledges a change, and so what a client's
@@ -527,6 +552,66 @@ impl Default for HttpConfig {
             listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9883)),
         }
     }
+}
+
+/// `[tls]`: listeners for MQTT over TLS (rustls; TLS 1.2 and 1.3), beside
+/// the plain `listen` addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Addresses to accept MQTT over TLS on, like `listen`. Default none.
+    #[serde(deserialize_with = "de::listen")]
+    pub listen: Vec<SocketAddr>,
+    /// The server's certificate chain (PEM), leaf first. Required with
+    /// `listen`.
+    pub cert_file: Option<PathBuf>,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+    /// Required with `listen`.
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates: when set, the
+    /// broker asks clients for a certificate (mutual TLS) and verifies it.
+    /// Default none.
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse a TLS client without a valid certificate (needs
+    /// `client_ca_file`). Default false.
+    pub require_client_cert: bool,
+    /// Take the Common Name of the client certificate's subject as the
+    /// client's user name (for ACLs); such a client needs no password.
+    /// Needs `client_ca_file`. Default false.
+    pub use_identity_as_username: bool,
+}
+
+/// Who may connect without credentials: `"deny"`, `"loopback"` or `"allow"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Anonymous {
+    /// `"deny"`: every client must authenticate (password or certificate).
+    Deny,
+    /// `"loopback"`: anonymous clients only from a loopback address
+    /// (127.0.0.0/8, ::1), so a broker run on its defaults is usable on its
+    /// own host and closed to the network.
+    #[default]
+    Loopback,
+    /// `"allow"`: anyone may connect without credentials.
+    Allow,
+}
+
+/// `[auth]`: authentication and authorization.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Who may connect without a user name and password (or client
+    /// certificate). Default [`Anonymous::Loopback`].
+    pub anonymous: Anonymous,
+    /// The password file (`vmqtt-shard passwd FILE USER` writes it): user
+    /// names with argon2id hashes. A client giving a user name is checked
+    /// against it. Default none: user names are not checked and such
+    /// clients count as anonymous.
+    pub password_file: Option<PathBuf>,
+    /// The ACL file: which topics each user, client id or pattern may read
+    /// (subscribe) and write (publish). Once set, everything it does not
+    /// grant is denied. Default none: everything is allowed.
+    pub acl_file: Option<PathBuf>,
 }
 
 /// Format of log lines: `"text"` or `"json"` in the file.

@@ -60,6 +60,14 @@ const RULES: &[(&str, Rule)] = &[
     ("mqtt.max_session_expiry", int(0, U32, "seconds")),
     ("mqtt.retain_available", Rule::Bool),
     ("mqtt.sys_interval_ms", int(100, NO_MAX, "milliseconds")),
+    ("mqtt.max_connections", int(0, U32, "connections")),
+    (
+        "mqtt.max_connect_rate",
+        int(0, U32, "connections per second"),
+    ),
+    ("mqtt.max_topic_length", int(1, U16, "bytes")),
+    ("mqtt.max_topic_levels", int(1, U16, "levels")),
+    ("mqtt.max_subscriptions", int(0, U32, "subscriptions")),
     ("runtime", Rule::Text("a table of [runtime] settings")),
     ("runtime.io_memory", int(64 * 1024, NO_MAX, "bytes")),
     (
@@ -92,6 +100,38 @@ const RULES: &[(&str, Rule)] = &[
         },
     ),
     ("storage.compression", Rule::Bool),
+    ("tls", Rule::Text("a table of [tls] settings")),
+    (
+        "tls.listen",
+        Rule::Text("an IP address and port such as \"0.0.0.0:8883\", or an array of them"),
+    ),
+    (
+        "tls.cert_file",
+        Rule::Text("the path of a PEM certificate chain (a string)"),
+    ),
+    (
+        "tls.key_file",
+        Rule::Text("the path of a PEM private key (a string)"),
+    ),
+    (
+        "tls.client_ca_file",
+        Rule::Text("the path of PEM CA certificates (a string)"),
+    ),
+    ("tls.require_client_cert", Rule::Bool),
+    ("tls.use_identity_as_username", Rule::Bool),
+    ("auth", Rule::Text("a table of [auth] settings")),
+    (
+        "auth.anonymous",
+        Rule::OneOf(&["deny", "loopback", "allow"]),
+    ),
+    (
+        "auth.password_file",
+        Rule::Text("the path of a password file (a string)"),
+    ),
+    (
+        "auth.acl_file",
+        Rule::Text("the path of an ACL file (a string)"),
+    ),
     ("tasks", Rule::Text("a table of [tasks] settings")),
     ("tasks.client_shares", int(1, 1000, "shares")),
     ("tasks.mesh_shares", int(1, 1000, "shares")),
@@ -295,12 +335,52 @@ impl Config {
             u64::from(storage.max_background_jobs),
         )?;
         self.check_signed("storage.max_open_files", i64::from(storage.max_open_files))?;
+        self.validate_tls()?;
         for (key, n) in self.tasks.numbers() {
             self.check(&format!("tasks.{key}"), n)?;
         }
         for (shard, overrides) in &self.shards {
             for (key, n) in overrides.numbers() {
                 self.check(&format!("shards.{shard}.{key}"), n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `[tls]`: a listener needs a certificate and key; client-certificate
+    /// options need a CA; no address is both a plain and a TLS listener.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        for (i, addr) in tls.listen.iter().enumerate() {
+            if tls.listen[..i].contains(addr) || self.listen.contains(addr) {
+                let requirement = format!("lists {addr}, which is already a listener");
+                return Err(self.invalid("tls.listen", format!("\"{addr}\""), &requirement));
+            }
+        }
+        let unset =
+            |p: &Option<std::path::PathBuf>| p.as_ref().is_none_or(|p| p.as_os_str().is_empty());
+        if !tls.listen.is_empty() && (unset(&tls.cert_file) || unset(&tls.key_file)) {
+            let list: Vec<String> = tls.listen.iter().map(|a| format!("\"{a}\"")).collect();
+            return Err(self.invalid(
+                "tls.listen",
+                format!("[{}]", list.join(", ")),
+                "needs tls.cert_file and tls.key_file (the server's certificate chain and key)",
+            ));
+        }
+        if unset(&tls.client_ca_file) {
+            if tls.require_client_cert {
+                return Err(self.invalid(
+                    "tls.require_client_cert",
+                    "true".to_owned(),
+                    "needs tls.client_ca_file (the CA that signs client certificates)",
+                ));
+            }
+            if tls.use_identity_as_username {
+                return Err(self.invalid(
+                    "tls.use_identity_as_username",
+                    "true".to_owned(),
+                    "needs tls.client_ca_file (the CA that signs client certificates)",
+                ));
             }
         }
         Ok(())

@@ -163,7 +163,10 @@ fn every_setting_is_in_the_default_file_with_a_comment() {
     // And nothing in the file that is not a setting (deny_unknown_fields
     // already ensures it; this guards the walk above).
     for key in parsed.source.keys() {
-        let is_table = ["mqtt", "runtime", "log", "http", "storage", "tasks"].contains(&key);
+        let is_table = [
+            "mqtt", "runtime", "log", "http", "storage", "tasks", "tls", "auth",
+        ]
+        .contains(&key);
         assert!(
             is_table || paths.iter().any(|p| p == key),
             "unexpected key {key}"
@@ -361,14 +364,15 @@ fn typo_names_key_line_and_allowed_keys() {
     assert_eq!(at.line, Some(5));
     assert_eq!(&*at.origin, ORIGIN);
     assert_eq!(suggestion.as_deref(), Some("receive_maximum"));
-    assert_eq!(allowed.len(), 11);
+    assert_eq!(allowed.len(), 16);
     assert!(allowed.iter().any(|k| k == "receive_maximum"));
     assert_eq!(
         err.to_string(),
         "unknown key `mqtt.recieve_maximum` at vmqtt.toml line 5: did you mean `receive_maximum`? \
          allowed keys in [mqtt] are max_packet_size, max_keepalive, receive_maximum, \
          topic_alias_maximum, max_inflight, max_queued_messages, max_output_buffer, \
-         connect_timeout_ms, max_session_expiry, retain_available, sys_interval_ms"
+         connect_timeout_ms, max_session_expiry, retain_available, sys_interval_ms, \
+         max_connections, max_connect_rate, max_topic_length, max_topic_levels, max_subscriptions"
     );
 }
 
@@ -378,7 +382,7 @@ fn unknown_keys_everywhere() {
     assert_eq!(
         err.to_string(),
         "unknown key `database` at vmqtt.toml line 2: allowed keys at the top level are listen, \
-         data_dir, cores, mqtt, runtime, log, http, storage, tasks, shards"
+         data_dir, cores, mqtt, runtime, log, http, storage, tasks, tls, auth, shards"
     );
     let err = parse_err("cores = 1\n[storage]\npath = \"x\"\n");
     assert_eq!(
@@ -431,7 +435,8 @@ fn unknown_keys_everywhere() {
         "unknown key `shards.2.bogus` at vmqtt.toml line 3: allowed keys in [shards.2] are \
          max_packet_size, max_keepalive, receive_maximum, topic_alias_maximum, max_inflight, \
          max_queued_messages, max_output_buffer, connect_timeout_ms, max_session_expiry, \
-         retain_available, sys_interval_ms, durability, write_buffer_size, block_cache_size, \
+         retain_available, sys_interval_ms, max_connections, max_connect_rate, max_topic_length, \
+         max_topic_levels, max_subscriptions, durability, write_buffer_size, block_cache_size, \
          client_shares, mesh_shares, background_shares"
     );
     let err = parse_err("[shards.2]\ndurabilty = \"wal\"\n");
@@ -785,6 +790,11 @@ fn changed_mqtt() -> MqttConfig {
         max_session_expiry: d.max_session_expiry - 1,
         retain_available: !d.retain_available,
         sys_interval_ms: d.sys_interval_ms + 1,
+        max_connections: d.max_connections + 1,
+        max_connect_rate: d.max_connect_rate + 1,
+        max_topic_length: d.max_topic_length - 1,
+        max_topic_levels: d.max_topic_levels + 1,
+        max_subscriptions: d.max_subscriptions + 1,
     }
 }
 
@@ -911,7 +921,8 @@ fn whole_database_storage_keys_are_not_per_shard() {
          database and can only be set in [storage]; allowed keys in [shards.1] are \
          max_packet_size, max_keepalive, receive_maximum, topic_alias_maximum, max_inflight, \
          max_queued_messages, max_output_buffer, connect_timeout_ms, max_session_expiry, \
-         retain_available, sys_interval_ms, durability, write_buffer_size, block_cache_size, \
+         retain_available, sys_interval_ms, max_connections, max_connect_rate, max_topic_length, \
+         max_topic_levels, max_subscriptions, durability, write_buffer_size, block_cache_size, \
          client_shares, mesh_shares, background_shares"
     );
 }
@@ -1040,4 +1051,63 @@ fn task_shares_per_shard() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("client_share"), "{err}");
+}
+
+// ---- [tls] and [auth] ------------------------------------------------------
+
+#[test]
+fn tls_and_auth_sections() {
+    let c = parse(
+        "[tls]\nlisten = \"127.0.0.1:8883\"\ncert_file = \"s.crt\"\nkey_file = \"s.key\"\n\
+         client_ca_file = \"ca.crt\"\nrequire_client_cert = true\nuse_identity_as_username = true\n\
+         [auth]\nanonymous = \"deny\"\npassword_file = \"passwd\"\nacl_file = \"acl\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.tls.listen, vec!["127.0.0.1:8883".parse().unwrap()]);
+    assert_eq!(c.tls.cert_file.as_deref(), Some(Path::new("s.crt")));
+    assert!(c.tls.require_client_cert && c.tls.use_identity_as_username);
+    assert_eq!(c.auth.anonymous, vmqtt_config::Anonymous::Deny);
+    assert_eq!(c.auth.acl_file.as_deref(), Some(Path::new("acl")));
+    // Defaults: no TLS listener, anonymous clients from loopback only.
+    let d = Config::default();
+    assert!(d.tls.listen.is_empty() && d.auth.password_file.is_none());
+    assert_eq!(d.auth.anonymous, vmqtt_config::Anonymous::Loopback);
+}
+
+#[test]
+fn tls_and_auth_mistakes_are_named() {
+    let err = |text: &str| parse(text).unwrap_err().to_string();
+    assert_eq!(
+        err("[tls]\nlisten = [\"0.0.0.0:8883\"]\ncert_file = \"s.crt\"\n"),
+        "tls.listen = [\"0.0.0.0:8883\"] at vmqtt.toml line 2: needs tls.cert_file and \
+         tls.key_file (the server's certificate chain and key)"
+    );
+    assert_eq!(
+        err("[tls]\nrequire_client_cert = true\n"),
+        "tls.require_client_cert = true at vmqtt.toml line 2: needs tls.client_ca_file \
+         (the CA that signs client certificates)"
+    );
+    assert_eq!(
+        err("[tls]\nuse_identity_as_username = true\n"),
+        "tls.use_identity_as_username = true at vmqtt.toml line 2: needs tls.client_ca_file \
+         (the CA that signs client certificates)"
+    );
+    assert_eq!(
+        err("listen = \"0.0.0.0:1883\"\n[tls]\nlisten = \"0.0.0.0:1883\"\ncert_file = \"a\"\nkey_file = \"b\"\n"),
+        "tls.listen = \"0.0.0.0:1883\" at vmqtt.toml line 3: lists 0.0.0.0:1883, which is \
+         already a listener"
+    );
+    let e = err("[auth]\nanonymous = \"yes\"\n");
+    assert!(e.contains("auth.anonymous") && e.contains("line 2"), "{e}");
+    assert!(
+        e.contains("\"deny\", \"loopback\" or \"allow\"") || e.contains("deny"),
+        "{e}"
+    );
+    let e = err("[auth]\npasword_file = \"p\"\n");
+    assert!(e.contains("did you mean `password_file`"), "{e}");
+    let e = err("[mqtt]\nmax_topic_levels = 0\n");
+    assert_eq!(
+        e,
+        "mqtt.max_topic_levels = 0 at vmqtt.toml line 2: must be between 1 and 65535 (levels)"
+    );
 }
