@@ -5,29 +5,36 @@
 
 use std::fmt;
 
+use crate::codec::ReasonCode;
 use crate::ByteStr;
 
-/// The authenticated identity of a connection, given to
-/// [`ShardCore::handle_open_as`](super::ShardCore).
+/// What the I/O layer established about a connection before its CONNECT
+/// reaches the core (password checked off the reactor, client certificate,
+/// anonymous policy), given to
+/// [`ShardCore::handle_open_as`](super::ShardCore::handle_open_as).
 ///
 /// Only a verified user name is kept: a user name in a CONNECT that nothing
 /// checked (no password file, no client certificate) does not count, so
 /// ACL rules for users cannot be claimed by naming someone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Identity {
-    /// The user name verified against the password file, or taken from the
-    /// client certificate; `None` for an anonymous client.
-    pub username: Option<ByteStr>,
+pub enum Identity {
+    /// No verified user name (anonymous access is allowed for it).
+    #[default]
+    Anonymous,
+    /// Authenticated as this user (password file or client certificate).
+    User(ByteStr),
+    /// Not let in: the core answers the CONNECT with a CONNACK of this
+    /// reason (0x86 bad user name or password, 0x87 not authorized; MQTT 3:
+    /// 0x04 / 0x05) and closes the connection.
+    Refused(ReasonCode),
 }
 
 impl Identity {
-    /// An anonymous connection.
-    pub const ANONYMOUS: Identity = Identity { username: None };
-
-    /// A connection authenticated as `username`.
-    pub fn user(username: impl Into<ByteStr>) -> Self {
-        Identity {
-            username: Some(username.into()),
+    /// The verified user name, if any.
+    pub fn username(&self) -> Option<&str> {
+        match self {
+            Identity::User(name) => Some(name.as_str()),
+            _ => None,
         }
     }
 }

@@ -87,6 +87,77 @@ pub struct ShardStats {
     pub store_write_us: u64,
     /// The longest write since the previous report, in microseconds.
     pub store_write_max_us: u64,
+    /// Times each [`Limit`] fired, indexed by `Limit as usize`. The I/O layer
+    /// counts the limits it enforces itself (connections, connect rate) in
+    /// its own metrics; the core counts the others.
+    pub limit_hits: [u64; Limit::COUNT],
+    /// PUBLISHes (index 0, wills included) and subscription filters (index 1)
+    /// the ACL denied.
+    pub acl_denied: [u64; 2],
+    /// CONNECTs refused for their credentials: bad user name or password
+    /// (index 0), not authorized, e.g. anonymous (index 1).
+    pub auth_refused: [u64; 2],
+}
+
+/// A limit that refused, dropped or held back something; each firing is
+/// counted (`vmqtt_limit_hits_total{limit="…"}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `max_connections` of a shard or of the process: a new connection closed.
+    Connections,
+    /// `max_connect_rate`: a new connection closed.
+    ConnectRate,
+    /// `connect_timeout_ms`: no CONNECT in time.
+    ConnectTimeout,
+    /// `max_packet_size`: a packet larger than allowed.
+    PacketSize,
+    /// `max_topic_length`: a topic name or filter too long.
+    TopicLength,
+    /// `max_topic_levels`: a topic name or filter with too many levels.
+    TopicLevels,
+    /// `max_subscriptions`: a filter refused.
+    Subscriptions,
+    /// `receive_maximum`: a client sent more unacknowledged QoS 2 PUBLISHes.
+    ReceiveMaximum,
+    /// `max_inflight` (or the client's Receive Maximum): a message waits in
+    /// the queue because the window is full.
+    Inflight,
+    /// `max_queued_messages`: a message dropped because the queue is full.
+    Queued,
+}
+
+impl Limit {
+    /// How many limits there are.
+    pub const COUNT: usize = 10;
+    /// Every limit, in `as usize` order.
+    pub const ALL: [Limit; Limit::COUNT] = [
+        Limit::Connections,
+        Limit::ConnectRate,
+        Limit::ConnectTimeout,
+        Limit::PacketSize,
+        Limit::TopicLength,
+        Limit::TopicLevels,
+        Limit::Subscriptions,
+        Limit::ReceiveMaximum,
+        Limit::Inflight,
+        Limit::Queued,
+    ];
+
+    /// Its name in metrics: `connections`, `connect_rate`, ….
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Limit::Connections => "connections",
+            Limit::ConnectRate => "connect_rate",
+            Limit::ConnectTimeout => "connect_timeout",
+            Limit::PacketSize => "packet_size",
+            Limit::TopicLength => "topic_length",
+            Limit::TopicLevels => "topic_levels",
+            Limit::Subscriptions => "subscriptions",
+            Limit::ReceiveMaximum => "receive_maximum",
+            Limit::Inflight => "inflight",
+            Limit::Queued => "queued",
+        }
+    }
 }
 
 /// Work sent from one shard to another, in batches, over the channel mesh.
@@ -153,7 +224,7 @@ pub enum ShardMsg {
         /// The reporting shard.
         from: ShardId,
         /// Its counters.
-        stats: ShardStats,
+        stats: Box<ShardStats>,
     },
 }
 

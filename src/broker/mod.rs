@@ -21,7 +21,7 @@ mod shard;
 use std::fmt;
 
 pub use auth::{Authorizer, Identity};
-pub use message::{Message, ShardMsg, ShardStats};
+pub use message::{Limit, Message, ShardMsg, ShardStats};
 pub use retain::RetainedStore;
 pub use session::{Session, Subscription};
 pub use shard::{CloseReason, CoreConfig, IoEvent, ShardCore};

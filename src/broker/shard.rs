@@ -9,7 +9,10 @@ use bytes::{Bytes, BytesMut};
 
 use super::persist::{OutState, QueueImage, Restored, SessionImage, StoreOp};
 use super::session::{Delivery, Dropped, Rec, Stage, StoreRef, Subscription};
-use super::{home_shard, ConnId, Message, RetainedStore, Session, ShardId, ShardMsg, ShardStats};
+use super::{
+    home_shard, Authorizer, ConnId, Identity, Limit, Message, RetainedStore, Session, ShardId,
+    ShardMsg, ShardStats,
+};
 use crate::codec::{
     self, AckProperties, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
     ProtocolVersion, PubResponse, Publish, PublishProperties, QoS, ReasonCode, RetainHandling,
@@ -56,6 +59,14 @@ pub struct CoreConfig {
     /// retained messages become [`StoreOp`]s, and replies wait for them
     /// ([`ShardCore::poll_store`]). Fixed for the life of the core.
     pub persistence: bool,
+    /// Longest topic name or filter, in bytes.
+    pub max_topic_length: u32,
+    /// Most levels in a topic name or filter.
+    pub max_topic_levels: u32,
+    /// Subscriptions one session may hold; 0 = no limit.
+    pub max_subscriptions: u32,
+    /// Publish and subscribe permissions; `None` allows everything.
+    pub authorizer: Option<Arc<dyn Authorizer>>,
 }
 
 impl Default for CoreConfig {
@@ -74,6 +85,10 @@ impl Default for CoreConfig {
             sys_interval: Duration::from_secs(10),
             instance: 0,
             persistence: false,
+            max_topic_length: 65_535,
+            max_topic_levels: 128,
+            max_subscriptions: 10_000,
+            authorizer: None,
         }
     }
 }
@@ -151,6 +166,8 @@ struct Conn {
     alias_max: u16,
     /// Maximum Packet Size accepted from this client (sent in CONNACK).
     max_packet: u32,
+    /// Who the I/O layer found this connection to be.
+    identity: Identity,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -413,6 +430,12 @@ impl ShardCore {
         s
     }
 
+    /// Counts a limit the I/O layer enforced (connections, connect rate, a
+    /// CONNECT that did not arrive in time), for the metrics and `$SYS`.
+    pub fn note_limit(&mut self, limit: Limit) {
+        self.stats.limit_hits[limit as usize] += 1;
+    }
+
     /// The session of `client_id`, if it lives here.
     pub fn session(&self, client_id: &str) -> Option<&Session> {
         self.sessions.get(client_id)
@@ -420,9 +443,16 @@ impl ShardCore {
 
     // ------------------------------------------------------------ inputs
 
-    /// A new network connection; it must send CONNECT within the connect
-    /// timeout.
+    /// A new network connection, anonymous (no verified user name); it must
+    /// send CONNECT within the connect timeout.
     pub fn handle_open(&mut self, now: Instant) -> ConnId {
+        self.handle_open_as(now, Identity::Anonymous)
+    }
+
+    /// A new network connection whose credentials the I/O layer has already
+    /// checked: `identity` is what its CONNECT is answered with (refused) or
+    /// what the ACL sees (user name).
+    pub fn handle_open_as(&mut self, now: Instant, identity: Identity) -> ConnId {
         self.next_conn += 1;
         let id = ConnId(self.next_conn);
         self.conns.insert(
@@ -444,6 +474,7 @@ impl ShardCore {
                 receive_max: 0,
                 alias_max: 0,
                 max_packet: self.config.max_packet_size,
+                identity,
             },
         );
         self.timers.push(Reverse((
@@ -562,7 +593,7 @@ impl ShardCore {
             ShardMsg::RouteRemove { filter, from } => self.route_remove(&filter, from),
             ShardMsg::Stats { from, stats } => {
                 if let Some(slot) = self.sys_stats.get_mut(from.get()) {
-                    *slot = stats;
+                    *slot = *stats;
                 }
             }
         }
@@ -916,6 +947,9 @@ impl ShardCore {
         level: Option<u8>,
         e: &DecodeError,
     ) {
+        if matches!(e, DecodeError::PacketTooLarge { .. }) {
+            self.stats.limit_hits[Limit::PacketSize as usize] += 1;
+        }
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
@@ -943,6 +977,14 @@ impl ShardCore {
     }
 
     fn on_connect(&mut self, now: Instant, conn_id: ConnId, c: Connect) {
+        if let Some(rc) = self.connect_refusal(conn_id, &c) {
+            if let Some(conn) = self.conns.get_mut(&conn_id) {
+                conn.version = c.protocol;
+            }
+            self.send(conn_id, &Packet::ConnAck(ConnAck::refuse(rc)));
+            self.close(now, conn_id, CloseReason::Refused(rc));
+            return;
+        }
         let v5 = c.protocol.is_v5();
         let assigned = c.client_id.is_empty();
         let client_id = if assigned {
@@ -1058,6 +1100,127 @@ impl ShardCore {
         self.pump(now, &client_id);
     }
 
+    /// Why a CONNECT is refused, if it is: credentials the I/O layer
+    /// refused, an authentication method (enhanced authentication is not
+    /// supported), or a will the client could not publish.
+    fn connect_refusal(&mut self, conn_id: ConnId, c: &Connect) -> Option<ReasonCode> {
+        let conn = self.conns.get(&conn_id)?;
+        if let Identity::Refused(rc) = conn.identity {
+            let i = usize::from(rc != ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+            self.stats.auth_refused[i] += 1;
+            return Some(rc);
+        }
+        if c.protocol.is_v5() && c.properties.authentication_method.is_some() {
+            return Some(ReasonCode::BAD_AUTHENTICATION_METHOD);
+        }
+        let will = c.will.as_ref()?;
+        let topic = will.topic.as_str();
+        if let Err(limit) = self.check_topic(topic, topic) {
+            self.stats.limit_hits[limit as usize] += 1;
+            return Some(ReasonCode::TOPIC_NAME_INVALID);
+        }
+        let client_id = if c.client_id.is_empty() {
+            None
+        } else {
+            Some(c.client_id.as_str())
+        };
+        if !self.may_publish(conn_id, client_id, topic) {
+            return Some(ReasonCode::NOT_AUTHORIZED);
+        }
+        None
+    }
+
+    /// Checks a topic name or filter against `max_topic_length` (the whole
+    /// string) and `max_topic_levels` (`levels_of`: the filter without a
+    /// `$share/group/` prefix).
+    fn check_topic(&self, whole: &str, levels_of: &str) -> Result<(), Limit> {
+        if whole.len() > self.config.max_topic_length as usize {
+            return Err(Limit::TopicLength);
+        }
+        let levels = memchr::memchr_iter(b'/', levels_of.as_bytes()).count() + 1;
+        if levels > self.config.max_topic_levels as usize {
+            return Err(Limit::TopicLevels);
+        }
+        Ok(())
+    }
+
+    /// Asks the ACL whether the client of `conn_id` may publish to `topic`
+    /// (counting a denial). `client_id`: `None` while a CONNECT with an empty
+    /// one is checked (a pattern with `%c` then matches nothing).
+    fn may_publish(&mut self, conn_id: ConnId, client_id: Option<&str>, topic: &str) -> bool {
+        let Some(acl) = &self.config.authorizer else {
+            return true;
+        };
+        let username = self.conns.get(&conn_id).and_then(|c| c.identity.username());
+        let allowed = acl.allow_publish(client_id.unwrap_or(""), username, topic);
+        if !allowed {
+            self.stats.acl_denied[0] += 1;
+        }
+        allowed
+    }
+
+    /// Why one filter of a SUBSCRIBE is refused, if it is: a topic limit,
+    /// the ACL, or `max_subscriptions`.
+    fn subscribe_refusal(
+        &mut self,
+        conn_id: ConnId,
+        cid: &ClientId,
+        filter: &TopicFilter,
+    ) -> Option<ReasonCode> {
+        if let Err(limit) = self.check_topic(filter.as_str(), filter.matching_filter()) {
+            self.stats.limit_hits[limit as usize] += 1;
+            return Some(ReasonCode::TOPIC_FILTER_INVALID);
+        }
+        if let Some(acl) = &self.config.authorizer {
+            let username = self.conns.get(&conn_id).and_then(|c| c.identity.username());
+            if !acl.allow_subscribe(cid.as_str(), username, filter.matching_filter()) {
+                self.stats.acl_denied[1] += 1;
+                return Some(ReasonCode::NOT_AUTHORIZED);
+            }
+        }
+        let max = self.config.max_subscriptions as usize;
+        let session = self.sessions.get(cid)?;
+        if max > 0
+            && session.subscriptions.len() >= max
+            && !session.subscriptions.contains_key(filter)
+        {
+            self.stats.limit_hits[Limit::Subscriptions as usize] += 1;
+            return Some(ReasonCode::QUOTA_EXCEEDED);
+        }
+        None
+    }
+
+    /// Answers a PUBLISH the broker does not route: v5 QoS 1/2 get `rc` in
+    /// their PUBACK/PUBREC. MQTT 3 has no negative acknowledgement: the
+    /// message is acknowledged and dropped, or with `v3_close` the
+    /// connection is closed. QoS 0 is dropped.
+    fn refuse_publish(
+        &mut self,
+        now: Instant,
+        conn_id: ConnId,
+        qos: QoS,
+        packet_id: Option<PacketId>,
+        rc: ReasonCode,
+        v3_close: bool,
+    ) {
+        let v5 = self.conns.get(&conn_id).is_some_and(|c| c.version.is_v5());
+        if !v5 && v3_close {
+            return self.close(now, conn_id, CloseReason::ProtocolError(rc));
+        }
+        let reason = if v5 { rc } else { ReasonCode::SUCCESS };
+        match (qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.send(
+                conn_id,
+                &Packet::PubAck(PubResponse::with_reason(id, reason)),
+            ),
+            (QoS::ExactlyOnce, Some(id)) => self.send(
+                conn_id,
+                &Packet::PubRec(PubResponse::with_reason(id, reason)),
+            ),
+            _ => {}
+        }
+    }
+
     /// A server-assigned client id that hashes to this shard.
     fn assign_client_id(&mut self) -> ClientId {
         loop {
@@ -1125,22 +1288,16 @@ impl ShardCore {
         if p.topic.as_str().starts_with('$') {
             // Clients may not publish into $-topics (reserved for the server).
             let rc = ReasonCode::TOPIC_NAME_INVALID;
-            match (p.qos, p.packet_id) {
-                (QoS::AtLeastOnce, Some(id)) if v5 => {
-                    self.send(conn_id, &Packet::PubAck(PubResponse::with_reason(id, rc)))
-                }
-                (QoS::ExactlyOnce, Some(id)) if v5 => {
-                    self.send(conn_id, &Packet::PubRec(PubResponse::with_reason(id, rc)))
-                }
-                (QoS::AtLeastOnce, Some(id)) => {
-                    self.send(conn_id, &Packet::PubAck(PubResponse::new(id)))
-                }
-                (QoS::ExactlyOnce, Some(id)) => {
-                    self.send(conn_id, &Packet::PubRec(PubResponse::new(id)))
-                }
-                _ => {}
-            }
-            return;
+            return self.refuse_publish(now, conn_id, p.qos, p.packet_id, rc, false);
+        }
+        if let Err(limit) = self.check_topic(p.topic.as_str(), p.topic.as_str()) {
+            self.stats.limit_hits[limit as usize] += 1;
+            let rc = ReasonCode::TOPIC_NAME_INVALID;
+            return self.refuse_publish(now, conn_id, p.qos, p.packet_id, rc, true);
+        }
+        if !self.may_publish(conn_id, Some(cid.as_str()), p.topic.as_str()) {
+            let rc = ReasonCode::NOT_AUTHORIZED;
+            return self.refuse_publish(now, conn_id, p.qos, p.packet_id, rc, false);
         }
         if p.qos == QoS::ExactlyOnce {
             let Some(id) = p.packet_id else { return };
@@ -1148,6 +1305,7 @@ impl ShardCore {
                 return;
             };
             if session.incoming_qos2_len() >= receive_max && !session.has_incoming_qos2(id) {
+                self.stats.limit_hits[Limit::ReceiveMaximum as usize] += 1;
                 let rc = ReasonCode::RECEIVE_MAXIMUM_EXCEEDED;
                 return self.close(now, conn_id, CloseReason::ProtocolError(rc));
             }
@@ -1225,6 +1383,10 @@ impl ShardCore {
         let token = self.new_token();
         let mut announced = 0;
         for (filter, options) in sub.filters {
+            if let Some(rc) = self.subscribe_refusal(conn_id, cid, &filter) {
+                reasons.push(rc);
+                continue;
+            }
             let entry = Subscription {
                 options,
                 id: sub.properties.subscription_identifier,
@@ -1786,6 +1948,17 @@ impl ShardCore {
         };
         let stored = d.store.is_some().then(|| d.clone());
         let connected = session.conn.is_some();
+        if connected && d.qos != QoS::AtMostOnce {
+            let window = session
+                .conn
+                .and_then(|c| self.conns.get(&c))
+                .map_or(1, |c| {
+                    c.client_receive_max.min(self.config.max_inflight).max(1)
+                });
+            if session.inflight_len() >= usize::from(window) {
+                self.stats.limit_hits[Limit::Inflight as usize] += 1;
+            }
+        }
         match session.enqueue(d, self.config.max_queued_messages) {
             Ok(()) => {
                 if let Some(d) = stored {
@@ -1793,6 +1966,7 @@ impl ShardCore {
                 }
             }
             Err(Dropped::Displaced) => {
+                self.stats.limit_hits[Limit::Queued as usize] += 1;
                 self.stats.messages_dropped += 1;
                 self.stats.dropped_by_qos[0] += 1;
                 if let Some(d) = stored {
@@ -1800,6 +1974,7 @@ impl ShardCore {
                 }
             }
             Err(Dropped::New(d)) => {
+                self.stats.limit_hits[Limit::Queued as usize] += 1;
                 self.stats.messages_dropped += 1;
                 self.stats.dropped_by_qos[d.qos as usize] += 1;
                 if let Some(r) = d.store {
@@ -2118,6 +2293,7 @@ impl ShardCore {
                     .get(&id)
                     .is_some_and(|c| c.state == ConnState::AwaitConnect)
                 {
+                    self.stats.limit_hits[Limit::ConnectTimeout as usize] += 1;
                     self.close(now, id, CloseReason::ConnectTimeout);
                 }
             }
@@ -2170,7 +2346,7 @@ impl ShardCore {
                 } else {
                     self.outbox[0].push(ShardMsg::Stats {
                         from: self.id,
-                        stats,
+                        stats: Box::new(stats),
                     });
                 }
             }
@@ -2194,6 +2370,13 @@ impl ShardCore {
             total.store_writes += s.store_writes;
             total.store_write_us += s.store_write_us;
             total.store_write_max_us = total.store_write_max_us.max(s.store_write_max_us);
+            for (t, n) in total.limit_hits.iter_mut().zip(s.limit_hits) {
+                *t += n;
+            }
+            for i in 0..2 {
+                total.acl_denied[i] += s.acl_denied[i];
+                total.auth_refused[i] += s.auth_refused[i];
+            }
             for q in 0..3 {
                 total.received_by_qos[q] += s.received_by_qos[q];
                 total.sent_by_qos[q] += s.sent_by_qos[q];
@@ -2273,8 +2456,41 @@ impl ShardCore {
                 items.push((topic, v.to_string()));
             }
         }
+        let mut named: Vec<(String, u64)> = Limit::ALL
+            .iter()
+            .map(|l| {
+                let topic = format!("$SYS/broker/limits/{}", l.as_str());
+                (topic, total.limit_hits[*l as usize])
+            })
+            .collect();
+        named.extend([
+            (
+                "$SYS/broker/acl/denied/publish".to_owned(),
+                total.acl_denied[0],
+            ),
+            (
+                "$SYS/broker/acl/denied/subscribe".to_owned(),
+                total.acl_denied[1],
+            ),
+            (
+                "$SYS/broker/auth/refused/bad credentials".to_owned(),
+                total.auth_refused[0],
+            ),
+            (
+                "$SYS/broker/auth/refused/not authorized".to_owned(),
+                total.auth_refused[1],
+            ),
+        ]);
+        let items = items
+            .into_iter()
+            .map(|(t, v)| (TopicName::from_static(t), v))
+            .chain(
+                named
+                    .into_iter()
+                    .map(|(t, v)| (TopicName::new(ByteStr::from(t)), v.to_string())),
+            );
         for (topic, value) in items {
-            let Ok(topic) = TopicName::from_static(topic) else {
+            let Ok(topic) = topic else {
                 continue;
             };
             let msg = Arc::new(Message {

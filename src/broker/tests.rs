@@ -1745,3 +1745,5 @@ fn sys_reports_storage_write_times() {
         .collect();
     assert!(maxes.iter().any(|m| m == "500"), "{maxes:?}");
 }
+
+mod security;
