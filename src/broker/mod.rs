@@ -108,5 +108,44 @@ pub fn route_connect(buf: &[u8], shards: usize, max_packet_size: u32) -> Connect
     }
 }
 
+/// The credentials of a complete CONNECT at the start of `buf`, for the I/O
+/// layer to check before the core sees it: `None` if `buf` does not start
+/// with a whole, valid CONNECT (the core then answers it as it would
+/// anyway).
+pub fn connect_credentials(buf: &[u8], max_packet_size: u32) -> Option<Credentials> {
+    use crate::codec::{check, decode_body, Packet, PacketType, ProtocolVersion};
+    let h = check(buf, max_packet_size).ok()??;
+    if h.packet_type != PacketType::Connect {
+        return None;
+    }
+    let body = bytes::Bytes::copy_from_slice(&buf[h.header_len..h.frame_len()]);
+    match decode_body(h, body, ProtocolVersion::V5) {
+        Ok(Packet::Connect(c)) => Some(Credentials {
+            username: c.username,
+            password: c.password,
+        }),
+        _ => None,
+    }
+}
+
+/// The user name and password of a CONNECT.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name, if the CONNECT has one.
+    pub username: Option<crate::ByteStr>,
+    /// The password, if the CONNECT has one.
+    pub password: Option<bytes::Bytes>,
+}
+
+impl fmt::Debug for Credentials {
+    /// Never prints the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests;

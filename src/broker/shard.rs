@@ -67,6 +67,12 @@ pub struct CoreConfig {
     pub max_subscriptions: u32,
     /// Publish and subscribe permissions; `None` allows everything.
     pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// Connections this shard serves at once; 0 = no limit. Enforced by the
+    /// I/O layer (which reports firings with [`ShardCore::note_limit`]).
+    pub max_connections: u32,
+    /// New connections accepted per second by this shard; 0 = no limit.
+    /// Enforced by the I/O layer.
+    pub max_connect_rate: u32,
 }
 
 impl Default for CoreConfig {
@@ -89,6 +95,8 @@ impl Default for CoreConfig {
             max_topic_levels: 128,
             max_subscriptions: 10_000,
             authorizer: None,
+            max_connections: 0,
+            max_connect_rate: 0,
         }
     }
 }

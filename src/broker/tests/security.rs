@@ -352,3 +352,25 @@ fn limits_are_counted_where_they_fire() {
     assert_eq!(hits[Limit::PacketSize as usize], 1);
     assert_eq!(hits[Limit::Connections as usize], 1);
 }
+
+#[test]
+fn connect_credentials_come_from_a_whole_connect_only() {
+    let mut connect = Connect::new(V3_1_1, "dev");
+    connect.username = Some(ByteStr::from("alice"));
+    connect.password = Some(Bytes::from_static(b"s3cret"));
+    let mut buf = BytesMut::new();
+    Packet::Connect(Box::new(connect))
+        .encode(V3_1_1, &mut buf)
+        .unwrap();
+    let creds = connect_credentials(&buf, 1024).expect("a whole CONNECT");
+    assert_eq!(creds.username.as_deref(), Some("alice"));
+    assert_eq!(creds.password.as_deref(), Some(&b"s3cret"[..]));
+    assert!(
+        !format!("{creds:?}").contains("s3cret"),
+        "Debug hides the password"
+    );
+    // A prefix, another packet, or a CONNECT over the size limit: none.
+    assert!(connect_credentials(&buf[..buf.len() - 1], 1024).is_none());
+    assert!(connect_credentials(&buf, 8).is_none());
+    assert!(connect_credentials(&[0xc0, 0x00], 1024).is_none());
+}
