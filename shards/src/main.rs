@@ -9,6 +9,7 @@ mod notify;
 mod runtime;
 mod store;
 mod sys;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
