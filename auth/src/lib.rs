@@ -87,10 +87,12 @@
 //! - `#` starts a comment only at the beginning of a line (`#` in a filter
 //!   is the wildcard). Errors name the file and the line.
 
+mod acl;
 mod error;
 mod file;
 mod passwords;
 
+pub use acl::Acl;
 pub use error::{AclLineError, AuthError, PasswordLineError, UserNameError};
 pub use passwords::{
     delete_user, hash_password, passwd, set_password, validate_username, PasswordInput, Passwords,

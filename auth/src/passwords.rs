@@ -553,6 +553,9 @@ mod tests {
         assert!(p.verify("alice", b"secret"));
         assert!(!p.verify("alice", b"Secret"));
         assert!(!p.verify("bob", b"secret"));
+        // Loaded once, used from the broker's blocking threads.
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        send_sync(&p);
     }
 
     #[test]
