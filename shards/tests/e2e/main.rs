@@ -45,6 +45,7 @@ mod malformed;
 mod ops;
 mod pubsub;
 mod retained;
+mod security;
 mod session;
 mod shared;
 mod topics;
