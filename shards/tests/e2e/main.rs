@@ -39,6 +39,7 @@ mod common;
 mod connect;
 mod durability;
 mod external;
+mod hostile;
 mod keepalive;
 mod load;
 mod malformed;
