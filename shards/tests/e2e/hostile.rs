@@ -11,6 +11,9 @@
 //!   stream that must lose nothing.
 //! - Oversized packets, and a fixed header announcing 256 MB.
 //! - Many clients that never read their socket.
+//! - The configured limits (`max_connections`, `max_connect_rate`,
+//!   `max_topic_length`, `max_topic_levels`, `max_subscriptions`,
+//!   `[runtime] max_connections`) and their `vmqtt_limit_hits_total` series.
 //!
 //! Counts and durations are bounded (the whole file runs in seconds); the
 //! deadlines are generous and only turn a hang into a failure. Nothing here
@@ -67,6 +70,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::common::raw::filter;
 use crate::common::raw::RecvError;
 use crate::common::*;
 
@@ -1348,4 +1352,599 @@ async fn many_never_reading_clients_bounded() {
     );
     assert_still_serves(&mut b, test).await;
     drop(never);
+}
+
+// ------------------------------------------------------------------- limits
+
+/// A port nobody listens on right now (for the HTTP endpoint).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `GET /metrics` of the broker's HTTP endpoint: the body.
+fn scrape(http: u16) -> String {
+    let mut s = StdTcpStream::connect(("127.0.0.1", http)).expect("connect to the HTTP endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read response");
+    assert!(text.starts_with("HTTP/1.1 200"), "GET /metrics: {text}");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// Every limit's name in `vmqtt_limit_hits_total{limit="…"}`.
+const LIMITS: [&str; 10] = [
+    "connections",
+    "connect_rate",
+    "connect_timeout",
+    "packet_size",
+    "topic_length",
+    "topic_levels",
+    "subscriptions",
+    "receive_maximum",
+    "inflight",
+    "queued",
+];
+
+/// `vmqtt_limit_hits_total{limit=…}` summed over the shards, and how many
+/// shards reported it.
+fn limit_hits(body: &str, limit: &str) -> (u64, usize) {
+    let label = format!("limit=\"{limit}\"");
+    let values: Vec<u64> = body
+        .lines()
+        .filter(|l| l.starts_with("vmqtt_limit_hits_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (values.iter().sum(), values.len())
+}
+
+/// Waits (shards report about once a second) until every `(limit, n)` of
+/// `want` has counted at least `n` hits; checks each limit has one series per
+/// shard. Returns the last scrape.
+async fn expect_limit_hits(http: u16, want: &[(&str, u64)]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = tokio::task::spawn_blocking(move || scrape(http))
+            .await
+            .expect("scrape task");
+        for limit in LIMITS {
+            let (_, shards) = limit_hits(&body, limit);
+            assert_eq!(
+                shards, SHARDS,
+                "one vmqtt_limit_hits_total{{limit=\"{limit}\"}} series per shard:\n{body}"
+            );
+        }
+        let short: Vec<String> = want
+            .iter()
+            .filter_map(|&(limit, n)| {
+                let (got, _) = limit_hits(&body, limit);
+                (got < n).then(|| format!("{limit}: {got} < {n}"))
+            })
+            .collect();
+        if short.is_empty() {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vmqtt_limit_hits_total never reached {want:?} ({}):\n{}",
+            short.join(", "),
+            body.lines()
+                .filter(|l| l.contains("limit_hits"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How a connection attempt ended.
+#[derive(Debug)]
+enum Attempt {
+    /// CONNACK 0: the connection is open.
+    Accepted(Box<Raw>),
+    /// Closed (EOF or reset) with nothing sent.
+    Closed,
+}
+
+/// Opens a connection and sends a CONNECT; the broker either accepts it or
+/// closes it at once without answering.
+async fn attempt(port: u16, version: ProtocolVersion, id: &str) -> Attempt {
+    let mut c = Raw::tcp(port, id).await;
+    c.version = version;
+    let _ = c
+        .try_send(&Packet::Connect(Box::new(connect_packet(version, id))))
+        .await;
+    match c.recv(WAIT).await {
+        Ok(Packet::ConnAck(ack)) if ack.reason == ReasonCode::SUCCESS => {
+            Attempt::Accepted(Box::new(c))
+        }
+        Err(RecvError::Closed) => Attempt::Closed,
+        other => panic!("[{id}] CONNECT over a connection limit: expected CONNACK 0 or a close without answer, got {other:?}"),
+    }
+}
+
+/// `max_connections = 5` per shard (two shards): of 20 connections, at most
+/// 10 are served (at least 5: one shard gets 10 or more), the others are
+/// closed without an answer and counted; closing the served ones makes room
+/// again.
+#[tokio::test]
+async fn limit_max_connections_per_shard() {
+    let test = "limit_max_connections_per_shard";
+    if skip_on_mosquitto(test, "vmqtt's limits") {
+        return;
+    }
+    let http = free_port();
+    let mut b = Broker::start_with(
+        test,
+        BrokerConfig {
+            http_port: Some(http),
+            extra_mqtt: "max_connections = 5".to_owned(),
+            ..Default::default()
+        },
+    );
+    let mut accepted = Vec::new();
+    let mut closed = 0u64;
+    for i in 0..20 {
+        let version = if i % 2 == 0 { V5P } else { V311 };
+        match attempt(b.port(), version, &format!("maxconn-{i}")).await {
+            Attempt::Accepted(c) => accepted.push(c),
+            Attempt::Closed => closed += 1,
+        }
+    }
+    assert!(
+        (5..=10).contains(&accepted.len()),
+        "{} of 20 connections served with max_connections = 5 on each of 2 shards",
+        accepted.len()
+    );
+    for c in &mut accepted {
+        c.ping().await;
+    }
+    expect_limit_hits(http, &[("connections", closed)]).await;
+    for c in accepted {
+        c.disconnect().await;
+    }
+    // The places are given back when the broker has seen the closes.
+    let port = b.port();
+    eventually("a connection served again", WAIT, || async move {
+        match attempt(port, V5P, "maxconn-again").await {
+            Attempt::Accepted(c) => {
+                c.disconnect().await;
+                Some(())
+            }
+            Attempt::Closed => None,
+        }
+    })
+    .await;
+    assert_still_serves(&mut b, test).await;
+}
+
+/// `[runtime] max_connections = 6`: the whole process serves 6 connections;
+/// the next ones are closed without an answer and counted.
+#[tokio::test]
+async fn limit_max_connections_per_process() {
+    let test = "limit_max_connections_per_process";
+    if skip_on_mosquitto(test, "vmqtt's limits") {
+        return;
+    }
+    let http = free_port();
+    let mut b = Broker::start_with(
+        test,
+        BrokerConfig {
+            http_port: Some(http),
+            extra_toml: "[runtime]\nmax_connections = 6".to_owned(),
+            ..Default::default()
+        },
+    );
+    let mut accepted = Vec::new();
+    let mut closed = 0u64;
+    for i in 0..12 {
+        let version = if i % 2 == 0 { V5P } else { V311 };
+        match attempt(b.port(), version, &format!("maxproc-{i}")).await {
+            Attempt::Accepted(c) => accepted.push(c),
+            Attempt::Closed => closed += 1,
+        }
+    }
+    assert_eq!(
+        accepted.len(),
+        6,
+        "connections served with [runtime] max_connections = 6"
+    );
+    for c in &mut accepted {
+        c.ping().await;
+    }
+    expect_limit_hits(http, &[("connections", closed)]).await;
+    for c in accepted {
+        c.disconnect().await;
+    }
+    let port = b.port();
+    eventually("a connection served again", WAIT, || async move {
+        match attempt(port, V5P, "maxproc-again").await {
+            Attempt::Accepted(c) => {
+                c.disconnect().await;
+                Some(())
+            }
+            Attempt::Closed => None,
+        }
+    })
+    .await;
+    assert_still_serves(&mut b, test).await;
+}
+
+/// `max_connect_rate = 5` per shard: 40 connections as fast as possible; no
+/// more than the rate allows (a burst of one second's worth, then 5 per
+/// second, on each of 2 shards) are served, the others are closed without
+/// an answer and counted; a second later new clients are served again.
+#[tokio::test]
+async fn limit_max_connect_rate() {
+    let test = "limit_max_connect_rate";
+    if skip_on_mosquitto(test, "vmqtt's limits") {
+        return;
+    }
+    let http = free_port();
+    let mut b = Broker::start_with(
+        test,
+        BrokerConfig {
+            http_port: Some(http),
+            extra_mqtt: "max_connect_rate = 5".to_owned(),
+            ..Default::default()
+        },
+    );
+    let start = Instant::now();
+    let mut accepted = Vec::new();
+    let mut closed = 0u64;
+    for i in 0..40 {
+        match attempt(b.port(), V311, &format!("rate-{i}")).await {
+            Attempt::Accepted(c) => accepted.push(c),
+            Attempt::Closed => closed += 1,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let allowed = (2.0 * 5.0 * (1.0 + secs)).ceil() as usize;
+    assert!(
+        !accepted.is_empty() && accepted.len() <= allowed,
+        "{} of 40 connections served in {secs:.2} s with max_connect_rate = 5 per shard (at most {allowed})",
+        accepted.len()
+    );
+    assert!(closed > 0);
+    expect_limit_hits(http, &[("connect_rate", closed)]).await;
+    drop(accepted);
+    sleep_ms(1500).await;
+    assert_still_serves(&mut b, test).await;
+}
+
+/// `max_topic_length = 32`, `max_topic_levels = 4`: a PUBLISH to a longer
+/// topic, or to one with more levels, gets PUBACK/PUBREC 0x90 (v5 QoS 1/2),
+/// is dropped (v5 QoS 0) or closes the connection (3.1.1); a topic at the
+/// limits is delivered; each refusal is counted.
+#[tokio::test]
+async fn limit_topic_length_and_levels_on_publish() {
+    let test = "limit_topic_length_and_levels_on_publish";
+    if skip_on_mosquitto(test, "vmqtt's limits") {
+        return;
+    }
+    let http = free_port();
+    let mut b = Broker::start_with(
+        test,
+        BrokerConfig {
+            http_port: Some(http),
+            extra_mqtt: "max_topic_length = 32\nmax_topic_levels = 4".to_owned(),
+            ..Default::default()
+        },
+    );
+    let (pub_id, sub_id) = ids_on_different_shards(test);
+    let mut sub = Raw::v5(b.port(), &sub_id).await;
+    sub.subscribe("#", QoS::AtLeastOnce).await;
+    let mut publ = Raw::v5(b.port(), &pub_id).await;
+
+    let long = "l".repeat(33);
+    let deep = "a/b/c/d/e";
+    for t in [long.as_str(), deep] {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let ack = publ.publish(publish(t, "refused", qos, false)).await;
+            match qos {
+                QoS::AtMostOnce => assert!(ack.is_none()),
+                _ => assert_eq!(
+                    ack.map(|a| a.reason),
+                    Some(ReasonCode(0x90)),
+                    "v5 {qos:?} PUBLISH to {t:?} (PUBACK/PUBREC)"
+                ),
+            }
+        }
+    }
+    publ.ping().await;
+    // At the limits: delivered, and the first thing the subscriber gets
+    // (the refused QoS 0 messages, sent before on the same connection, were
+    // dropped).
+    let at_limit = "m".repeat(32);
+    for t in [at_limit.as_str(), "a/b/c/d"] {
+        publ.publish_ok(t, "at the limit", QoS::AtLeastOnce, false)
+            .await;
+        let p = sub.recv_publish_acked().await;
+        assert_eq!(p.topic.as_str(), t, "delivered at the limit: {}", text(&p));
+    }
+
+    // 3.1.1 has no negative PUBACK: the connection is closed.
+    for (i, t) in [long.as_str(), deep].into_iter().enumerate() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            let mut c = Raw::v311(b.port(), &format!("{test}-v3-{i}-{qos:?}")).await;
+            let mut p = publish(t, "refused", qos, false);
+            if qos != QoS::AtMostOnce {
+                p.packet_id = Some(c.next_packet_id());
+            }
+            c.send(&Packet::Publish(p)).await;
+            let got = c.read_bytes_until_closed(WAIT).await;
+            assert!(
+                got.is_empty(),
+                "3.1.1 {qos:?} PUBLISH to {t:?}: closed without PUBACK, got {got:02x?}"
+            );
+        }
+    }
+    sub.expect_no_publish(QUIET, "refused topics are not delivered")
+        .await;
+    expect_limit_hits(http, &[("topic_length", 3 + 2), ("topic_levels", 3 + 2)]).await;
+    assert_still_serves(&mut b, test).await;
+}
+
+/// `max_topic_length = 32`, `max_topic_levels = 4`: a filter over either
+/// limit gets SUBACK 0x8F (v5) / 0x80 (3.1.1), the other filters of the
+/// same SUBSCRIBE are granted, the connection stays; the levels of a shared
+/// subscription are those of its filter, without `$share/group/`.
+#[tokio::test]
+async fn limit_topic_length_and_levels_on_subscribe() {
+    let test = "limit_topic_length_and_levels_on_subscribe";
+    if skip_on_mosquitto(test, "vmqtt's limits") {
+        return;
+    }
+    let http = free_port();
+    let mut b = Broker::start_with(
+        test,
+        BrokerConfig {
+            http_port: Some(http),
+            extra_mqtt: "max_topic_length = 32\nmax_topic_levels = 4".to_owned(),
+            ..Default::default()
+        },
+    );
+    let long = "l".repeat(33);
+    for version in [V5P, V311] {
+        let mut c = Raw::connect_ok(
+            b.port(),
+            connect_packet(version, &format!("subl-{version:?}")),
+        )
+        .await
+        .0;
+        let mut filters = vec![
+            (filter(&long), SubscriptionOptions::qos(QoS::AtLeastOnce)),
+            (
+                filter("a/b/c/+/e"),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            ),
+            (
+                filter("a/b/c/#"),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            ),
+            (
+                filter(&"m".repeat(32)),
+                SubscriptionOptions::qos(QoS::AtMostOnce),
+            ),
+        ];
+        let mut want = vec![0x8f, 0x8f, 0x01, 0x00];
+        if version.is_v5() {
+            filters.push((
+                filter("$share/g/a/b/c/d"),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+            ));
+            want.push(0x01);
+        } else {
+            for w in &mut want {
+                if *w == 0x8f {
+                    *w = 0x80;
+                }
+            }
+        }
+        let id = c.next_packet_id();
+        c.send(&Packet::Subscribe(vmqtt::codec::Subscribe {
+            packet_id: id,
+            properties: Default::default(),
+            filters,
+        }))
+        .await;
+        let ack = c
+            .wait_for("SUBACK", WAIT, |p| match p {
+                Packet::SubAck(a) if a.packet_id == id => Some(a.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(
+            ack.reasons,
+            want.iter().map(|&r| ReasonCode(r)).collect::<Vec<_>>(),
+            "{version:?} SUBACK"
+        );
+        c.ping().await;
+        c.disconnect().await;
+    }
+    expect_limit_hits(http, &[("topic_length", 2), ("topic_levels", 2)]).await;
+    assert_still_serves(&mut b, test).await;
+}
+
+/// `max_subscriptions = 3`: a fourth filter gets SUBACK 0x97 (v5) / 0x80
+/// (3.1.1); subscribing again to a filter the client has is not a new
+/// subscription; after an UNSUBSCRIBE there is room again; refusals are
+/// counted.
+#[tokio::test]
+async fn limit_max_subscriptions() {
+    let test = "limit_max_subscriptions";
+    if skip_on_mosquitto(test, "vmqtt's limits") {
+        return;
+    }
+    let http = free_port();
+    let mut b = Broker::start_with(
+        test,
+        BrokerConfig {
+            http_port: Some(http),
+            extra_mqtt: "max_subscriptions = 3".to_owned(),
+            ..Default::default()
+        },
+    );
+    let q1 = || SubscriptionOptions::qos(QoS::AtLeastOnce);
+    for version in [V5P, V311] {
+        let refused = ReasonCode(if version.is_v5() { 0x97 } else { 0x80 });
+        let (pub_id, sub_id) = ids_on_different_shards(&format!("{test}-{version:?}"));
+        let mut c = Raw::connect_ok(b.port(), connect_packet(version, &sub_id))
+            .await
+            .0;
+        for f in ["s/a", "s/b", "s/c"] {
+            c.subscribe(f, QoS::AtLeastOnce).await;
+        }
+        let ack = c.subscribe_opts("s/d", q1(), Default::default()).await;
+        assert_eq!(
+            ack.reasons,
+            vec![refused],
+            "{version:?} fourth subscription"
+        );
+        // Again to s/a, now at QoS 0: not a new subscription.
+        c.subscribe("s/a", QoS::AtMostOnce).await;
+        // One SUBSCRIBE: an existing filter granted, a new one refused.
+        let id = c.next_packet_id();
+        c.send(&Packet::Subscribe(vmqtt::codec::Subscribe {
+            packet_id: id,
+            properties: Default::default(),
+            filters: vec![(filter("s/b"), q1()), (filter("s/e"), q1())],
+        }))
+        .await;
+        let ack = c
+            .wait_for("SUBACK", WAIT, |p| match p {
+                Packet::SubAck(a) if a.packet_id == id => Some(a.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(
+            ack.reasons,
+            vec![ReasonCode(0x01), refused],
+            "{version:?} [s/b, s/e]"
+        );
+        // Room again after an UNSUBSCRIBE.
+        c.unsubscribe("s/a").await;
+        c.subscribe("s/d", QoS::AtLeastOnce).await;
+        let mut publ = Raw::v311(b.port(), &pub_id).await;
+        for t in ["s/e", "s/a", "s/d"] {
+            publ.publish_ok(t, t, QoS::AtLeastOnce, false).await;
+        }
+        let p = c.recv_publish_acked().await;
+        assert_eq!(
+            p.topic.as_str(),
+            "s/d",
+            "{version:?}: only s/d of s/e, s/a, s/d is subscribed"
+        );
+        c.expect_no_publish(QUIET, "no other subscription").await;
+        publ.disconnect().await;
+        c.disconnect().await;
+    }
+    expect_limit_hits(http, &[("subscriptions", 4)]).await;
+    assert_still_serves(&mut b, test).await;
+}
+
+/// The limits the broker had before counting: each firing shows in
+/// `vmqtt_limit_hits_total` — `connect_timeout` (silent connections),
+/// `packet_size` (a PUBLISH over `max_packet_size`), `receive_maximum` (a
+/// third unreleased QoS 2 PUBLISH with `receive_maximum = 2`: DISCONNECT
+/// 0x93), `inflight` (messages held back by a subscriber's Receive Maximum
+/// of 1) and `queued` (dropped from a full queue of 2).
+#[tokio::test]
+async fn limit_hits_counted_for_every_limit() {
+    let test = "limit_hits_counted_for_every_limit";
+    if skip_on_mosquitto(test, "vmqtt's metrics") {
+        return;
+    }
+    let http = free_port();
+    let mut b = Broker::start_with(
+        test,
+        BrokerConfig {
+            http_port: Some(http),
+            connect_timeout_ms: Some(500),
+            max_packet_size: Some(1024),
+            receive_maximum: Some(2),
+            max_queued_messages: Some(2),
+            ..Default::default()
+        },
+    );
+    // connect_timeout: three silent connections.
+    let mut silent = Vec::new();
+    for i in 0..3 {
+        silent.push(Raw::tcp(b.port(), &format!("silent-{i}")).await);
+    }
+    for c in &mut silent {
+        let got = c.read_bytes_until_closed(WAIT).await;
+        assert!(got.is_empty(), "[{}] {got:02x?}", c.name);
+    }
+    // packet_size.
+    let mut c = Raw::v5(b.port(), "too-big").await;
+    let big = encode(
+        &Packet::Publish(publish("big/t", vec![0u8; 2048], QoS::AtMostOnce, false)),
+        V5P,
+    );
+    expect_answer(&mut c, "2 KiB PUBLISH", &big, Expect::Disconnect(0x95)).await;
+    // receive_maximum: a third QoS 2 PUBLISH before any PUBREL.
+    let mut c = Raw::v5(b.port(), "qos2-burst").await;
+    for n in 1..=2u16 {
+        let mut p = publish("rm/t", "q2", QoS::ExactlyOnce, false);
+        p.packet_id = Some(c.next_packet_id());
+        c.send(&Packet::Publish(p)).await;
+        let rec = c
+            .wait_for("PUBREC", WAIT, |pk| match pk {
+                Packet::PubRec(r) => Some(r.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(rec.packet_id.get(), n);
+    }
+    let mut p = publish("rm/t", "q2", QoS::ExactlyOnce, false);
+    p.packet_id = Some(c.next_packet_id());
+    let bytes = encode(&Packet::Publish(p), V5P);
+    expect_answer(
+        &mut c,
+        "third QoS 2 PUBLISH",
+        &bytes,
+        Expect::Disconnect(0x93),
+    )
+    .await;
+    // inflight and queued: a subscriber with Receive Maximum 1 that never
+    // acknowledges; 10 QoS 1 messages: one in flight, two queued, the rest
+    // dropped.
+    let (pub_id, sub_id) = ids_on_different_shards(test);
+    let mut conn = connect_packet(V5P, &sub_id);
+    conn.properties.receive_maximum = Some(1);
+    let mut sub = Raw::connect_ok(b.port(), conn).await.0;
+    sub.subscribe("iq/t", QoS::AtLeastOnce).await;
+    let mut publ = Raw::v5(b.port(), &pub_id).await;
+    for i in 0..10 {
+        publ.publish_ok("iq/t", &i.to_string(), QoS::AtLeastOnce, false)
+            .await;
+    }
+    let first = sub.recv_publish().await;
+    assert_eq!(text(&first), "0");
+    sub.expect_no_publish(QUIET, "Receive Maximum 1: one message in flight")
+        .await;
+    expect_limit_hits(
+        http,
+        &[
+            ("connect_timeout", 3),
+            ("packet_size", 1),
+            ("receive_maximum", 1),
+            ("inflight", 1),
+            ("queued", 1),
+        ],
+    )
+    .await;
+    sub.ack(&first).await;
+    assert_still_serves(&mut b, test).await;
 }
