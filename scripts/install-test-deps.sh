@@ -3,6 +3,7 @@
 #   - mosquitto          the reference broker (VMQTT_E2E_BROKER=mosquitto)
 #   - mosquitto-clients  mosquitto_pub / mosquitto_sub (non-Rust client tests)
 #   - python3-pip        to install paho-mqtt
+#   - openssl            certificates for the TLS tests and scripts/security-example.sh
 #   - paho-mqtt 2.1.0    for shards/tests/python/*.py, installed for the
 #                        `python3` first on PATH (the one the tests run)
 #
@@ -24,7 +25,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 missing=()
-for pkg in mosquitto mosquitto-clients python3-pip; do
+for pkg in mosquitto mosquitto-clients python3-pip openssl; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing+=("$pkg")
     fi

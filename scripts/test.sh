@@ -17,6 +17,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== tests"
 export VMQTT_REQUIRE_EXTERNAL_CLIENTS=1
 cargo test --workspace
+echo "== the README's security walk-through (TLS, passwords, ACL)"
+bash scripts/security-example.sh "$CARGO_TARGET_DIR/debug/vmqtt-shard"
 echo "== benches build"
 # In the dev profile, so the debug RocksDB of the tests is reused: a release
 # build (`cargo bench --no-run`) would compile RocksDB's C++ again (vmqtt-shard

@@ -15,7 +15,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{spawn_local, timer};
 use tracing::{debug, warn};
-use vmqtt::broker::ShardStats;
+use vmqtt::broker::{Limit, ShardStats};
 
 /// One shard's published counters. Written by that shard only.
 #[derive(Debug, Default)]
@@ -28,6 +28,45 @@ pub struct ShardSlot {
     /// (not cumulative; the last one is +Inf), sum in microseconds.
     store_buckets: [AtomicU64; STORE_BUCKETS_US.len() + 1],
     store_sum_us: AtomicU64,
+    /// Series with a label of their own ([`LABELLED`]), values in label order.
+    labelled: [[AtomicU64; Limit::COUNT]; LABELLED.len()],
+}
+
+/// (name, help, label, label values) of the counters with a label beside
+/// `shard`; a series has as many values as its label has.
+const LABELLED: [(&str, &str, &str, &[&str]); 3] = [
+    (
+        "vmqtt_limit_hits_total",
+        "Times a limit refused, dropped or held back something (connections, connect_rate, connect_timeout, packet_size, topic_length, topic_levels, subscriptions, receive_maximum, inflight, queued).",
+        "limit",
+        &LIMIT_NAMES,
+    ),
+    (
+        "vmqtt_acl_denied_total",
+        "PUBLISHes (wills included) and subscription filters the ACL denied.",
+        "action",
+        &["publish", "subscribe"],
+    ),
+    (
+        "vmqtt_auth_refused_total",
+        "CONNECTs refused for their credentials: bad_credentials (CONNACK 0x86/0x04) or not_authorized (0x87/0x05, e.g. anonymous).",
+        "reason",
+        &["bad_credentials", "not_authorized"],
+    ),
+];
+
+const LIMIT_NAMES: [&str; Limit::COUNT] = {
+    let mut names = [""; Limit::COUNT];
+    let mut i = 0;
+    while i < Limit::COUNT {
+        names[i] = Limit::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
+
+fn labelled(s: &ShardStats) -> [&[u64]; LABELLED.len()] {
+    [&s.limit_hits, &s.acl_denied, &s.auth_refused]
 }
 
 /// Upper bounds of the storage write latency histogram, in microseconds.
@@ -128,6 +167,11 @@ impl Metrics {
                     cell.store(v, Ordering::Relaxed);
                 }
             }
+            for (cells, vs) in slot.labelled.iter().zip(labelled(stats)) {
+                for (cell, v) in cells.iter().zip(vs) {
+                    cell.store(*v, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -173,6 +217,15 @@ impl Metrics {
                 for (qos, cell) in slot.by_qos[i].iter().enumerate() {
                     let v = cell.load(Ordering::Relaxed);
                     let _ = writeln!(out, "{name}{{shard=\"{shard}\",qos=\"{qos}\"}} {v}");
+                }
+            }
+        }
+        for (i, (name, help, label, values)) in LABELLED.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (shard, slot) in self.shards.iter().enumerate() {
+                for (value, cell) in values.iter().zip(&slot.labelled[i]) {
+                    let v = cell.load(Ordering::Relaxed);
+                    let _ = writeln!(out, "{name}{{shard=\"{shard}\",{label}=\"{value}\"}} {v}");
                 }
             }
         }

@@ -4,6 +4,7 @@
 //! mask; see ARCHITECTURE.md for how connections, sessions and publishes
 //! move between them.
 
+mod gate;
 mod http;
 mod notify;
 mod runtime;
@@ -26,7 +27,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter};
 
-use vmqtt::broker::CoreConfig;
+use vmqtt::broker::{Authorizer, CoreConfig};
 use vmqtt_config::{Config, Durability, LogFormat, MqttConfig};
 
 /// The vmqtt MQTT broker (MQTT 3.1, 3.1.1 and 5.0).
@@ -52,10 +53,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validates a configuration file and exits.
+    /// Validates a configuration file (and the TLS, password and ACL files
+    /// it names) and exits.
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+    },
+    /// Sets a user's password in a password file (created, mode 0600, if
+    /// missing), or deletes the user. The password is asked twice on a
+    /// terminal, or read as one line from standard input.
+    Passwd {
+        /// The password file (`[auth] password_file`).
+        file: PathBuf,
+        /// The user name.
+        user: String,
+        /// Delete the user instead.
+        #[arg(long, short = 'D')]
+        delete: bool,
     },
 }
 
@@ -64,7 +78,60 @@ enum Command {
 /// while a slower shard catches up.
 const MESH_CAPACITY: usize = 256;
 
-fn core_config(m: &MqttConfig, instance: u64, persistence: bool) -> CoreConfig {
+/// The security settings loaded from the files the configuration names:
+/// what SIGHUP reloads.
+struct Security {
+    auth: gate::AuthSettings,
+    acl: Option<Arc<dyn Authorizer>>,
+}
+
+/// Reads the password file and the ACL file of `[auth]`.
+fn load_security(config: &Config) -> anyhow::Result<Security> {
+    let passwords = match &config.auth.password_file {
+        Some(path) => Some(Arc::new(vmqtt_auth::Passwords::load(path)?)),
+        None => None,
+    };
+    let acl: Option<Arc<dyn Authorizer>> = match &config.auth.acl_file {
+        Some(path) => Some(Arc::new(vmqtt_auth::Acl::load(path)?)),
+        None => None,
+    };
+    Ok(Security {
+        auth: gate::AuthSettings {
+            anonymous: config.auth.anonymous,
+            passwords,
+        },
+        acl,
+    })
+}
+
+/// Loads the certificates of `[tls]`, if it has listeners.
+fn load_tls(config: &Config) -> anyhow::Result<Option<runtime::TlsSpec>> {
+    let t = &config.tls;
+    if t.listen.is_empty() {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) else {
+        bail!("tls.listen needs tls.cert_file and tls.key_file");
+    };
+    let server = tls::server_config(
+        cert,
+        key,
+        t.client_ca_file.as_deref(),
+        t.require_client_cert,
+    )?;
+    Ok(Some(runtime::TlsSpec {
+        listen: t.listen.clone(),
+        config: server,
+        identity_as_username: t.use_identity_as_username,
+    }))
+}
+
+fn core_config(
+    m: &MqttConfig,
+    instance: u64,
+    persistence: bool,
+    authorizer: Option<Arc<dyn Authorizer>>,
+) -> CoreConfig {
     CoreConfig {
         max_packet_size: m.max_packet_size,
         max_keepalive: m.max_keepalive,
@@ -79,6 +146,12 @@ fn core_config(m: &MqttConfig, instance: u64, persistence: bool) -> CoreConfig {
         sys_interval: Duration::from_millis(m.sys_interval_ms),
         instance,
         persistence,
+        max_topic_length: m.max_topic_length,
+        max_topic_levels: m.max_topic_levels,
+        max_subscriptions: m.max_subscriptions,
+        authorizer,
+        max_connections: m.max_connections,
+        max_connect_rate: m.max_connect_rate,
     }
 }
 
@@ -101,7 +174,8 @@ fn init_logging(config: &Config) -> LogHandle {
 
 /// SIGHUP: reads the configuration file again, applies what can change live
 /// (the `[mqtt]` and `[shards.N]` settings, for new connections and from now
-/// on; the log level) and logs each changed setting that needs a restart.
+/// on; the log level; `[auth]` with the password and ACL files, read again
+/// even if unchanged) and logs each changed setting that needs a restart.
 fn reload(
     cli: &Cli,
     current: &mut Config,
@@ -109,15 +183,23 @@ fn reload(
     instance: u64,
     to_shards: &[mpsc::Sender<CoreConfig>],
     log: &LogHandle,
+    gate: &gate::Gate,
 ) {
-    let Some(path) = &cli.config else {
-        info!("SIGHUP: no --config file to reload");
-        return;
+    let new = match &cli.config {
+        Some(path) => Config::load(path).and_then(|c| c.validate_shards(shards).map(|()| c)),
+        None => Ok(current.clone()),
     };
-    let mut new = match Config::load(path).and_then(|c| c.validate_shards(shards).map(|()| c)) {
+    let mut new = match new {
         Ok(c) => c,
         Err(e) => {
             warn!("SIGHUP: keeping the running configuration: {e}");
+            return;
+        }
+    };
+    let security = match load_security(&new) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("SIGHUP: keeping the running configuration: {e:#}");
             return;
         }
     };
@@ -134,7 +216,8 @@ fn reload(
     let storage_changed = new.storage != current.storage
         || (0..shards).any(|i| new.storage_for_shard(i) != current.storage_for_shard(i));
     let tasks_changed = (0..shards).any(|i| new.tasks_for_shard(i) != current.tasks_for_shard(i));
-    let restart: [(&str, bool); 8] = [
+    let restart: [(&str, bool); 9] = [
+        ("tls", new.tls != current.tls),
         ("storage", storage_changed),
         ("tasks", tasks_changed),
         ("listen", new.listen != current.listen),
@@ -158,6 +241,13 @@ fn reload(
             Err(e) => warn!("SIGHUP: cannot change the log level: {e}"),
         }
     }
+    gate.replace(security.auth);
+    info!(
+        anonymous = ?new.auth.anonymous,
+        password_file = ?new.auth.password_file,
+        acl_file = ?new.auth.acl_file,
+        "SIGHUP: [auth] and its files reloaded, applied to new connections and from now on"
+    );
     for (index, tx) in to_shards.iter().enumerate() {
         let (old, next) = (current.mqtt_for_shard(index), new.mqtt_for_shard(index));
         if old != next {
@@ -165,26 +255,49 @@ fn reload(
                 shard = index,
                 "SIGHUP: [mqtt] settings changed, applied live"
             );
-            // (persistence is fixed for the life of a core: ignored here.)
-            let _ = tx.send(core_config(&next, instance, false));
         }
+        // (persistence is fixed for the life of a core: ignored here.)
+        let _ = tx.send(core_config(&next, instance, false, security.acl.clone()));
     }
     *current = new;
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::CheckConfig { file }) = &cli.command {
-        return match Config::load(file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                std::process::ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::ExitCode::from(2)
-            }
-        };
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => {
+            let checked = Config::load(file)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| {
+                    load_security(&c)?;
+                    load_tls(&c)?;
+                    Ok(())
+                });
+            return match checked {
+                Ok(()) => {
+                    println!("{}: ok", file.display());
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e:#}");
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
+        Some(Command::Passwd { file, user, delete }) => {
+            let input = vmqtt_auth::PasswordInput::Stdin;
+            return match vmqtt_auth::passwd(file, user, *delete, input) {
+                Ok(message) => {
+                    println!("{message}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vmqtt-shard passwd: {e}");
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
+        None => {}
     }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -207,6 +320,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         config.data_dir = d.clone();
     }
     let log = init_logging(&config);
+    let security = load_security(&config)?;
+    let tls = load_tls(&config)?;
+    let gate = gate::Gate::new(security.auth);
+    let budget = gate::Budget::new(config.runtime.max_connections);
     // Before any thread starts (RocksDB's background threads, the shards):
     // threads inherit the mask, so SIGTERM/SIGINT/SIGHUP reach only
     // `wait_for_signal` below, never a thread that would die of them.
@@ -256,7 +373,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // bind would also trip over this process's own TIME-WAIT sockets after a
     // restart.)
     let http = config.http.enabled.then_some(config.http.listen);
-    for addr in config.listen.iter().chain(http.iter()) {
+    for addr in config
+        .listen
+        .iter()
+        .chain(&config.tls.listen)
+        .chain(http.iter())
+    {
         if sys::accepts_connections(*addr) {
             bail!("cannot listen on {addr}: address already in use by another process");
         }
@@ -295,7 +417,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             index,
             shards,
             listen: config.listen.clone(),
-            core: core_config(&config.mqtt_for_shard(index), instance, persistence),
+            core: core_config(
+                &config.mqtt_for_shard(index),
+                instance,
+                persistence,
+                security.acl.clone(),
+            ),
+            tls: tls.clone(),
+            gate: gate.clone(),
+            budget: budget.clone(),
             storage,
             tasks: config.tasks_for_shard(index),
             mesh: mesh.clone(),
@@ -334,6 +464,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         shards,
         cpus = ?&cpus[..shards],
         listen = ?config.listen,
+        tls = ?config.tls.listen,
+        anonymous = ?config.auth.anonymous,
         http = ?http,
         data_dir = %config.data_dir.display(),
         "vmqtt listening"
@@ -342,7 +474,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     loop {
         let sig = sys::wait_for_signal(&signals)?;
         if sig == libc::SIGHUP {
-            reload(&cli, &mut config, shards, instance, &to_shards, &log);
+            reload(&cli, &mut config, shards, instance, &to_shards, &log, &gate);
             continue;
         }
         info!(signal = sig, "stopping");

@@ -23,13 +23,15 @@ use tracing::{debug, error, info, warn};
 use vmqtt_storage::{unix_ms, RocksStorage, Storage};
 
 use vmqtt::broker::{
-    route_connect, CloseReason, ConnId, ConnectRoute, CoreConfig, IoEvent, ShardCore, ShardId,
-    ShardMsg,
+    connect_credentials, route_connect, CloseReason, ConnId, ConnectRoute, CoreConfig, Identity,
+    IoEvent, Limit, ShardCore, ShardId, ShardMsg,
 };
 use vmqtt::ClientId;
 
+use crate::gate::{self, Budget, BudgetSlot, ConnectRate, Gate, Peer, Verdict};
 use crate::http::Metrics;
 use crate::notify::{Broadcast, Notify};
+use crate::tls::TlsStream;
 
 /// Bytes read per `read` call by default; see [`read_some`] for how the size
 /// adapts between [`MIN_READ`] and [`MAX_READ`].
@@ -51,11 +53,27 @@ pub enum MeshMsg {
     Handoff(Handoff),
 }
 
-/// A socket moving to its home shard. `Send`: an owned descriptor and bytes.
+/// A socket moving to its home shard. `Send`: an owned descriptor, the
+/// bytes read (decrypted) so far, the TLS session if any, and what the
+/// accepting shard established about the client.
 #[derive(Debug)]
 pub struct Handoff {
     fd: OwnedFd,
     buf: BytesMut,
+    tls: Option<Box<rustls::ServerConnection>>,
+    identity: Identity,
+    budget: BudgetSlot,
+}
+
+/// What a shard needs to serve its TLS listeners.
+#[derive(Debug, Clone)]
+pub struct TlsSpec {
+    /// Addresses to accept MQTT over TLS on.
+    pub listen: Vec<SocketAddr>,
+    /// Certificates and client verification.
+    pub config: Arc<rustls::ServerConfig>,
+    /// The client certificate's Common Name is the user name.
+    pub identity_as_username: bool,
 }
 
 /// What one shard needs to start.
@@ -85,6 +103,12 @@ pub struct ShardSpec {
     pub storage: Option<ShardStorage>,
     /// CPU shares of the task queues (`[tasks]`).
     pub tasks: vmqtt_config::TasksConfig,
+    /// TLS listeners, if any.
+    pub tls: Option<TlsSpec>,
+    /// Authentication settings, shared by every shard.
+    pub gate: Arc<Gate>,
+    /// The process's connection budget, shared by every shard.
+    pub budget: Arc<Budget>,
 }
 
 /// The shard's task queues: glommio divides the core between them by their
@@ -175,6 +199,39 @@ struct Shard {
     store_notify: Notify,
     /// The task queues.
     queues: Queues,
+    /// Connections this shard holds: reading a CONNECT or served.
+    open: Cell<usize>,
+    /// `max_connect_rate`.
+    rate: RefCell<ConnectRate>,
+    /// Authentication settings.
+    gate: Arc<Gate>,
+    /// The process's connection budget.
+    budget: Arc<Budget>,
+    /// One password verification at a time on this shard's blocking thread.
+    verifying: glommio::sync::Semaphore,
+}
+
+/// One connection counted in its shard's `open`, until dropped.
+struct OpenSlot(Rc<Shard>);
+
+impl OpenSlot {
+    /// Counts a connection on `shard` unless it is at `max_connections`
+    /// (then the limit is counted instead).
+    fn acquire(shard: &Rc<Shard>) -> Option<OpenSlot> {
+        let max = shard.core.borrow().config().max_connections as usize;
+        if max > 0 && shard.open.get() >= max {
+            shard.core.borrow_mut().note_limit(Limit::Connections);
+            return None;
+        }
+        shard.open.set(shard.open.get() + 1);
+        Some(OpenSlot(shard.clone()))
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get().saturating_sub(1));
+    }
 }
 
 /// Batches queued for other shards beyond which readers stop reading: the
@@ -279,6 +336,9 @@ pub async fn run(spec: ShardSpec) {
         reconfigure,
         storage,
         tasks,
+        tls,
+        gate,
+        budget,
     } = spec;
     let (senders, receivers) = match mesh.join().await {
         Ok(x) => x,
@@ -328,6 +388,11 @@ pub async fn run(spec: ShardSpec) {
         stop,
         store_notify: Notify::default(),
         queues: Queues::new(&tasks),
+        open: Cell::new(0),
+        rate: RefCell::new(ConnectRate::new(Instant::now())),
+        gate,
+        budget,
+        verifying: glommio::sync::Semaphore::new(1),
     });
     let q = shard.queues;
     debug!(
@@ -347,9 +412,14 @@ pub async fn run(spec: ShardSpec) {
     });
 
     let mut listeners = Vec::new();
-    for addr in &listen {
+    let tls_listen = tls.as_ref().map_or(&[][..], |t| &t.listen[..]);
+    for (addr, secure) in listen
+        .iter()
+        .map(|a| (a, false))
+        .chain(tls_listen.iter().map(|a| (a, true)))
+    {
         match TcpListener::bind(addr) {
-            Ok(l) => listeners.push(l),
+            Ok(l) => listeners.push((l, secure.then(|| tls.clone()).flatten())),
             Err(e) => {
                 let _ = ready.send(Err(format!("shard {index}: cannot listen on {addr}: {e}")));
                 return;
@@ -385,10 +455,10 @@ pub async fn run(spec: ShardSpec) {
     }
     // Wills of sessions lost in the crash, routes: out to the other shards.
     shard.after();
-    for l in listeners {
+    for (l, tls) in listeners {
         spawn_into(
             q.clients,
-            accept_loop(shard.clone(), l, connect_timeout, max_packet),
+            accept_loop(shard.clone(), l, tls, connect_timeout, max_packet),
         );
     }
     debug!(shard = index, "running");
@@ -417,8 +487,22 @@ async fn receive_loop(shard: Rc<Shard>, receivers: Rc<Receivers<MeshMsg>>, peer:
             Ok(Some(MeshMsg::Handoff(h))) => {
                 // SAFETY: the descriptor was dup'ed for this handoff and is
                 // owned by `h.fd` alone; ownership moves into the stream.
-                let stream = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
-                spawn_into(shard.queues.clients, serve(shard.clone(), stream, h.buf));
+                let tcp = unsafe { TcpStream::from_raw_fd(h.fd.into_raw_fd()) };
+                // The home shard's own limit: over it, the socket closes here.
+                let Some(slot) = OpenSlot::acquire(&shard) else {
+                    continue;
+                };
+                let stream = match h.tls {
+                    Some(conn) => Stream::Tls(Box::new(TlsStream::from_parts(tcp, conn))),
+                    None => Stream::Plain(tcp),
+                };
+                let conn = Accepted {
+                    stream,
+                    identity: h.identity,
+                    _budget: h.budget,
+                    _slot: slot,
+                };
+                spawn_into(shard.queues.clients, serve(shard.clone(), conn, h.buf));
             }
             Ok(Some(MeshMsg::Hello(_))) => {}
             Ok(None) | Err(_) => return,
@@ -560,14 +644,47 @@ async fn shutdown(shard: &Rc<Shard>) {
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connect_timeout: Duration, max: u32) {
-    debug!(shard = shard.index, addr = ?listener.local_addr().ok(), "accepting");
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    tls: Option<TlsSpec>,
+    connect_timeout: Duration,
+    max: u32,
+) {
+    debug!(shard = shard.index, addr = ?listener.local_addr().ok(), tls = tls.is_some(), "accepting");
+    let tls = tls.map(Rc::new);
     loop {
         match listener.accept().await {
             Ok(_) if shard.stop.load(Ordering::Relaxed) => return,
             Ok(stream) => {
+                // Limits first, before a byte is read: over any of them the
+                // socket is closed at once (and the limit counted).
+                let rate = shard.core.borrow().config().max_connect_rate;
+                if !shard.rate.borrow_mut().admit(Instant::now(), rate) {
+                    shard.core.borrow_mut().note_limit(Limit::ConnectRate);
+                    continue;
+                }
+                let Some(budget) = shard.budget.acquire() else {
+                    shard.core.borrow_mut().note_limit(Limit::Connections);
+                    continue;
+                };
+                let Some(slot) = OpenSlot::acquire(&shard) else {
+                    continue;
+                };
                 debug!(shard = shard.index, peer = ?stream.peer_addr().ok(), "accepted");
-                spawn_local(first_bytes(shard.clone(), stream, connect_timeout, max)).detach();
+                let new = NewConn {
+                    tcp: stream,
+                    budget,
+                    slot,
+                };
+                spawn_local(first_bytes(
+                    shard.clone(),
+                    new,
+                    tls.clone(),
+                    connect_timeout,
+                    max,
+                ))
+                .detach();
             }
             Err(e) => {
                 // Out of descriptors and the like: back off, keep serving.
@@ -578,46 +695,214 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connect_timeout: D
     }
 }
 
-/// Reads a new connection until its CONNECT shows the home shard, then
-/// serves it here or hands it over.
-async fn first_bytes(shard: Rc<Shard>, mut stream: TcpStream, timeout: Duration, max: u32) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(timeout));
-    let mut buf = BytesMut::new();
-    let mut size = MIN_READ;
-    loop {
-        match route_connect(&buf, shard.shards, max) {
-            ConnectRoute::NeedMore => {
-                if read_some(&mut stream, &mut buf, &mut size).await.is_none() {
-                    return; // closed or timed out before CONNECT
+/// A connection just accepted, with its places in the limits.
+struct NewConn {
+    tcp: TcpStream,
+    budget: BudgetSlot,
+    slot: OpenSlot,
+}
+
+/// A connection ready to serve: its stream, who it is, its places in the
+/// limits (given back when it ends).
+struct Accepted {
+    stream: Stream,
+    identity: Identity,
+    _budget: BudgetSlot,
+    _slot: OpenSlot,
+}
+
+/// Reads a new connection until its CONNECT shows the home shard (after the
+/// TLS handshake, on a TLS listener), settles its credentials, then serves
+/// it here or hands it over. All of it within the connect timeout: a client
+/// that dribbles its handshake or CONNECT (slowloris) is closed then, and
+/// blocks only its own task meanwhile.
+async fn first_bytes(
+    shard: Rc<Shard>,
+    new: NewConn,
+    tls: Option<Rc<TlsSpec>>,
+    timeout: Duration,
+    max: u32,
+) {
+    let NewConn { tcp, budget, slot } = new;
+    let _ = tcp.set_nodelay(true);
+    let addr = tcp.peer_addr().ok();
+    let work = async {
+        let mut stream = match &tls {
+            Some(spec) => {
+                let mut s = match TlsStream::new(tcp, spec.config.clone()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(shard = shard.index, error = %e, "TLS session setup failed");
+                        return None;
+                    }
+                };
+                if let Err(e) = s.handshake().await {
+                    info!(shard = shard.index, peer = ?addr, error = %e, "TLS handshake failed");
+                    return None;
                 }
+                let version = s.connection().protocol_version();
+                debug!(shard = shard.index, peer = ?addr, ?version, "TLS handshake done");
+                Stream::Tls(Box::new(s))
             }
-            ConnectRoute::Shard(home) if home.get() != shard.index => {
-                let fd = stream.as_raw_fd();
-                // SAFETY: `fd` is the open socket of `stream`; dup returns a
-                // new descriptor that we own (or -1, checked below).
-                let dup = unsafe { libc::dup(fd) };
-                if dup < 0 {
-                    warn!(
-                        shard = shard.index,
-                        "dup failed: {}",
-                        std::io::Error::last_os_error()
-                    );
-                    return;
+            None => Stream::Plain(tcp),
+        };
+        let mut buf = BytesMut::new();
+        let mut size = MIN_READ;
+        let route = loop {
+            match route_connect(&buf, shard.shards, max) {
+                ConnectRoute::NeedMore => {
+                    read_some(&mut stream, &mut buf, &mut size).await?;
                 }
-                drop(stream);
-                // SAFETY: `dup` is a fresh descriptor owned by nothing else.
-                let fd = unsafe { OwnedFd::from_raw_fd(dup) };
-                let handoff = MeshMsg::Handoff(Handoff { fd, buf });
-                shard.outq.borrow_mut().push_back((home.get(), handoff));
-                shard.out_notify.notify();
+                route => break route,
+            }
+        };
+        let cert_user = match (&stream, tls.as_deref()) {
+            (Stream::Tls(s), Some(spec)) if spec.identity_as_username => s.peer_common_name(),
+            _ => None,
+        };
+        let peer = Peer { addr, cert_user };
+        let credentials = connect_credentials(&buf, max);
+        let identity = match shard.gate.judge(&peer, credentials.as_ref()) {
+            Verdict::Now(identity) => identity,
+            Verdict::Verify {
+                passwords,
+                username,
+                password,
+            } => {
+                // Waiting for the shard's verification slot counts against
+                // the connect timeout too: a password flood cannot pile up
+                // connections.
+                let _permit = shard.verifying.acquire_permit(1).await.ok()?;
+                let job = glommio::executor()
+                    .spawn_blocking(move || gate::verify(&passwords, &username, &password));
+                job.await
+            }
+        };
+        Some((stream, buf, route, identity))
+    };
+    let timed_out = async {
+        timer::sleep(timeout).await;
+        Err(())
+    };
+    let (stream, buf, route, identity) =
+        match futures_lite::future::or(async { Ok(work.await) }, timed_out).await {
+            Ok(Some(done)) => done,
+            // Closed or failed before a whole CONNECT.
+            Ok(None) => return,
+            Err(()) => {
+                shard.core.borrow_mut().note_limit(Limit::ConnectTimeout);
+                debug!(shard = shard.index, peer = ?addr, "no CONNECT within the connect timeout");
                 return;
             }
-            _ => break,
+        };
+    if let Identity::Refused(rc) = &identity {
+        info!(shard = shard.index, peer = ?addr, reason = ?rc, "credentials refused");
+    }
+    if let ConnectRoute::Shard(home) = route {
+        if home.get() != shard.index {
+            let (tcp, tls) = match stream {
+                Stream::Plain(tcp) => (tcp, None),
+                Stream::Tls(s) => {
+                    let (tcp, conn) = s.into_parts();
+                    (tcp, Some(conn))
+                }
+            };
+            let fd = tcp.as_raw_fd();
+            // SAFETY: `fd` is the open socket of `tcp`; dup returns a new
+            // descriptor that we own (or -1, checked below).
+            let dup = unsafe { libc::dup(fd) };
+            if dup < 0 {
+                warn!(
+                    shard = shard.index,
+                    "dup failed: {}",
+                    std::io::Error::last_os_error()
+                );
+                return;
+            }
+            drop(tcp);
+            drop(slot);
+            // SAFETY: `dup` is a fresh descriptor owned by nothing else.
+            let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+            let handoff = MeshMsg::Handoff(Handoff {
+                fd,
+                buf,
+                tls,
+                identity,
+                budget,
+            });
+            shard.outq.borrow_mut().push_back((home.get(), handoff));
+            shard.out_notify.notify();
+            return;
         }
     }
-    let _ = stream.set_read_timeout(None);
-    serve(shard, stream, buf).await;
+    let conn = Accepted {
+        stream,
+        identity,
+        _budget: budget,
+        _slot: slot,
+    };
+    serve(shard, conn, buf).await;
+}
+
+/// A client's byte stream: plain TCP or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl futures_lite::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl futures_lite::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_close(cx),
+            Stream::Tls(s) => std::pin::Pin::new(&mut **s).poll_close(cx),
+        }
+    }
 }
 
 /// Reads more bytes into `buf`; `None` on EOF, error or timeout.
@@ -669,11 +954,20 @@ async fn read_some<R: futures_lite::AsyncRead + Unpin>(
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves a connection on its home shard until either side closes it.
-async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
-    let _ = stream.set_nodelay(true);
-    let fd = stream.as_raw_fd();
+async fn serve(shard: Rc<Shard>, accepted: Accepted, mut buf: BytesMut) {
+    let Accepted {
+        stream,
+        identity,
+        _budget,
+        _slot,
+    } = accepted;
+    let _ = stream.tcp().set_nodelay(true);
+    let fd = stream.tcp().as_raw_fd();
     let mut size = MIN_READ;
-    let conn = shard.core.borrow_mut().handle_open(Instant::now());
+    let conn = shard
+        .core
+        .borrow_mut()
+        .handle_open_as(Instant::now(), identity);
     debug!(
         shard = shard.index,
         conn = conn.0,
@@ -689,8 +983,9 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, mut buf: BytesMut) {
         fd,
     });
     shard.conns.borrow_mut().insert(conn, io.clone());
+    let tls = matches!(stream, Stream::Tls(_));
     let (mut rd, wr) = futures_lite::io::split(stream);
-    spawn_local(write_loop(shard.clone(), conn, io.clone(), wr)).detach();
+    spawn_local(write_loop(shard.clone(), conn, io.clone(), wr, tls)).detach();
 
     if !buf.is_empty() {
         shard
@@ -741,6 +1036,7 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
     conn: ConnId,
     io: Rc<ConnIo>,
     mut wr: W,
+    tls: bool,
 ) {
     'outer: loop {
         io.notify.wait().await;
@@ -767,7 +1063,8 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
             };
             // A client that stopped reading blocks only this task; once the
             // server decides to close it, it gets CLOSE_GRACE to take its bytes.
-            let write = async { wr.write_all(&out).await.is_ok() };
+            // (TLS: the flush pushes out records rustls still buffers.)
+            let write = async { wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok() };
             let give_up = async {
                 io.closing.wait().await;
                 timer::sleep(CLOSE_GRACE).await;
@@ -782,6 +1079,14 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
         }
     }
     let _ = wr.flush().await;
+    if tls && !io.dead.get() {
+        // close_notify, so the client sees a clean TLS close (bounded: the
+        // client may not be reading).
+        let notify = async {
+            let _ = wr.close().await;
+        };
+        futures_lite::future::or(notify, timer::sleep(Duration::from_millis(200))).await;
+    }
     // SAFETY: `io.fd` is the socket of this connection; the reader half still
     // owns it, so the descriptor is open. SHUT_WR sends FIN after the queued
     // bytes; a reader blocked on a dead client is woken by SHUT_RD.

@@ -15,9 +15,6 @@
 //! and shared by every shard (one TLS session cache for the node); a
 //! [`TlsStream`] is shard-local like the `TcpStream` inside it.
 
-// Until runtime.rs serves TLS listeners.
-#![allow(dead_code)]
-
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};

@@ -496,11 +496,8 @@ impl ShardCore {
     /// packet in `buf`, leaving a partial one there.
     pub fn handle_bytes(&mut self, now: Instant, conn_id: ConnId, buf: &mut BytesMut) {
         loop {
-            let (version, max_packet, state) = match self.conns.get_mut(&conn_id) {
-                Some(c) => {
-                    c.last_rx = now;
-                    (c.version, c.max_packet, &c.state)
-                }
+            let (version, max_packet, state) = match self.conns.get(&conn_id) {
+                Some(c) => (c.version, c.max_packet, &c.state),
                 None => return,
             };
             if *state == ConnState::Closing {
@@ -515,7 +512,15 @@ impl ShardCore {
             };
             match codec::decode(buf, version, max_packet) {
                 Ok(None) => return,
-                Ok(Some(packet)) => self.handle_packet(now, conn_id, packet),
+                Ok(Some(packet)) => {
+                    // Keep alive counts whole packets, not bytes
+                    // ([MQTT-3.1.2-24]): a client dribbling one packet
+                    // byte by byte is still closed in time.
+                    if let Some(c) = self.conns.get_mut(&conn_id) {
+                        c.last_rx = now;
+                    }
+                    self.handle_packet(now, conn_id, packet);
+                }
                 Err(e) => {
                     buf.clear();
                     self.decode_failed(now, conn_id, awaiting_connect, level, &e);

@@ -374,3 +374,31 @@ fn connect_credentials_come_from_a_whole_connect_only() {
     assert!(connect_credentials(&buf, 8).is_none());
     assert!(connect_credentials(&[0xc0, 0x00], 1024).is_none());
 }
+
+#[test]
+fn keep_alive_counts_whole_packets_not_bytes() {
+    // [MQTT-3.1.2-24]: a client that dribbles one PUBLISH a byte at a time
+    // is closed after 1.5 x its keep alive, like a silent one.
+    let mut cl = Cluster::new(1);
+    let mut connect = Connect::new(V5, "dribbler");
+    connect.keep_alive = 2;
+    let (c, _) = cl.connect_with(connect);
+    let mut p = Publish::new(topic("t"), Bytes::from_static(&[b'x'; 200]));
+    p.qos = QoS::AtMostOnce;
+    let mut bytes = BytesMut::new();
+    Packet::Publish(p).encode(V5, &mut bytes).unwrap();
+    let mut buf = BytesMut::new();
+    for &b in &bytes[..bytes.len() - 1] {
+        buf.extend_from_slice(&[b]);
+        cl.cores[0].handle_bytes(cl.now, c.conn, &mut buf);
+        cl.advance(Duration::from_millis(100));
+        if cl.closed(&c) {
+            break;
+        }
+    }
+    assert!(cl.closed(&c), "closed while still dribbling");
+    assert!(
+        matches!(cl.recv(&c).last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::KEEP_ALIVE_TIMEOUT),
+        "DISCONNECT 0x8D"
+    );
+}
