@@ -332,12 +332,15 @@ mod tests {
     #[test]
     fn renders_every_series_for_every_shard() {
         let m = Metrics::new(2);
-        let stats = ShardStats {
+        let mut stats = ShardStats {
             connections: 3,
             messages_received: 7,
             received_by_qos: [4, 2, 1],
+            acl_denied: [5, 6],
+            auth_refused: [8, 9],
             ..ShardStats::default()
         };
+        stats.limit_hits[Limit::Subscriptions as usize] = 4;
         m.publish(1, &stats);
         m.observe_store_write(0, Duration::from_micros(80));
         m.observe_store_write(0, Duration::from_millis(3));
@@ -347,6 +350,12 @@ mod tests {
         assert!(text.contains("vmqtt_connections{shard=\"1\"} 3\n"));
         assert!(text.contains("vmqtt_messages_received_total{shard=\"1\",qos=\"1\"} 2\n"));
         assert!(text.contains("vmqtt_messages_received_total{shard=\"1\",qos=\"2\"} 1\n"));
+        assert!(text.contains("vmqtt_limit_hits_total{shard=\"1\",limit=\"subscriptions\"} 4\n"));
+        assert!(text.contains("vmqtt_limit_hits_total{shard=\"0\",limit=\"connect_rate\"} 0\n"));
+        assert!(text.contains("vmqtt_acl_denied_total{shard=\"1\",action=\"subscribe\"} 6\n"));
+        assert!(
+            text.contains("vmqtt_auth_refused_total{shard=\"1\",reason=\"bad_credentials\"} 8\n")
+        );
         // Cumulative buckets: 80 us is under 100 us, 3 ms under 5 ms.
         assert!(text.contains("vmqtt_storage_write_seconds_bucket{shard=\"0\",le=\"0.00005\"} 0\n"));
         assert!(text.contains("vmqtt_storage_write_seconds_bucket{shard=\"0\",le=\"0.0001\"} 1\n"));
@@ -354,9 +363,13 @@ mod tests {
         assert!(text.contains("vmqtt_storage_write_seconds_bucket{shard=\"0\",le=\"+Inf\"} 2\n"));
         assert!(text.contains("vmqtt_storage_write_seconds_count{shard=\"0\"} 2\n"));
         let histogram = 2 * (STORE_BUCKETS_US.len() + 1 + 2);
+        let labelled: usize = LABELLED
+            .iter()
+            .map(|(_, _, _, values)| 2 * values.len())
+            .sum();
         assert_eq!(
             text.lines().filter(|l| !l.starts_with('#')).count(),
-            2 * SERIES.len() + 2 * 3 * BY_QOS.len() + histogram
+            2 * SERIES.len() + 2 * 3 * BY_QOS.len() + histogram + labelled
         );
     }
 
