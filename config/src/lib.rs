@@ -44,8 +44,9 @@ pub use crate::error::{ConfigError, Location};
 pub use crate::source::ConfigSource;
 
 /// The whole configuration file: global settings, the `[mqtt]`, `[runtime]`,
-/// `[log]`, `[http]` and `[storage]` sections, and `[shards.N]` per-shard
-/// overrides of `[mqtt]` and of some `[storage]` keys.
+/// `[log]`, `[http]`, `[storage]`, `[tasks]`, `[tls]` and `[auth]` sections,
+/// and `[shards.N]` per-shard overrides of `[mqtt]`, `[tasks]` and of some
+/// `[storage]` keys.
 ///
 /// Built by [`Config::load`] or [`Config::from_toml_str`], which validate
 /// it; a `Config` changed in code can be checked again with
