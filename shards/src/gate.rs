@@ -172,6 +172,12 @@ impl Gate {
         }
     }
 
+    /// Whether a password file is in force, so that [`Gate::judge`] needs the
+    /// CONNECT's credentials (without one, user names are not checked).
+    pub fn checks_passwords(&self) -> bool {
+        self.current().passwords.is_some()
+    }
+
     /// Decides what can be decided at once; a password is left to verify.
     ///
     /// - a client certificate used as the user name: that user;

@@ -761,7 +761,12 @@ async fn first_bytes(
             _ => None,
         };
         let peer = Peer { addr, cert_user };
-        let credentials = connect_credentials(&buf, max);
+        // (Decoding the CONNECT once more only when a password is checked.)
+        let credentials = shard
+            .gate
+            .checks_passwords()
+            .then(|| connect_credentials(&buf, max))
+            .flatten();
         let identity = match shard.gate.judge(&peer, credentials.as_ref()) {
             Verdict::Now(identity) => identity,
             Verdict::Verify {
