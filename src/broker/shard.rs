@@ -270,6 +270,11 @@ struct Store {
     held_acks: VecDeque<(u64, ShardId, u64)>,
     /// Connections with output held back.
     gated: HashSet<ConnId, ahash::RandomState>,
+    /// `ops.len()` when the current input (packet, shard message, timer)
+    /// began: ops past it are this input's own changes.
+    mark: usize,
+    /// While replies held in a [`Pending`] go out: the batch they wait for.
+    replying_after: Option<u64>,
 }
 
 impl Store {
@@ -282,6 +287,21 @@ impl Store {
         } else {
             None
         }
+    }
+
+    /// A new input begins: changes from here on are its own.
+    fn begin_input(&mut self) {
+        self.mark = self.ops.len();
+    }
+
+    /// The batch that output caused by the current input must wait for:
+    /// the one its own changes go into, if it made any. Clean sessions wait
+    /// only for this (and for what a [`Pending`] reply waited for), so a
+    /// stalled log (a full disk) holds no traffic that needs no storage.
+    fn own_barrier(&self) -> Option<u64> {
+        let own = (self.ops.len() > self.mark).then_some(self.next_batch);
+        let pending = self.replying_after.filter(|b| *b > self.durable);
+        own.max(pending)
     }
 
     /// One more queue entry refers to `msg`; returns its id, storing it
@@ -349,6 +369,9 @@ impl Store {
 #[derive(Debug)]
 struct Pending {
     remaining: usize,
+    /// The storage batch the replies also wait for (the changes the
+    /// request made on this shard), if any.
+    after: Option<u64>,
     conn: ConnId,
     client: ClientId,
     replies: Vec<Packet>,
@@ -496,6 +519,7 @@ impl ShardCore {
     /// packet in `buf`, leaving a partial one there.
     pub fn handle_bytes(&mut self, now: Instant, conn_id: ConnId, buf: &mut BytesMut) {
         loop {
+            self.store.begin_input();
             let (version, max_packet, state) = match self.conns.get(&conn_id) {
                 Some(c) => (c.version, c.max_packet, &c.state),
                 None => return,
@@ -532,6 +556,7 @@ impl ShardCore {
 
     /// The socket closed (EOF, error, or after an [`IoEvent::Close`]).
     pub fn handle_closed(&mut self, now: Instant, conn_id: ConnId) {
+        self.store.begin_input();
         let Some(conn) = self.conns.remove(&conn_id) else {
             return;
         };
@@ -545,6 +570,7 @@ impl ShardCore {
     /// first get DISCONNECT 0x8B (Server shutting down). Wills are not
     /// published: the client did nothing wrong, and the server is going away.
     pub fn handle_shutdown(&mut self, now: Instant) {
+        self.store.begin_input();
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
             let Some(conn) = self.conns.get_mut(&id) else {
@@ -577,6 +603,7 @@ impl ShardCore {
 
     /// One message from another shard.
     pub fn handle_shard_msg(&mut self, now: Instant, msg: ShardMsg) {
+        self.store.begin_input();
         match msg {
             ShardMsg::Publish(m) => self.deliver_local(now, &m),
             ShardMsg::PublishAcked { msg, from, token } => {
@@ -765,6 +792,7 @@ impl ShardCore {
         let batch = self.store.next_batch;
         self.store.next_batch += 1;
         self.store.taken = batch;
+        self.store.mark = 0;
         Some((batch, std::mem::take(&mut self.store.ops)))
     }
 
@@ -802,6 +830,7 @@ impl ShardCore {
     /// the session queue for the next write.
     /// Output that waits for storage stays (see [`ShardCore::poll_store`]).
     pub fn take_output(&mut self, now: Instant, conn_id: ConnId) -> Option<BytesMut> {
+        self.store.begin_input();
         let conn = self.conns.get_mut(&conn_id)?;
         conn.woken = false;
         let durable = self.store.durable;
@@ -1361,6 +1390,7 @@ impl ShardCore {
             Some(token) if remaining > 0 => {
                 let pending = Pending {
                     remaining,
+                    after: self.store.own_barrier(),
                     conn: conn_id,
                     client: cid.clone(),
                     replies: vec![reply],
@@ -1445,6 +1475,7 @@ impl ShardCore {
             // a message published anywhere after it is delivered.
             let pending = Pending {
                 remaining: announced * (self.shards - 1),
+                after: self.store.own_barrier(),
                 conn: conn_id,
                 client: cid.clone(),
                 replies,
@@ -2126,11 +2157,11 @@ impl ShardCore {
         self.next_token
     }
 
-    /// Answers a `RouteAdd` or `Retain` that asked for it.
-    /// Held until this shard's storage changes so far are written.
+    /// Answers a `RouteAdd`, `Retain` or forwarded publish that asked for
+    /// it. Held until the storage changes it caused here are written.
     fn ack(&mut self, to: ShardId, token: Option<u64>) {
         let Some(token) = token else { return };
-        if let Some(batch) = self.store.barrier() {
+        if let Some(batch) = self.store.own_barrier() {
             self.store.held_acks.push_back((batch, to, token));
         } else if let Some(q) = self.outbox.get_mut(to.get()) {
             q.push(ShardMsg::Ack { token });
@@ -2154,9 +2185,11 @@ impl ShardCore {
         if !attached {
             return;
         }
+        self.store.replying_after = p.after;
         for packet in &p.replies {
             self.send(p.conn, packet);
         }
+        self.store.replying_after = None;
         self.send_retained(now, &p.client, p.retained_for);
     }
 
@@ -2207,7 +2240,25 @@ impl ShardCore {
             return;
         };
         let was_empty = conn.out.is_empty();
-        if let Some(batch) = self.store.barrier() {
+        // A persistent session's output waits for every change made before
+        // it (conservative: its state is in the log). A clean session's waits
+        // only for the changes its cause made (e.g. a QoS 1 message it
+        // published, stored for a persistent subscriber; a stored session
+        // its clean start removed); a message delivered to it waits for
+        // nothing, since nothing it is told depends on the log.
+        let persistent = conn
+            .client_id
+            .as_ref()
+            .and_then(|c| self.sessions.get(c))
+            .is_some_and(|s| s.stored);
+        let barrier = if persistent {
+            self.store.barrier()
+        } else if matches!(packet, Packet::Publish(_)) {
+            None
+        } else {
+            self.store.own_barrier()
+        };
+        if let Some(batch) = barrier {
             // Whatever is said after a change waits until it is written.
             if conn.gates.back().map_or(true, |g| g.1 != batch) {
                 conn.gates.push_back((conn.out.len(), batch));
@@ -2299,6 +2350,7 @@ impl ShardCore {
     // ---------------------------------------------------------- timers
 
     fn fire(&mut self, now: Instant, timer: Timer) {
+        self.store.begin_input();
         match timer {
             Timer::ConnectTimeout(id) => {
                 if self

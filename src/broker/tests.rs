@@ -1747,3 +1747,5 @@ fn sys_reports_storage_write_times() {
 }
 
 mod security;
+
+mod stalled_store;
