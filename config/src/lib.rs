@@ -409,13 +409,33 @@ settings! {
         /// capped by the client's own Receive Maximum. 1..=65535, default 1024.
         max_inflight: u16 = 1024,
         /// Messages queued per session beyond the inflight window (client slow or
-        /// offline); more are dropped and counted. 0 = queue nothing.
+        /// offline), in memory: all of a clean session's, a persistent
+        /// session's QoS 0 (its QoS 1/2 are bounded by `max_stored_messages`
+        /// and `max_stored_bytes`); more are dropped and counted. 0 = queue
+        /// nothing.
         /// Default 1000.
         max_queued_messages: usize = 1000,
         /// Encoded bytes waiting to be written to one connection before it counts
         /// as slow and further messages are queued in its session instead.
         /// At least 1024, default 262144 (256 KiB).
         max_output_buffer: usize = 262_144,
+        /// Retained messages one session may have waiting to be sent for its
+        /// new subscriptions: they go out as fast as its inflight window and
+        /// its socket take them, so a wildcard subscriber gets every match;
+        /// beyond this many waiting, the rest are dropped, counted
+        /// (`retained_backlog` limit) and logged. 0 = no limit; default
+        /// 1000000.
+        max_retained_backlog: usize = 1_000_000,
+        /// QoS 1 and 2 messages queued for one persistent session (they are
+        /// in the log, so `max_queued_messages` does not bound them); more
+        /// are refused for that session, counted (`stored_messages` limit)
+        /// and logged. 0 = no limit; default 100000.
+        max_stored_messages: usize = 100_000,
+        /// Bytes of QoS 1 and 2 messages (topic + payload + 64 each) queued
+        /// for one persistent session; more are refused, counted
+        /// (`stored_bytes` limit) and logged. 0 = no limit; default 67108864
+        /// (64 MiB).
+        max_stored_bytes: u64 = 64 << 20,
         /// Milliseconds a new connection has to send CONNECT before it is
         /// closed. At least 1, default 10000.
         connect_timeout_ms: u64 = 10_000,
@@ -472,6 +492,12 @@ settings! {
         max_open_files: i32 = 1024,
         /// Whether table files are compressed with LZ4. Default true.
         compression: bool = true,
+        /// Bytes of messages queued for persistent sessions in the whole
+        /// process (topic + payload + 64 each; they are in the log and, for
+        /// now, in memory too). Beyond it a new message for a persistent
+        /// session is refused for that session and counted (`queue_budget`
+        /// limit). 0 = no limit; default 1073741824 (1 GiB).
+        max_queued_bytes: u64 = 1 << 30,
     }
     tasks {
         /// Shares of the connection tasks (reading, decoding and answering

@@ -56,6 +56,9 @@ const RULES: &[(&str, Rule)] = &[
     ("mqtt.max_inflight", int(1, U16, "")),
     ("mqtt.max_queued_messages", int(0, NO_MAX, "messages")),
     ("mqtt.max_output_buffer", int(1024, NO_MAX, "bytes")),
+    ("mqtt.max_retained_backlog", int(0, NO_MAX, "messages")),
+    ("mqtt.max_stored_messages", int(0, NO_MAX, "messages")),
+    ("mqtt.max_stored_bytes", int(0, NO_MAX, "bytes")),
     ("mqtt.connect_timeout_ms", int(1, NO_MAX, "milliseconds")),
     ("mqtt.max_session_expiry", int(0, U32, "seconds")),
     ("mqtt.retain_available", Rule::Bool),
@@ -92,6 +95,7 @@ const RULES: &[(&str, Rule)] = &[
     ("storage.write_buffer_size", int(1 << 20, 4 << 30, "bytes")),
     ("storage.block_cache_size", int(0, 64 << 30, "bytes")),
     ("storage.max_background_jobs", int(1, 64, "threads")),
+    ("storage.max_queued_bytes", int(0, NO_MAX, "bytes")),
     (
         "storage.max_open_files",
         Rule::IntOrUnlimited {
@@ -335,6 +339,7 @@ impl Config {
             u64::from(storage.max_background_jobs),
         )?;
         self.check_signed("storage.max_open_files", i64::from(storage.max_open_files))?;
+        self.check("storage.max_queued_bytes", storage.max_queued_bytes)?;
         self.validate_tls()?;
         for (key, n) in self.tasks.numbers() {
             self.check(&format!("tasks.{key}"), n)?;

@@ -364,14 +364,14 @@ fn typo_names_key_line_and_allowed_keys() {
     assert_eq!(at.line, Some(5));
     assert_eq!(&*at.origin, ORIGIN);
     assert_eq!(suggestion.as_deref(), Some("receive_maximum"));
-    assert_eq!(allowed.len(), 16);
+    assert_eq!(allowed.len(), 19);
     assert!(allowed.iter().any(|k| k == "receive_maximum"));
     assert_eq!(
         err.to_string(),
         "unknown key `mqtt.recieve_maximum` at vmqtt.toml line 5: did you mean `receive_maximum`? \
          allowed keys in [mqtt] are max_packet_size, max_keepalive, receive_maximum, \
          topic_alias_maximum, max_inflight, max_queued_messages, max_output_buffer, \
-         connect_timeout_ms, max_session_expiry, retain_available, sys_interval_ms, \
+         max_retained_backlog, max_stored_messages, max_stored_bytes, connect_timeout_ms, max_session_expiry, retain_available, sys_interval_ms, \
          max_connections, max_connect_rate, max_topic_length, max_topic_levels, max_subscriptions"
     );
 }
@@ -389,7 +389,7 @@ fn unknown_keys_everywhere() {
         err.to_string(),
         "unknown key `storage.path` at vmqtt.toml line 3: allowed keys in [storage] are \
          durability, write_buffer_size, block_cache_size, max_background_jobs, max_open_files, \
-         compression"
+         compression, max_queued_bytes"
     );
     let err = parse_err("[storage]\n\nwrite_buffer = 1048576\n");
     assert!(
@@ -434,7 +434,8 @@ fn unknown_keys_everywhere() {
         err.to_string(),
         "unknown key `shards.2.bogus` at vmqtt.toml line 3: allowed keys in [shards.2] are \
          max_packet_size, max_keepalive, receive_maximum, topic_alias_maximum, max_inflight, \
-         max_queued_messages, max_output_buffer, connect_timeout_ms, max_session_expiry, \
+         max_queued_messages, max_output_buffer, max_retained_backlog, max_stored_messages, max_stored_bytes, connect_timeout_ms, \
+         max_session_expiry, \
          retain_available, sys_interval_ms, max_connections, max_connect_rate, max_topic_length, \
          max_topic_levels, max_subscriptions, durability, write_buffer_size, block_cache_size, \
          client_shares, mesh_shares, background_shares"
@@ -786,6 +787,9 @@ fn changed_mqtt() -> MqttConfig {
         max_inflight: d.max_inflight + 1,
         max_queued_messages: d.max_queued_messages + 1,
         max_output_buffer: d.max_output_buffer + 1,
+        max_retained_backlog: d.max_retained_backlog + 1,
+        max_stored_messages: d.max_stored_messages + 1,
+        max_stored_bytes: d.max_stored_bytes + 1,
         connect_timeout_ms: d.connect_timeout_ms + 1,
         max_session_expiry: d.max_session_expiry - 1,
         retain_available: !d.retain_available,
@@ -920,7 +924,8 @@ fn whole_database_storage_keys_are_not_per_shard() {
         "`shards.1.compression` at vmqtt.toml line 2: `compression` applies to the whole \
          database and can only be set in [storage]; allowed keys in [shards.1] are \
          max_packet_size, max_keepalive, receive_maximum, topic_alias_maximum, max_inflight, \
-         max_queued_messages, max_output_buffer, connect_timeout_ms, max_session_expiry, \
+         max_queued_messages, max_output_buffer, max_retained_backlog, max_stored_messages, max_stored_bytes, connect_timeout_ms, \
+         max_session_expiry, \
          retain_available, sys_interval_ms, max_connections, max_connect_rate, max_topic_length, \
          max_topic_levels, max_subscriptions, durability, write_buffer_size, block_cache_size, \
          client_shares, mesh_shares, background_shares"

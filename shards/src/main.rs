@@ -27,7 +27,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter};
 
-use vmqtt::broker::{Authorizer, CoreConfig};
+use vmqtt::broker::{Authorizer, CoreConfig, QueueBudget};
 use vmqtt_config::{Config, Durability, LogFormat, MqttConfig};
 
 /// The vmqtt MQTT broker (MQTT 3.1, 3.1.1 and 5.0).
@@ -140,6 +140,10 @@ fn core_config(
         max_inflight: m.max_inflight,
         max_queued_messages: m.max_queued_messages,
         max_output_buffer: m.max_output_buffer,
+        max_retained_backlog: m.max_retained_backlog,
+        max_stored_messages: m.max_stored_messages,
+        max_stored_bytes: m.max_stored_bytes,
+        queue_budget: None,
         connect_timeout: Duration::from_millis(m.connect_timeout_ms),
         max_session_expiry: m.max_session_expiry,
         retain_available: m.retain_available,
@@ -392,6 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         (None, vec![None; shards])
     };
     let metrics = http::Metrics::new(shards);
+    let queue_budget = QueueBudget::new(config.storage.max_queued_bytes);
     let stop = Arc::new(AtomicBool::new(false));
     let mesh = MeshBuilder::full(shards, MESH_CAPACITY);
     let instance = SystemTime::now()
@@ -417,12 +422,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             index,
             shards,
             listen: config.listen.clone(),
-            core: core_config(
-                &config.mqtt_for_shard(index),
-                instance,
-                persistence,
-                security.acl.clone(),
-            ),
+            core: CoreConfig {
+                // One budget for every shard's persistent queues.
+                queue_budget: Some(queue_budget.clone()),
+                ..core_config(
+                    &config.mqtt_for_shard(index),
+                    instance,
+                    persistence,
+                    security.acl.clone(),
+                )
+            },
             tls: tls.clone(),
             gate: gate.clone(),
             budget: budget.clone(),

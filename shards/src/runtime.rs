@@ -268,6 +268,19 @@ impl Shard {
                         io.closing.notify();
                     }
                 }
+                IoEvent::Limited {
+                    client_id,
+                    limit,
+                    dropped,
+                } => {
+                    warn!(
+                        shard = self.index,
+                        client_id = client_id.as_str(),
+                        limit = limit.as_str(),
+                        dropped,
+                        "messages for a session dropped at a limit (reported at most every 10 s per session)"
+                    );
+                }
                 IoEvent::Connected {
                     conn,
                     client_id,

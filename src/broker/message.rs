@@ -124,11 +124,21 @@ pub enum Limit {
     Inflight,
     /// `max_queued_messages`: a message dropped because the queue is full.
     Queued,
+    /// `max_retained_backlog`: retained messages for a new subscription
+    /// beyond what may wait to be sent.
+    RetainedBacklog,
+    /// `max_stored_messages`: a persistent session's queue holds that many.
+    StoredMessages,
+    /// `max_stored_bytes`: a persistent session's queue holds that many bytes.
+    StoredBytes,
+    /// `[storage] max_queued_bytes`: the process's persistent queues hold
+    /// that many bytes in all.
+    QueueBudget,
 }
 
 impl Limit {
     /// How many limits there are.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 14;
     /// Every limit, in `as usize` order.
     pub const ALL: [Limit; Limit::COUNT] = [
         Limit::Connections,
@@ -141,6 +151,10 @@ impl Limit {
         Limit::ReceiveMaximum,
         Limit::Inflight,
         Limit::Queued,
+        Limit::RetainedBacklog,
+        Limit::StoredMessages,
+        Limit::StoredBytes,
+        Limit::QueueBudget,
     ];
 
     /// Its name in metrics: `connections`, `connect_rate`, ….
@@ -156,6 +170,10 @@ impl Limit {
             Limit::ReceiveMaximum => "receive_maximum",
             Limit::Inflight => "inflight",
             Limit::Queued => "queued",
+            Limit::RetainedBacklog => "retained_backlog",
+            Limit::StoredMessages => "stored_messages",
+            Limit::StoredBytes => "stored_bytes",
+            Limit::QueueBudget => "queue_budget",
         }
     }
 }
@@ -211,6 +229,11 @@ pub enum ShardMsg {
     Ack {
         /// The token.
         token: u64,
+        /// A forwarded publish reached at least one session here.
+        delivered: bool,
+        /// A forwarded publish was refused by at least one session's queue
+        /// bound here.
+        refused: bool,
     },
     /// Shard `from` no longer has subscribers for `filter`.
     RouteRemove {

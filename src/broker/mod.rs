@@ -12,6 +12,7 @@
 //! Inputs are `handle_*(now, …)`, outputs are `poll_*()` / `take_*()`.
 
 pub mod auth;
+mod budget;
 mod message;
 pub mod persist;
 mod retain;
@@ -21,10 +22,11 @@ mod shard;
 use std::fmt;
 
 pub use auth::{Authorizer, Identity};
+pub use budget::QueueBudget;
 pub use message::{Limit, Message, ShardMsg, ShardStats};
 pub use retain::RetainedStore;
 pub use session::{Session, Subscription};
-pub use shard::{CloseReason, CoreConfig, IoEvent, ShardCore};
+pub use shard::{CloseReason, CoreConfig, IoEvent, ShardCore, LIMITED_LOG_INTERVAL};
 
 /// Index of a shard (one per core), `0..shards`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use super::{ConnId, Message};
+use super::{ConnId, Limit, Message, QueueBudget};
 use crate::codec::{LastWill, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::topic::TopicFilter;
 use crate::{ClientId, PacketId};
@@ -46,6 +46,21 @@ pub(crate) struct StoreRef {
     pub(crate) msg_id: u64,
     /// The queue entry's position in the session's queue.
     pub(crate) seq: u64,
+}
+
+/// The bounds of a persistent session's queue of stored QoS 1/2 messages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoredBounds {
+    /// Messages queued at most; 0 = no limit.
+    pub(crate) messages: usize,
+    /// Bytes queued at most ([`queue_cost`]); 0 = no limit.
+    pub(crate) bytes: u64,
+}
+
+/// What a queued message counts against the queue bounds: its topic and
+/// payload plus a fixed overhead for its stored records.
+pub(crate) fn queue_cost(msg: &Message) -> u64 {
+    (msg.topic.as_str().len() + msg.payload.len() + 64) as u64
 }
 
 /// Why [`Session::enqueue`] refused.
@@ -93,6 +108,15 @@ pub(crate) struct Inflight {
     pub(crate) stage: Stage,
 }
 
+/// Retained messages matched by one SUBSCRIBE filter, waiting to be sent
+/// (paced by the inflight window and the connection's output buffer).
+#[derive(Debug)]
+struct RetainedBatch {
+    filter: TopicFilter,
+    sub: Subscription,
+    messages: VecDeque<Arc<Message>>,
+}
+
 /// The session of one client identifier.
 #[derive(Debug)]
 pub struct Session {
@@ -115,11 +139,24 @@ pub struct Session {
     seq: u64,
     /// Messages waiting for a free inflight slot or for the client.
     queue: VecDeque<Delivery>,
+    /// [`queue_cost`] of the stored deliveries in `queue`.
+    queued_bytes: u64,
+    /// The process-wide budget `queued_bytes` is taken from.
+    pub(crate) budget: Option<Arc<QueueBudget>>,
+    /// Retained messages of new subscriptions not yet handed to the queue,
+    /// oldest subscription first (memory only: a restart does not resend them).
+    retained_backlog: VecDeque<RetainedBatch>,
+    /// Messages in `retained_backlog`.
+    retained_backlog_len: usize,
     /// Inbound QoS 2 packet identifiers received and not yet released.
     incoming_qos2: HashSet<PacketId, ahash::RandomState>,
     next_packet_id: PacketId,
     /// Messages dropped for this session (queue full, too large, expired).
     pub(crate) dropped: u64,
+    /// Drops at a limit not yet reported in an `IoEvent::Limited`.
+    pub(crate) unlogged_drops: u64,
+    /// When the last `IoEvent::Limited` of this session was emitted.
+    pub(crate) last_limit_log: Option<std::time::Instant>,
     /// Whether the session has a record in durable storage.
     pub(crate) stored: bool,
     /// Next position in the stored queue.
@@ -143,9 +180,15 @@ impl Session {
             inflight_by_id: HashMap::default(),
             seq: 0,
             queue: VecDeque::new(),
+            queued_bytes: 0,
+            budget: None,
+            retained_backlog: VecDeque::new(),
+            retained_backlog_len: 0,
             incoming_qos2: HashSet::default(),
             next_packet_id: PacketId::new(1).unwrap_or_else(|| unreachable!()),
             dropped: 0,
+            unlogged_drops: 0,
+            last_limit_log: None,
             stored: false,
             store_seq: 1,
             disconnected_at: None,
@@ -190,6 +233,124 @@ impl Session {
         Ok(())
     }
 
+    /// Adds the retained messages matched by a new subscription to the
+    /// backlog, keeping at most `limit` messages waiting in all (0 = no
+    /// limit). Returns how many did not fit.
+    pub(crate) fn push_retained(
+        &mut self,
+        filter: TopicFilter,
+        sub: Subscription,
+        mut messages: VecDeque<Arc<Message>>,
+        limit: usize,
+    ) -> usize {
+        let room = if limit == 0 {
+            usize::MAX
+        } else {
+            limit.saturating_sub(self.retained_backlog_len)
+        };
+        let over = messages.len().saturating_sub(room);
+        messages.truncate(messages.len() - over);
+        if !messages.is_empty() {
+            self.retained_backlog_len += messages.len();
+            self.retained_backlog.push_back(RetainedBatch {
+                filter,
+                sub,
+                messages,
+            });
+        }
+        over
+    }
+
+    /// The next retained message of the backlog, with the subscription that
+    /// matched it.
+    pub(crate) fn next_retained(&mut self) -> Option<(Arc<Message>, Subscription)> {
+        loop {
+            let batch = self.retained_backlog.front_mut()?;
+            if let Some(m) = batch.messages.pop_front() {
+                self.retained_backlog_len -= 1;
+                return Some((m, batch.sub));
+            }
+            self.retained_backlog.pop_front();
+        }
+    }
+
+    /// Forgets the retained messages still waiting for `filter` (it was
+    /// unsubscribed or replaced).
+    pub(crate) fn drop_retained_for(&mut self, filter: &TopicFilter) {
+        let mut dropped = 0;
+        self.retained_backlog.retain(|b| {
+            let keep = &b.filter != filter;
+            if !keep {
+                dropped += b.messages.len();
+            }
+            keep
+        });
+        self.retained_backlog_len -= dropped;
+    }
+
+    /// Retained messages waiting in the backlog.
+    pub fn retained_backlog_len(&self) -> usize {
+        self.retained_backlog_len
+    }
+
+    /// Whether a persistent session's queue takes one more stored message
+    /// within `bounds` and the process-wide budget. On `Ok` the budget is
+    /// taken for it and [`Session::push_stored`] must follow; `Err` names
+    /// the bound that refused it (and counts the drop).
+    pub(crate) fn admit_stored(
+        &mut self,
+        msg: &Message,
+        bounds: StoredBounds,
+    ) -> Result<(), Limit> {
+        let cost = queue_cost(msg);
+        let refused = if bounds.messages != 0 && self.queue.len() >= bounds.messages {
+            Some(Limit::StoredMessages)
+        } else if bounds.bytes != 0 && self.queued_bytes + cost > bounds.bytes {
+            Some(Limit::StoredBytes)
+        } else if self.budget.as_ref().is_some_and(|b| !b.try_take(cost)) {
+            Some(Limit::QueueBudget)
+        } else {
+            None
+        };
+        match refused {
+            Some(limit) => {
+                self.dropped += 1;
+                Err(limit)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Queues a stored delivery admitted by [`Session::admit_stored`].
+    pub(crate) fn push_stored(&mut self, d: Delivery) {
+        self.queued_bytes += queue_cost(&d.msg);
+        self.queue.push_back(d);
+    }
+
+    /// Bytes ([`queue_cost`]) of the stored deliveries queued.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
+    }
+
+    /// Recomputes `queued_bytes` after deliveries were stored or unstored
+    /// (the session became persistent or stopped being so).
+    pub(crate) fn recount_queued_bytes(&mut self) {
+        let now: u64 = self
+            .queue
+            .iter()
+            .filter(|d| d.store.is_some())
+            .map(|d| queue_cost(&d.msg))
+            .sum();
+        if let Some(b) = &self.budget {
+            if now > self.queued_bytes {
+                b.take(now - self.queued_bytes);
+            } else {
+                b.give(self.queued_bytes - now);
+            }
+        }
+        self.queued_bytes = now;
+    }
+
     /// Forgets where the deliveries are stored (the session's stored
     /// record was deleted), returning what they referred to.
     pub(crate) fn clear_store_refs(&mut self) -> Vec<StoreRef> {
@@ -200,6 +361,7 @@ impl Session {
         for f in self.inflight.values_mut() {
             refs.extend(f.delivery.store.take());
         }
+        self.recount_queued_bytes();
         refs
     }
 
@@ -227,6 +389,13 @@ impl Session {
 
     /// Recovery: appends a queued delivery (no limit: it was accepted).
     pub(crate) fn restore_queued(&mut self, delivery: Delivery) {
+        if delivery.store.is_some() {
+            let cost = queue_cost(&delivery.msg);
+            self.queued_bytes += cost;
+            if let Some(b) = &self.budget {
+                b.take(cost);
+            }
+        }
         self.queue.push_back(delivery);
     }
 
@@ -251,6 +420,13 @@ impl Session {
             return None;
         }
         let d = self.queue.pop_front()?;
+        if d.store.is_some() {
+            let cost = queue_cost(&d.msg);
+            self.queued_bytes = self.queued_bytes.saturating_sub(cost);
+            if let Some(b) = &self.budget {
+                b.give(cost);
+            }
+        }
         let packet_id = self.allocate_packet_id()?;
         let stage = if d.qos == QoS::ExactlyOnce {
             Stage::AwaitRec
@@ -371,6 +547,14 @@ impl Session {
     /// server's Receive Maximum).
     pub(crate) fn incoming_qos2_len(&self) -> usize {
         self.incoming_qos2.len()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.give(self.queued_bytes);
+        }
     }
 }
 

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::persist::{OutState, QueueImage, Restored, SessionImage, StoreOp};
-use super::session::{Delivery, Dropped, Rec, Stage, StoreRef, Subscription};
+use super::session::{Delivery, Dropped, Rec, Stage, StoreRef, StoredBounds, Subscription};
 use super::{
-    home_shard, Authorizer, ConnId, Identity, Limit, Message, RetainedStore, Session, ShardId,
-    ShardMsg, ShardStats,
+    home_shard, Authorizer, ConnId, Identity, Limit, Message, QueueBudget, RetainedStore, Session,
+    ShardId, ShardMsg, ShardStats,
 };
 use crate::codec::{
     self, AckProperties, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
@@ -41,6 +41,20 @@ pub struct CoreConfig {
     /// Messages queued per session behind the inflight window or while the
     /// client is away; beyond it messages are dropped and counted.
     pub max_queued_messages: usize,
+    /// QoS 1/2 messages queued for one persistent session (they are in the
+    /// log); more are refused, counted ([`Limit::StoredMessages`]) and
+    /// reported. 0 = no limit.
+    pub max_stored_messages: usize,
+    /// Bytes of messages ([`queue_cost`](super::session)) queued for one
+    /// persistent session; 0 = no limit ([`Limit::StoredBytes`]).
+    pub max_stored_bytes: u64,
+    /// The process-wide budget of bytes queued for persistent sessions
+    /// ([`Limit::QueueBudget`]); `None` = no limit.
+    pub queue_budget: Option<Arc<QueueBudget>>,
+    /// Retained messages a session may have waiting to be sent for its new
+    /// subscriptions (they go out paced by the window and the socket); more
+    /// are dropped and counted ([`Limit::RetainedBacklog`]). 0 = no limit.
+    pub max_retained_backlog: usize,
     /// Bytes of encoded output buffered per connection before QoS 0 messages
     /// are dropped and QoS 1/2 wait in the session queue.
     pub max_output_buffer: usize,
@@ -85,6 +99,10 @@ impl Default for CoreConfig {
             max_inflight: 1024,
             max_queued_messages: 1000,
             max_output_buffer: 256 * 1024,
+            max_retained_backlog: 1_000_000,
+            max_stored_messages: 100_000,
+            max_stored_bytes: 64 << 20,
+            queue_budget: None,
             connect_timeout: Duration::from_secs(10),
             max_session_expiry: u32::MAX,
             retain_available: true,
@@ -115,12 +133,26 @@ pub enum IoEvent {
         /// Whether a stored session was resumed.
         session_present: bool,
     },
+    /// Messages for a session were dropped at a limit (for a log line; at
+    /// most one per session per [`LIMITED_LOG_INTERVAL`], with the count
+    /// since the last one).
+    Limited {
+        /// The session.
+        client_id: ClientId,
+        /// The limit that dropped them.
+        limit: Limit,
+        /// Messages dropped at it since the last event for this session.
+        dropped: u64,
+    },
     /// Output is waiting: call [`ShardCore::take_output`] and write it.
     Wake(ConnId),
     /// Write what output is left, then close the socket and call
     /// [`ShardCore::handle_closed`].
     Close(ConnId, CloseReason),
 }
+
+/// Shortest time between two [`IoEvent::Limited`] of one session.
+pub const LIMITED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why the server closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +276,8 @@ pub struct ShardCore {
     pending: HashMap<u64, Pending, ahash::RandomState>,
     /// Durable storage (see [`super::persist`]).
     store: Store,
+    /// The fate of the message routed by the current input.
+    outcome: Outcome,
 }
 
 /// The shard's side of durable storage: changes not yet written, batch
@@ -267,7 +301,7 @@ struct Store {
     last: Option<(Arc<Message>, u64)>,
     /// Acknowledgements to other shards held until storage caught up:
     /// `(batch, shard, token)`.
-    held_acks: VecDeque<(u64, ShardId, u64)>,
+    held_acks: VecDeque<(u64, ShardId, ShardMsg)>,
     /// Connections with output held back.
     gated: HashSet<ConnId, ahash::RandomState>,
     /// `ops.len()` when the current input (packet, shard message, timer)
@@ -365,10 +399,36 @@ impl Store {
     }
 }
 
+/// What became of the message being routed on this shard: sessions that
+/// took it, and sessions whose queue bound refused it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Outcome {
+    delivered: u32,
+    refused: u32,
+}
+
+/// A PUBACK or PUBREC like `packet`, with reason 0x97 (quota exceeded).
+fn quota_exceeded(packet: &Packet) -> Packet {
+    let rc = ReasonCode::QUOTA_EXCEEDED;
+    match packet {
+        Packet::PubAck(r) => Packet::PubAck(PubResponse::with_reason(r.packet_id, rc)),
+        Packet::PubRec(r) => Packet::PubRec(PubResponse::with_reason(r.packet_id, rc)),
+        other => other.clone(),
+    }
+}
+
 /// Replies to a client that wait for acknowledgements from other shards.
 #[derive(Debug)]
 struct Pending {
     remaining: usize,
+    /// A publish whose acknowledgement says 0x97 (quota exceeded) if it
+    /// reached no session and a queue bound refused it (v5, every target
+    /// reports).
+    quota_check: bool,
+    /// Some target delivered the message.
+    delivered: bool,
+    /// Some target's queue bound refused it.
+    refused: bool,
     /// The storage batch the replies also wait for (the changes the
     /// request made on this shard), if any.
     after: Option<u64>,
@@ -410,6 +470,7 @@ impl ShardCore {
                 next_msg_id: 1,
                 ..Store::default()
             },
+            outcome: Outcome::default(),
             config,
         };
         let first = now + core.config.sys_interval;
@@ -433,9 +494,11 @@ impl ShardCore {
     pub fn set_config(&mut self, config: CoreConfig) {
         let instance = self.config.instance;
         let persistence = self.config.persistence;
+        let queue_budget = self.config.queue_budget.clone();
         self.config = CoreConfig {
             instance,
             persistence,
+            queue_budget,
             ..config
         };
     }
@@ -604,6 +667,7 @@ impl ShardCore {
     /// One message from another shard.
     pub fn handle_shard_msg(&mut self, now: Instant, msg: ShardMsg) {
         self.store.begin_input();
+        self.outcome = Outcome::default();
         match msg {
             ShardMsg::Publish(m) => self.deliver_local(now, &m),
             ShardMsg::PublishAcked { msg, from, token } => {
@@ -629,7 +693,11 @@ impl ShardCore {
                 self.route_add(&filter, from);
                 self.ack(from, token);
             }
-            ShardMsg::Ack { token } => self.handle_ack(now, token),
+            ShardMsg::Ack {
+                token,
+                delivered,
+                refused,
+            } => self.handle_ack(now, token, delivered, refused),
             ShardMsg::RouteRemove { filter, from } => self.route_remove(&filter, from),
             ShardMsg::Stats { from, stats } => {
                 if let Some(slot) = self.sys_stats.get_mut(from.get()) {
@@ -662,13 +730,12 @@ impl ShardCore {
         }
         store.durable = batch.min(store.taken);
         let durable = store.durable;
-        while let Some(&(b, to, token)) = store.held_acks.front() {
-            if b > durable {
+        while store.held_acks.front().is_some_and(|(b, ..)| *b <= durable) {
+            let Some((_, to, ack)) = store.held_acks.pop_front() else {
                 break;
-            }
-            store.held_acks.pop_front();
+            };
             if let Some(q) = self.outbox.get_mut(to.get()) {
-                q.push(ShardMsg::Ack { token });
+                q.push(ack);
             }
         }
         let gated: Vec<ConnId> = store.gated.drain().collect();
@@ -717,6 +784,7 @@ impl ShardCore {
         for r in sessions {
             let cid = r.client_id;
             let mut s = Session::new(cid.clone(), r.session.protocol);
+            s.budget = self.config.queue_budget.clone();
             s.expiry_interval = r.session.expiry_interval;
             s.will = r.session.will;
             s.stored = true;
@@ -1086,10 +1154,11 @@ impl ShardCore {
             }
             self.remove_session(&client_id);
         }
-        let session = self
-            .sessions
-            .entry(client_id.clone())
-            .or_insert_with(|| Session::new(client_id.clone(), c.protocol));
+        let session = self.sessions.entry(client_id.clone()).or_insert_with(|| {
+            let mut s = Session::new(client_id.clone(), c.protocol);
+            s.budget = self.config.queue_budget.clone();
+            s
+        });
         session.version = c.protocol;
         session.conn = Some(conn_id);
         session.generation += 1;
@@ -1374,12 +1443,23 @@ impl ShardCore {
         // takes the message has stored it for its persistent sessions.
         let wait_stores = self.config.persistence && packet_id.is_some() && self.shards > 1;
         let token = (wait_replicas || wait_stores).then(|| self.new_token());
+        self.outcome = Outcome::default();
+        let forwards_before = self.stats.forwarded;
         let (matched, forwarded) = self.publish_with_token(now, msg, token, wait_stores);
+        let local = self.outcome;
+        // Every target says whether it took the message only if each
+        // forward is acknowledged.
+        let all_report = (self.stats.forwarded - forwards_before) as usize == forwarded;
         let remaining = forwarded + if wait_replicas { self.shards - 1 } else { 0 };
-        let rc = if matched || !v5 {
+        let rc = if !v5 {
             ReasonCode::SUCCESS
-        } else {
+        } else if !matched {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else if forwarded == 0 && all_report && local.delivered == 0 && local.refused > 0 {
+            // It reached no subscriber: every queue it was for is full.
+            ReasonCode::QUOTA_EXCEEDED
+        } else {
+            ReasonCode::SUCCESS
         };
         let reply = match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => Packet::PubAck(PubResponse::with_reason(id, rc)),
@@ -1390,6 +1470,9 @@ impl ShardCore {
             Some(token) if remaining > 0 => {
                 let pending = Pending {
                     remaining,
+                    quota_check: v5 && matched && all_report,
+                    delivered: local.delivered > 0,
+                    refused: local.refused > 0,
                     after: self.store.own_barrier(),
                     conn: conn_id,
                     client: cid.clone(),
@@ -1475,6 +1558,9 @@ impl ShardCore {
             // a message published anywhere after it is delivered.
             let pending = Pending {
                 remaining: announced * (self.shards - 1),
+                quota_check: false,
+                delivered: false,
+                refused: false,
                 after: self.store.own_barrier(),
                 conn: conn_id,
                 client: cid.clone(),
@@ -1521,24 +1607,34 @@ impl ShardCore {
         cid: &ClientId,
         filters: Vec<(TopicFilter, Subscription)>,
     ) {
+        if filters.is_empty() {
+            return;
+        }
+        let limit = self.config.max_retained_backlog;
         for (filter, entry) in filters {
-            let mut found = Vec::new();
+            let mut found = VecDeque::new();
+            let no_local = entry.options.no_local;
             self.retained
-                .for_each_match(now, filter.matching_filter(), |m| found.push(m.clone()));
-            for m in found {
-                if entry.options.no_local && m.origin.as_ref() == Some(cid) {
-                    continue;
-                }
-                let d = Delivery {
-                    qos: m.qos.min(entry.options.qos),
-                    retain: true,
-                    sub_ids: entry.id.into_iter().collect(),
-                    msg: m,
-                    store: None,
-                };
-                self.deliver(now, cid, d);
+                .for_each_match(now, filter.matching_filter(), |m| {
+                    if !(no_local && m.origin.as_ref() == Some(cid)) {
+                        found.push_back(m.clone());
+                    }
+                });
+            let Some(session) = self.sessions.get_mut(cid) else {
+                return;
+            };
+            // They wait in the session's backlog and go out as the window
+            // and the socket take them (`pump`): none is lost to a full
+            // output buffer, however many match.
+            let over = session.push_retained(filter, entry, found, limit);
+            if over > 0 {
+                session.dropped += over as u64;
+                self.stats.limit_hits[Limit::RetainedBacklog as usize] += over as u64;
+                self.stats.messages_dropped += over as u64;
+                self.note_limited(now, cid, Limit::RetainedBacklog, over as u64);
             }
         }
+        self.pump(now, cid);
     }
 
     fn on_unsubscribe(&mut self, conn_id: ConnId, cid: &ClientId, u: Unsubscribe) {
@@ -1567,6 +1663,9 @@ impl ShardCore {
     }
 
     fn unsubscribe(&mut self, cid: &ClientId, filter: &TopicFilter) -> bool {
+        if let Some(s) = self.sessions.get_mut(cid) {
+            s.drop_retained_for(filter);
+        }
         let Some(session) = self.sessions.get_mut(cid) else {
             return false;
         };
@@ -1715,6 +1814,7 @@ impl ShardCore {
             self.store.put_entry(cid, d, OutState::Queued);
         }
         s.store_seq = next;
+        s.recount_queued_bytes();
     }
 
     /// Deletes what is stored of `cid` (its session ends or stops being
@@ -1973,61 +2073,87 @@ impl ShardCore {
                     .get(&conn_id)
                     .map_or(ProtocolVersion::V5, |c| c.version);
                 if let Some(p) = outbound_publish(now, &d, None, false, version) {
-                    if !self.send_publish(conn_id, p) {
+                    if self.send_publish(conn_id, p) {
+                        self.outcome.delivered += 1;
+                    } else {
                         self.count_drop(cid, QoS::AtMostOnce);
                     }
                 }
                 return;
             }
         }
-        let mut d = d;
+        let connected = session.conn.is_some();
+        self.enqueue_delivery(now, cid, d);
+        if connected {
+            self.pump(now, cid);
+        }
+    }
+
+    /// Puts `d` in the session queue of `cid` (storing it for a persistent
+    /// session), or drops and counts it if the queue is full.
+    fn enqueue_delivery(&mut self, now: Instant, cid: &ClientId, d: Delivery) {
+        self.enqueue_delivery_bounded(now, cid, d, self.config.max_queued_messages);
+    }
+
+    fn enqueue_delivery_bounded(
+        &mut self,
+        now: Instant,
+        cid: &ClientId,
+        mut d: Delivery,
+        limit: usize,
+    ) {
+        let Some(session) = self.sessions.get_mut(cid) else {
+            return;
+        };
+        if let Some(conn) = session.conn.and_then(|c| self.conns.get(&c)) {
+            let window = conn.client_receive_max.min(self.config.max_inflight).max(1);
+            if d.qos != QoS::AtMostOnce && session.inflight_len() >= usize::from(window) {
+                self.stats.limit_hits[Limit::Inflight as usize] += 1;
+            }
+        }
         if session.stored && d.qos != QoS::AtMostOnce {
+            // A persistent session's QoS 1/2 messages are in the log: they
+            // are bounded by what the log may hold for it, not by the
+            // in-memory `max_queued_messages`.
+            let bounds = StoredBounds {
+                messages: self.config.max_stored_messages,
+                bytes: self.config.max_stored_bytes,
+            };
+            if let Err(limit) = session.admit_stored(&d.msg, bounds) {
+                self.stats.limit_hits[limit as usize] += 1;
+                self.stats.messages_dropped += 1;
+                self.stats.dropped_by_qos[d.qos as usize] += 1;
+                self.outcome.refused += 1;
+                self.note_limited(now, cid, limit, 1);
+                return;
+            }
             let seq = session.store_seq;
             session.store_seq += 1;
             let msg_id = self.store.retain(&d.msg);
             d.store = Some(StoreRef { msg_id, seq });
-        }
-        let Some(session) = self.sessions.get_mut(cid) else {
+            self.store.put_entry(cid, &d, OutState::Queued);
+            if let Some(session) = self.sessions.get_mut(cid) {
+                session.push_stored(d);
+            }
+            self.outcome.delivered += 1;
             return;
-        };
-        let stored = d.store.is_some().then(|| d.clone());
-        let connected = session.conn.is_some();
-        if connected && d.qos != QoS::AtMostOnce {
-            let window = session
-                .conn
-                .and_then(|c| self.conns.get(&c))
-                .map_or(1, |c| {
-                    c.client_receive_max.min(self.config.max_inflight).max(1)
-                });
-            if session.inflight_len() >= usize::from(window) {
-                self.stats.limit_hits[Limit::Inflight as usize] += 1;
-            }
         }
-        match session.enqueue(d, self.config.max_queued_messages) {
-            Ok(()) => {
-                if let Some(d) = stored {
-                    self.store.put_entry(cid, &d, OutState::Queued);
-                }
-            }
+        match session.enqueue(d, limit) {
+            Ok(()) => self.outcome.delivered += 1,
             Err(Dropped::Displaced) => {
+                self.outcome.delivered += 1;
                 self.stats.limit_hits[Limit::Queued as usize] += 1;
                 self.stats.messages_dropped += 1;
                 self.stats.dropped_by_qos[0] += 1;
-                if let Some(d) = stored {
-                    self.store.put_entry(cid, &d, OutState::Queued);
-                }
+                self.note_limited(now, cid, Limit::Queued, 1);
             }
             Err(Dropped::New(d)) => {
+                self.outcome.refused += 1;
                 self.stats.limit_hits[Limit::Queued as usize] += 1;
                 self.stats.messages_dropped += 1;
                 self.stats.dropped_by_qos[d.qos as usize] += 1;
-                if let Some(r) = d.store {
-                    self.store.release(r.msg_id);
-                }
+                self.note_limited(now, cid, Limit::Queued, 1);
             }
-        }
-        if connected {
-            self.pump(now, cid);
         }
     }
 
@@ -2053,6 +2179,20 @@ impl ShardCore {
             let Some(session) = self.sessions.get_mut(cid) else {
                 return;
             };
+            if session.queued_len() == 0 {
+                if let Some((m, sub)) = session.next_retained() {
+                    let d = Delivery {
+                        qos: m.qos.min(sub.options.qos),
+                        retain: true,
+                        sub_ids: sub.id.into_iter().collect(),
+                        msg: m,
+                        store: None,
+                    };
+                    // The queue is empty: this one always fits.
+                    self.enqueue_delivery_bounded(now, cid, d, usize::MAX);
+                    continue;
+                }
+            }
             let Some((id, d)) = session.start_next(window) else {
                 return;
             };
@@ -2080,6 +2220,27 @@ impl ShardCore {
                 self.count_drop(cid, d.qos);
             }
         }
+    }
+
+    /// Reports `dropped` messages of `cid` dropped at `limit`, as an
+    /// [`IoEvent::Limited`] at most every [`LIMITED_LOG_INTERVAL`].
+    fn note_limited(&mut self, now: Instant, cid: &ClientId, limit: Limit, dropped: u64) {
+        let Some(s) = self.sessions.get_mut(cid) else {
+            return;
+        };
+        s.unlogged_drops += dropped;
+        if s.last_limit_log
+            .is_some_and(|t| now < t + LIMITED_LOG_INTERVAL)
+        {
+            return;
+        }
+        s.last_limit_log = Some(now);
+        let dropped = std::mem::take(&mut s.unlogged_drops);
+        self.events.push_back(IoEvent::Limited {
+            client_id: cid.clone(),
+            limit,
+            dropped,
+        });
     }
 
     fn count_drop(&mut self, cid: &ClientId, qos: QoS) {
@@ -2161,17 +2322,24 @@ impl ShardCore {
     /// it. Held until the storage changes it caused here are written.
     fn ack(&mut self, to: ShardId, token: Option<u64>) {
         let Some(token) = token else { return };
+        let ack = ShardMsg::Ack {
+            token,
+            delivered: self.outcome.delivered > 0,
+            refused: self.outcome.refused > 0,
+        };
         if let Some(batch) = self.store.own_barrier() {
-            self.store.held_acks.push_back((batch, to, token));
+            self.store.held_acks.push_back((batch, to, ack));
         } else if let Some(q) = self.outbox.get_mut(to.get()) {
-            q.push(ShardMsg::Ack { token });
+            q.push(ack);
         }
     }
 
-    fn handle_ack(&mut self, now: Instant, token: u64) {
+    fn handle_ack(&mut self, now: Instant, token: u64, delivered: bool, refused: bool) {
         let Some(p) = self.pending.get_mut(&token) else {
             return;
         };
+        p.delivered |= delivered;
+        p.refused |= refused;
         p.remaining = p.remaining.saturating_sub(1);
         if p.remaining > 0 {
             return;
@@ -2186,11 +2354,21 @@ impl ShardCore {
             return;
         }
         self.store.replying_after = p.after;
+        let quota = p.quota_check && p.refused && !p.delivered;
         for packet in &p.replies {
-            self.send(p.conn, packet);
+            if quota {
+                self.send(p.conn, &quota_exceeded(packet));
+            } else {
+                self.send(p.conn, packet);
+            }
         }
         self.store.replying_after = None;
-        self.send_retained(now, &p.client, p.retained_for);
+        // Not for a filter unsubscribed meanwhile.
+        let mut retained_for = p.retained_for;
+        if let Some(s) = self.sessions.get(&p.client) {
+            retained_for.retain(|(f, _)| s.subscriptions.contains_key(f));
+        }
+        self.send_retained(now, &p.client, retained_for);
     }
 
     fn remove_local_filter(&mut self, filter: &TopicFilter) {

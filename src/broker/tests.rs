@@ -127,7 +127,7 @@ impl Cluster {
                                     .extend_from_slice(&out);
                             }
                         }
-                        IoEvent::Connected { .. } => {}
+                        IoEvent::Connected { .. } | IoEvent::Limited { .. } => {}
                         IoEvent::Close(c, _) => {
                             if let Some(out) = self.cores[i].take_output(self.now, c) {
                                 self.inbox
@@ -1749,3 +1749,7 @@ fn sys_reports_storage_write_times() {
 mod security;
 
 mod stalled_store;
+
+mod retained_backlog;
+
+mod stored_queues;

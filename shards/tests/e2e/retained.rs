@@ -4,6 +4,7 @@
 //! retain-as-published, message expiry of retained messages.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use crate::common::shard;
 use crate::common::*;
@@ -284,4 +285,51 @@ async fn retained_visible_at_puback_across_shards() {
         assert_eq!(text(&p), format!("r{i}"), "round {i}");
         assert!(p.retain);
     }
+}
+
+/// 100,000 retained topics and a new subscriber to `ret/#`: every one of
+/// them arrives (paced by the socket), none is cut off because an output
+/// buffer filled (issue 13: 3,245 of 100,000 arrived, silently).
+#[tokio::test]
+async fn a_wildcard_subscriber_gets_all_of_100k_retained_messages() {
+    const N: usize = 100_000;
+    let b = Broker::start("retained_100k");
+    let mut publ = Raw::v311(b.port(), "ret-100k-pub").await;
+    let mut buf = bytes::BytesMut::new();
+    for i in 0..N {
+        Packet::Publish(publish(
+            &format!("ret/{i}"),
+            format!("v{i}"),
+            QoS::AtMostOnce,
+            true,
+        ))
+        .encode(V311, &mut buf)
+        .expect("encode");
+        if buf.len() > 256 * 1024 {
+            publ.send_raw(&buf.split()).await;
+        }
+    }
+    publ.send_raw(&buf.split()).await;
+    // A QoS 1 retained message is acknowledged once every shard has it,
+    // and so every one sent before it on this connection.
+    publ.publish_ok("ret/last", "last", QoS::AtLeastOnce, true)
+        .await;
+
+    let mut sub = Raw::v5(b.port(), "ret-100k-sub").await;
+    sub.subscribe("ret/#", QoS::AtMostOnce).await;
+    let mut seen = std::collections::HashSet::with_capacity(N + 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while seen.len() < N + 1 && std::time::Instant::now() < deadline {
+        match sub.recv(Duration::from_secs(10)).await {
+            Ok(Packet::Publish(p)) => {
+                assert!(p.retain, "a retained delivery has RETAIN set");
+                seen.insert(p.topic.as_str().to_owned());
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => panic!("after {} of {} retained messages: {e:?}", seen.len(), N + 1),
+        }
+    }
+    assert_eq!(seen.len(), N + 1, "every retained message arrives");
+    sub.expect_no_publish(QUIET, "each retained message once")
+        .await;
 }
