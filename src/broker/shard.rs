@@ -473,8 +473,9 @@ impl ShardCore {
             outcome: Outcome::default(),
             config,
         };
-        let first = now + core.config.sys_interval;
-        core.timers.push(Reverse((first, Timer::Sys)));
+        // `$SYS` is published (retained) at once, then every interval, so
+        // a subscriber after start finds every topic without waiting.
+        core.timers.push(Reverse((now, Timer::Sys)));
         core
     }
 

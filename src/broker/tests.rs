@@ -1753,3 +1753,17 @@ mod stalled_store;
 mod retained_backlog;
 
 mod stored_queues;
+
+#[test]
+fn sys_topics_are_retained_from_the_start() {
+    let mut cl = Cluster::new(2);
+    // The first timer round publishes them (no sys interval waited).
+    cl.advance(Duration::ZERO);
+    let (a, _) = ids_apart("sys-start");
+    let s = cl.connect(V5, &a);
+    cl.subscribe(&s, "$SYS/broker/version", q(QoS::AtMostOnce));
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].retain);
+    assert!(String::from_utf8_lossy(&got[0].payload).starts_with("vmqtt "));
+}
