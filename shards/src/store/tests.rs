@@ -74,7 +74,7 @@ impl Node {
                     progress = true;
                     let c = match ev {
                         IoEvent::Wake(c) | IoEvent::Close(c, _) => c,
-                        IoEvent::Connected { .. } => continue,
+                        IoEvent::Connected { .. } | IoEvent::Limited { .. } => continue,
                     };
                     if let Some(out) = self.cores[i].take_output(self.now, c) {
                         self.inbox
