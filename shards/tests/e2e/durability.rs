@@ -1220,3 +1220,87 @@ async fn damaged_data_directory_is_refused_untouched() {
     restore(&data);
     b.restart();
 }
+
+/// Issue 13: at the default configuration, 4,000 QoS 1 messages
+/// acknowledged for an offline persistent session came back as 1,000 after
+/// a restart, silently. They all come back now (its queue is bounded by
+/// `max_stored_messages`, 100,000, not by `max_queued_messages`).
+#[tokio::test]
+async fn four_thousand_acknowledged_messages_for_an_offline_session_survive_kill9() {
+    let test = "four_thousand_survive_kill9";
+    if skip_on_mosquitto(test, "needs vmqtt's persistence and a restart") {
+        return;
+    }
+    const N: usize = 4_000;
+    let mut b = Broker::start(test);
+    let (pub_id, sub_id) = ids_on_different_shards(test);
+    let (mut sub, _) = Raw::connect_ok(b.port(), persistent(V5P, &sub_id, true, 3600)).await;
+    sub.subscribe("many/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publ = Raw::v5(b.port(), &pub_id).await;
+    for i in 0..N {
+        let ack = publ
+            .publish(publish("many/t", format!("m{i}"), QoS::AtLeastOnce, false))
+            .await
+            .expect("PUBACK");
+        assert_eq!(ack.reason, ReasonCode::SUCCESS, "message {i}: {ack:?}");
+    }
+    b.kill9();
+    b.restart();
+    let (mut sub, ack) = Raw::connect_ok(b.port(), persistent(V5P, &sub_id, false, 3600)).await;
+    assert!(ack.session_present);
+    let got = receive_texts(&mut sub, N).await;
+    assert_eq!(got, (0..N).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    sub.expect_no_publish(QUIET, "each message once").await;
+}
+
+/// A persistent session's queue at its bound: the publisher (v5) hears 0x97
+/// when its message reached no one, the broker logs the client id once, and
+/// what was acknowledged before is all there.
+#[tokio::test]
+async fn a_full_persistent_queue_says_quota_exceeded_and_is_logged() {
+    let test = "full_persistent_queue";
+    if skip_on_mosquitto(test, "vmqtt's max_stored_messages") {
+        return;
+    }
+    let mut b = Broker::start_with(
+        test,
+        BrokerConfig {
+            extra_mqtt: "max_stored_messages = 50".into(),
+            ..BrokerConfig::default()
+        },
+    );
+    let (pub_id, sub_id) = ids_on_different_shards(test);
+    let (mut sub, _) = Raw::connect_ok(b.port(), persistent(V5P, &sub_id, true, 3600)).await;
+    sub.subscribe("full/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publ = Raw::v5(b.port(), &pub_id).await;
+    let mut codes = Vec::new();
+    for i in 0..60 {
+        let ack = publ
+            .publish(publish("full/t", format!("m{i}"), QoS::AtLeastOnce, false))
+            .await
+            .expect("PUBACK");
+        codes.push(ack.reason);
+    }
+    assert!(
+        codes[..50].iter().all(|c| *c == ReasonCode::SUCCESS),
+        "{codes:?}"
+    );
+    assert!(
+        codes[50..].iter().all(|c| *c == ReasonCode::QUOTA_EXCEEDED),
+        "{codes:?}"
+    );
+    let (mut sub, ack) = Raw::connect_ok(b.port(), persistent(V5P, &sub_id, false, 3600)).await;
+    assert!(ack.session_present);
+    let got = receive_texts(&mut sub, 50).await;
+    assert_eq!(got, (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let log = b.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("dropped at a limit") && l.contains(sub_id.as_str()))
+        .collect();
+    assert_eq!(lines.len(), 1, "one report, rate-limited: {lines:?}");
+    assert!(lines[0].contains("stored_messages"), "{}", lines[0]);
+    b.assert_alive();
+}
