@@ -1919,7 +1919,7 @@ async fn limit_hits_counted_for_every_limit() {
     .await;
     // inflight and queued: a subscriber with Receive Maximum 1 that never
     // acknowledges; 10 QoS 1 messages: one in flight, two queued, the rest
-    // dropped.
+    // dropped — and, as they reached no one, acknowledged with 0x97.
     let (pub_id, sub_id) = ids_on_different_shards(test);
     let mut conn = connect_packet(V5P, &sub_id);
     conn.properties.receive_maximum = Some(1);
@@ -1927,8 +1927,16 @@ async fn limit_hits_counted_for_every_limit() {
     sub.subscribe("iq/t", QoS::AtLeastOnce).await;
     let mut publ = Raw::v5(b.port(), &pub_id).await;
     for i in 0..10 {
-        publ.publish_ok("iq/t", &i.to_string(), QoS::AtLeastOnce, false)
-            .await;
+        let ack = publ
+            .publish(publish("iq/t", i.to_string(), QoS::AtLeastOnce, false))
+            .await
+            .expect("PUBACK");
+        let want = if i < 3 {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::QUOTA_EXCEEDED
+        };
+        assert_eq!(ack.reason, want, "message {i}");
     }
     let first = sub.recv_publish().await;
     assert_eq!(text(&first), "0");

@@ -39,6 +39,7 @@ mod common;
 mod connect;
 mod durability;
 mod external;
+mod full_disk;
 mod hostile;
 mod keepalive;
 mod load;

@@ -73,11 +73,15 @@ pub struct BrokerConfig {
     /// More TOML appended verbatim after everything else (vmqtt only): whole
     /// sections such as `[tls]` or `[auth]`.
     pub extra_toml: String,
+    /// `data_dir` elsewhere than the broker's temporary directory (vmqtt
+    /// only), e.g. on a small file system of the test's own.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl BrokerConfig {
     fn vmqtt_toml(&self, data_dir: &Path) -> String {
         let mut s = String::new();
+        let data_dir = self.data_dir.as_deref().unwrap_or(data_dir);
         let _ = writeln!(s, "data_dir = {:?}", data_dir.display().to_string());
         s.push_str("\n[mqtt]\n");
         let mut kv = |k: &str, v: Option<u64>| {
