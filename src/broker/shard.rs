@@ -219,6 +219,10 @@ pub struct ShardCore {
     conns: HashMap<ConnId, Conn, ahash::RandomState>,
     next_conn: u64,
     next_assigned: u64,
+    /// The last session generation given out (see `Session::generation`):
+    /// unique on this shard, so a timer of an ended session never fires for
+    /// a later session of the same client id. Restored sessions have 1.
+    generations: u64,
     sessions: HashMap<ClientId, Session, ahash::RandomState>,
     /// Non-shared subscriptions of local sessions.
     subs: SubscriptionTrie<ClientId, Subscription>,
@@ -366,6 +370,7 @@ impl ShardCore {
             conns: HashMap::default(),
             next_conn: 0,
             next_assigned: 0,
+            generations: 1,
             sessions: HashMap::default(),
             subs: SubscriptionTrie::new(),
             shared: HashMap::default(),
@@ -1063,7 +1068,8 @@ impl ShardCore {
             .or_insert_with(|| Session::new(client_id.clone(), c.protocol));
         session.version = c.protocol;
         session.conn = Some(conn_id);
-        session.generation += 1;
+        self.generations += 1;
+        session.generation = self.generations;
         session.expiry_interval = expiry;
         // A reconnect cancels a pending will of the previous connection.
         session.will = c.will;
@@ -1589,7 +1595,8 @@ impl ShardCore {
             return;
         }
         session.conn = None;
-        session.generation += 1;
+        self.generations += 1;
+        session.generation = self.generations;
         let generation = session.generation;
         let expiry = session.expiry_interval;
         let will = session.will.take().filter(|_| abnormal);

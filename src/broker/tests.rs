@@ -1747,3 +1747,135 @@ fn sys_reports_storage_write_times() {
 }
 
 mod security;
+
+// --------------------------- Session Expiry Interval in DISCONNECT (v5)
+
+/// [MQTT-3.14.2-2], §3.1.2.11.2: a Session Expiry Interval in DISCONNECT
+/// replaces the one of CONNECT (unless that was 0): CONNECT 1 s, DISCONNECT
+/// 5 s, reconnect after 3 s finds the session (Paho `test_session_expiry`).
+#[test]
+fn disconnect_session_expiry_replaces_the_connect_value() {
+    for persistence in [false, true] {
+        let mut cl = Cluster::with_config(
+            2,
+            CoreConfig {
+                persistence,
+                ..CoreConfig::default()
+            },
+        );
+        let (a, b) = ids_apart("dse");
+        let p = cl.connect(V5, &a);
+        let mut c = Connect::new(V5, &b);
+        c.properties.session_expiry_interval = Some(1);
+        let (s, _) = cl.connect_with(c);
+        cl.subscribe(&s, "dse/t", q(QoS::AtLeastOnce));
+        let mut d = Disconnect::default();
+        d.properties.session_expiry_interval = Some(5);
+        cl.send(&s, Packet::Disconnect(d));
+        assert!(cl.closed(&s));
+        cl.publish(&p, "dse/t", b"kept", QoS::AtLeastOnce, 1);
+        cl.advance(Duration::from_secs(3));
+        assert!(
+            cl.cores[s.shard].session(&b).is_some(),
+            "persistence {persistence}: expired after the CONNECT's 1 s"
+        );
+        let again = Connect {
+            clean_start: false,
+            ..Connect::new(V5, &b)
+        };
+        let (s2, ack) = cl.connect_with(again.clone());
+        assert!(ack.session_present, "persistence {persistence}");
+        let got = cl.publishes(&s2);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(&got[0].payload[..], b"kept");
+        // That connection asked for expiry 0: its session ends with it.
+        cl.send(&s2, Packet::Disconnect(Disconnect::default()));
+        let (_, ack) = cl.connect_with(again);
+        assert!(!ack.session_present, "persistence {persistence}");
+    }
+}
+
+/// What made the DISCONNECT value look ignored end to end: a session of
+/// the same client id that ended shortly before (here expiry 1, disconnected
+/// 0.5 s earlier) left its expiry timer behind, and a new session's
+/// generation count started again at 0, so that timer matched the new
+/// session and ended it after 1 s.
+#[test]
+fn a_timer_of_an_ended_session_does_not_fire_for_the_next_one() {
+    let mut cl = Cluster::new(1);
+    let mut c = Connect::new(V5, "gen");
+    c.properties.session_expiry_interval = Some(1);
+    let (first, _) = cl.connect_with(c.clone());
+    cl.send(&first, Packet::Disconnect(Disconnect::default()));
+    cl.advance(Duration::from_millis(500));
+    // Clean start: a new session, with expiry 1, then 5 from DISCONNECT.
+    let (s, ack) = cl.connect_with(c);
+    assert!(!ack.session_present);
+    cl.subscribe(&s, "gen/t", q(QoS::AtLeastOnce));
+    let mut d = Disconnect::default();
+    d.properties.session_expiry_interval = Some(5);
+    cl.send(&s, Packet::Disconnect(d));
+    cl.advance(Duration::from_secs(3));
+    let again = Connect {
+        clean_start: false,
+        ..Connect::new(V5, "gen")
+    };
+    let (_, ack) = cl.connect_with(again);
+    assert!(ack.session_present, "ended by the first session's timer");
+}
+
+/// The same for a delayed will: the will timer of an ended session does
+/// not publish the will of the next session of that client id early.
+#[test]
+fn a_will_timer_of_an_ended_session_does_not_fire_for_the_next_one() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("gw");
+    let s = cl.connect(V5, &b);
+    cl.subscribe(&s, "gw/#", q(QoS::AtLeastOnce));
+    let mut c = Connect {
+        will: Some(will("gw/first", Some(5))),
+        ..Connect::new(V5, &a)
+    };
+    c.properties.session_expiry_interval = Some(100);
+    let (w, _) = cl.connect_with(c.clone());
+    cl.drop_socket(&w);
+    // A clean start ends that session: its will goes out now.
+    c.will = Some(will("gw/second", Some(10)));
+    let (w, _) = cl.connect_with(c);
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].topic.as_str(), "gw/first");
+    cl.advance(Duration::from_secs(1));
+    cl.drop_socket(&w);
+    cl.advance(Duration::from_secs(5));
+    assert!(
+        cl.publishes(&s).is_empty(),
+        "the second will is due 10 s after its drop, not at the first one's 5 s"
+    );
+    cl.advance(Duration::from_secs(6));
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].topic.as_str(), "gw/second");
+}
+
+/// The DISCONNECT value also counts when it is shorter than the CONNECT's,
+/// and it is what the session record says (a restart keeps it).
+#[test]
+fn disconnect_session_expiry_can_shorten_it() {
+    let mut cl = Cluster::new(1);
+    let mut c = Connect::new(V5, "short");
+    c.properties.session_expiry_interval = Some(60);
+    let (s, _) = cl.connect_with(c);
+    let mut d = Disconnect::default();
+    d.properties.session_expiry_interval = Some(2);
+    cl.send(&s, Packet::Disconnect(d));
+    let last_put = cl.store_ops(0).into_iter().rev().find_map(|o| match o {
+        StoreOp::PutSession { session, .. } => Some(session),
+        _ => None,
+    });
+    assert_eq!(last_put.map(|s| s.expiry_interval), Some(2));
+    cl.advance(Duration::from_secs(1));
+    assert!(cl.cores[0].session("short").is_some());
+    cl.advance(Duration::from_secs(2));
+    assert!(cl.cores[0].session("short").is_none());
+}

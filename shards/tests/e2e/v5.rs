@@ -1,6 +1,7 @@
 //! MQTT 5 features: topic alias, message expiry, no local, subscription
 //! identifiers, property pass-through, payload format indicator, maximum
-//! packet size both ways, receive maximum both ways.
+//! packet size both ways, receive maximum both ways, Session Expiry
+//! Interval set by DISCONNECT (also with paho-mqtt for Python).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -608,4 +609,118 @@ async fn v5_receive_maximum_exceeded_by_client() {
         Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED),
         "received {got:?}"
     );
+}
+
+// ------------------------------------------------- Session Expiry by DISCONNECT
+
+/// [MQTT-3.14.2-2], §3.1.2.11.2: the Session Expiry Interval of DISCONNECT
+/// replaces the CONNECT's. CONNECT 1 s, DISCONNECT 5 s, reconnect after 3 s
+/// with clean start 0: session present, the message queued meanwhile comes.
+/// That CONNECT had no expiry (0), so the session ends with it. Right before,
+/// a session of the same client id with expiry 1 ended: its expiry timer
+/// must not end the new session (it did: generations restarted at 0).
+#[tokio::test]
+async fn v5_disconnect_session_expiry_replaces_the_connect_value() {
+    let test = "v5_disconnect_session_expiry_replaces_the_connect_value";
+    let b = Broker::start(test);
+    let (pub_id, sub_id) = ids_on_different_shards(test);
+    let mut conn = connect_packet(V5P, &sub_id);
+    conn.properties.session_expiry_interval = Some(1);
+    let (before, _) = Raw::connect_ok(b.port(), conn.clone()).await;
+    before.disconnect().await;
+
+    let (mut sub, ack) = Raw::connect_ok(b.port(), conn).await;
+    assert!(!ack.session_present);
+    sub.subscribe("dse/t", QoS::AtLeastOnce).await;
+    let mut d = Disconnect::new(ReasonCode::NORMAL_DISCONNECTION);
+    d.properties.session_expiry_interval = Some(5);
+    sub.disconnect_with(d).await;
+    let mut publ = Raw::v5(b.port(), &pub_id).await;
+    publ.publish_ok("dse/t", "while away", QoS::AtLeastOnce, false)
+        .await;
+
+    sleep_ms(3000).await;
+    let mut again = connect_packet(V5P, &sub_id);
+    again.clean_start = false;
+    let (mut sub, ack) = Raw::connect_ok(b.port(), again.clone()).await;
+    assert!(
+        ack.session_present,
+        "3 s after DISCONNECT with Session Expiry Interval 5 (CONNECT: 1)"
+    );
+    assert_eq!(text(&sub.recv_publish_acked().await), "while away");
+    sub.disconnect().await;
+    let (_sub, ack) = Raw::connect_ok(b.port(), again).await;
+    assert!(!ack.session_present, "that connection had expiry 0");
+}
+
+/// Waits for `child` to exit within `within`; kills it and fails otherwise.
+fn wait_exit(
+    child: &mut std::process::Child,
+    what: &str,
+    within: Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `python3` can import paho-mqtt 2.x.
+fn have_paho() -> bool {
+    std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, paho.mqtt; sys.exit(0 if paho.mqtt.__version__.startswith('2.') else 1)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `shards/tests/python/paho_v5.py --check CHECK` against a new broker.
+fn run_paho_v5(test: &str, check: &str) {
+    if skip_missing_external(test, "python3 with paho-mqtt 2.x", have_paho()) {
+        return;
+    }
+    let b = Broker::start(test);
+    let (a, c) = ids_on_different_shards(test);
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("python")
+        .join("paho_v5.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--port", &b.port().to_string(), "--check", check])
+        .args(["--id-a", &a, "--id-b", &c, "--prefix", test])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn python3 {}: {e}", script.display()));
+    let status = wait_exit(&mut child, "paho_v5.py", Duration::from_secs(60));
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(
+        status.success(),
+        "paho_v5.py --check {check} failed ({status}):\n{stdout}\n{stderr}"
+    );
+}
+
+/// paho-mqtt 2.x: the steps of Paho 5.0 test_session_expiry (Session Expiry
+/// Interval 1 in CONNECT, 5 in DISCONNECT: still there after 3 s), twice in
+/// a row.
+#[test]
+fn paho_python_v5_disconnect_session_expiry() {
+    run_paho_v5("paho_python_v5_disconnect_session_expiry", "session-expiry");
 }
