@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """MQTT 5 checks of a broker with paho-mqtt 2.x, after the Eclipse Paho 5.0
-interoperability test test_session_expiry.
+interoperability tests test_session_expiry and test_server_topic_alias.
 
 Run by shards/tests/e2e/v5.rs as
 
@@ -19,6 +19,13 @@ broker shards. CHECK is one of:
                   CONNECT one, MQTT-3.14.2-2); DISCONNECT with 0 ends it.
                   The last steps once more at once: the session with expiry 1
                   that just ended must not end the new one after 1 s.
+  topic-alias     the subscriber announces Topic Alias Maximum 2 and gets
+                  messages on more topics than that: the broker's aliases
+                  (never above 2, some PUBLISHes with an empty topic) resolve
+                  to the topics published, in order. paho-mqtt 2.1 does not
+                  resolve incoming aliases itself, so this script does what a
+                  client must (MQTT 5.0 section 3.3.2.3.4). A subscriber that
+                  announces no maximum gets every topic in full.
 
 Exit code 0 when every check passes, 1 on the first failure (with a message
 on stderr), 2 on bad arguments, 3 when paho-mqtt 2.x is not importable.
@@ -205,8 +212,76 @@ def check_session_expiry(args):
     replaced_by_disconnect("right after a session with expiry 1")
 
 
+class Resolver:
+    """A client's side of topic aliases (MQTT 5.0 section 3.3.2.3.4)."""
+
+    def __init__(self, maximum):
+        self.maximum = maximum
+        self.topics = {}
+        self.full = 0
+        self.aliased = 0
+
+    def resolve(self, m):
+        alias = getattr(m.properties, "TopicAlias", None)
+        topic = m.topic
+        if alias is None:
+            check(topic != "", "empty topic without a Topic Alias")
+            self.full += 1
+            return topic
+        check(
+            1 <= alias <= self.maximum,
+            f"Topic Alias {alias} outside 1..{self.maximum} (the client's maximum)",
+        )
+        if topic:
+            self.topics[alias] = topic
+            self.full += 1
+            return topic
+        check(alias in self.topics, f"Topic Alias {alias} used before it was set")
+        self.aliased += 1
+        return self.topics[alias]
+
+
+def check_topic_alias(args):
+    maximum = 2
+    sub = Client(args.port, args.id_b)
+    sub.connect(True, connect_props(TopicAliasMaximum=maximum))
+    sub.subscribe(f"{args.prefix}/#", 1)
+    plain = Client(args.port, f"{args.id_b}-plain")
+    plain.connect(True)
+    plain.subscribe(f"{args.prefix}/#", 0)
+    pub = Client(args.port, args.id_a)
+    pub.connect(True)
+    # Three topics through two aliases: repeats reuse one, a third topic
+    # takes over the least recently used.
+    names = ["a", "a", "b", "a", "b", "c", "c", "a", "b", "b", "c", "a"]
+    sent = []
+    for i, n in enumerate(names):
+        t = f"{args.prefix}/{n}"
+        sent.append((t, f"m{i}".encode()))
+        pub.publish(t, f"m{i}".encode(), 1)
+    r = Resolver(maximum)
+    got = []
+    for i in range(len(sent)):
+        m = sub.recv(f"message {i}")
+        got.append((r.resolve(m), m.payload))
+    check(got == sent, f"resolved topics/payloads {got}, want {sent}")
+    check(r.aliased > 0, "no PUBLISH used an alias (empty topic)")
+    check(r.full >= 3, f"only {r.full} PUBLISHes carried a topic")
+    sub.expect_nothing("after the last message")
+    for i, want in enumerate(sent):
+        m = plain.recv(f"plain message {i}")
+        check(
+            getattr(m.properties, "TopicAlias", None) is None,
+            "Topic Alias sent to a client that announced no maximum",
+        )
+        check((m.topic, m.payload) == want, f"plain: {m.topic} {m.payload!r}, want {want}")
+    for c in (sub, plain, pub):
+        c.disconnect()
+
+
 CHECKS = {
     "session-expiry": check_session_expiry,
+    "topic-alias": check_topic_alias,
 }
 
 
