@@ -405,6 +405,12 @@ settings! {
         /// Topic aliases a v5 client may use towards the broker (Topic Alias
         /// Maximum in CONNACK); 0 disables them. Default 64.
         topic_alias_maximum: u16 = 64,
+        /// Whether the broker sends topic aliases to MQTT 5 clients that
+        /// allow them (Topic Alias Maximum in their CONNECT): the first
+        /// message on a topic carries the topic and an alias, later ones only
+        /// the alias; when the client's maximum is reached the least recently
+        /// used alias is rebound. Default true.
+        outbound_topic_aliases: bool = true,
         /// QoS 1 and 2 messages the broker has in flight to one client, further
         /// capped by the client's own Receive Maximum. 1..=65535, default 1024.
         max_inflight: u16 = 1024,

@@ -53,6 +53,7 @@ const RULES: &[(&str, Rule)] = &[
     ("mqtt.max_keepalive", int(0, U16, "seconds")),
     ("mqtt.receive_maximum", int(1, U16, "")),
     ("mqtt.topic_alias_maximum", int(0, U16, "")),
+    ("mqtt.outbound_topic_aliases", Rule::Bool),
     ("mqtt.max_inflight", int(1, U16, "")),
     ("mqtt.max_queued_messages", int(0, NO_MAX, "messages")),
     ("mqtt.max_output_buffer", int(1024, NO_MAX, "bytes")),

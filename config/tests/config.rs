@@ -364,15 +364,17 @@ fn typo_names_key_line_and_allowed_keys() {
     assert_eq!(at.line, Some(5));
     assert_eq!(&*at.origin, ORIGIN);
     assert_eq!(suggestion.as_deref(), Some("receive_maximum"));
-    assert_eq!(allowed.len(), 19);
+    assert_eq!(allowed.len(), 20);
     assert!(allowed.iter().any(|k| k == "receive_maximum"));
     assert_eq!(
         err.to_string(),
         "unknown key `mqtt.recieve_maximum` at vmqtt.toml line 5: did you mean `receive_maximum`? \
          allowed keys in [mqtt] are max_packet_size, max_keepalive, receive_maximum, \
-         topic_alias_maximum, max_inflight, max_queued_messages, max_output_buffer, \
-         max_retained_backlog, max_stored_messages, max_stored_bytes, connect_timeout_ms, max_session_expiry, retain_available, sys_interval_ms, \
-         max_connections, max_connect_rate, max_topic_length, max_topic_levels, max_subscriptions"
+         topic_alias_maximum, outbound_topic_aliases, max_inflight, max_queued_messages, \
+         max_output_buffer, max_retained_backlog, max_stored_messages, max_stored_bytes, \
+         connect_timeout_ms, max_session_expiry, retain_available, sys_interval_ms, \
+         max_connections, max_connect_rate, max_topic_length, max_topic_levels, \
+         max_subscriptions"
     );
 }
 
@@ -433,11 +435,11 @@ fn unknown_keys_everywhere() {
     assert_eq!(
         err.to_string(),
         "unknown key `shards.2.bogus` at vmqtt.toml line 3: allowed keys in [shards.2] are \
-         max_packet_size, max_keepalive, receive_maximum, topic_alias_maximum, max_inflight, \
-         max_queued_messages, max_output_buffer, max_retained_backlog, max_stored_messages, max_stored_bytes, connect_timeout_ms, \
-         max_session_expiry, \
-         retain_available, sys_interval_ms, max_connections, max_connect_rate, max_topic_length, \
-         max_topic_levels, max_subscriptions, durability, write_buffer_size, block_cache_size, \
+         max_packet_size, max_keepalive, receive_maximum, topic_alias_maximum, \
+         outbound_topic_aliases, max_inflight, max_queued_messages, max_output_buffer, \
+         max_retained_backlog, max_stored_messages, max_stored_bytes, connect_timeout_ms, \
+         max_session_expiry, retain_available, sys_interval_ms, max_connections, \
+         max_connect_rate, max_topic_length, max_topic_levels, max_subscriptions, durability, write_buffer_size, block_cache_size, \
          client_shares, mesh_shares, background_shares"
     );
     let err = parse_err("[shards.2]\ndurabilty = \"wal\"\n");
@@ -784,6 +786,7 @@ fn changed_mqtt() -> MqttConfig {
         max_keepalive: d.max_keepalive + 1,
         receive_maximum: d.receive_maximum + 1,
         topic_alias_maximum: d.topic_alias_maximum + 1,
+        outbound_topic_aliases: !d.outbound_topic_aliases,
         max_inflight: d.max_inflight + 1,
         max_queued_messages: d.max_queued_messages + 1,
         max_output_buffer: d.max_output_buffer + 1,
@@ -923,11 +926,11 @@ fn whole_database_storage_keys_are_not_per_shard() {
         err.to_string(),
         "`shards.1.compression` at vmqtt.toml line 2: `compression` applies to the whole \
          database and can only be set in [storage]; allowed keys in [shards.1] are \
-         max_packet_size, max_keepalive, receive_maximum, topic_alias_maximum, max_inflight, \
-         max_queued_messages, max_output_buffer, max_retained_backlog, max_stored_messages, max_stored_bytes, connect_timeout_ms, \
-         max_session_expiry, \
-         retain_available, sys_interval_ms, max_connections, max_connect_rate, max_topic_length, \
-         max_topic_levels, max_subscriptions, durability, write_buffer_size, block_cache_size, \
+         max_packet_size, max_keepalive, receive_maximum, topic_alias_maximum, \
+         outbound_topic_aliases, max_inflight, max_queued_messages, max_output_buffer, \
+         max_retained_backlog, max_stored_messages, max_stored_bytes, connect_timeout_ms, \
+         max_session_expiry, retain_available, sys_interval_ms, max_connections, \
+         max_connect_rate, max_topic_length, max_topic_levels, max_subscriptions, durability, write_buffer_size, block_cache_size, \
          client_shares, mesh_shares, background_shares"
     );
 }

@@ -137,6 +137,7 @@ fn core_config(
         max_keepalive: m.max_keepalive,
         receive_maximum: m.receive_maximum,
         topic_alias_maximum: m.topic_alias_maximum,
+        outbound_topic_aliases: m.outbound_topic_aliases,
         max_inflight: m.max_inflight,
         max_queued_messages: m.max_queued_messages,
         max_output_buffer: m.max_output_buffer,

@@ -11,6 +11,7 @@
 //!
 //! Inputs are `handle_*(now, …)`, outputs are `poll_*()` / `take_*()`.
 
+mod alias;
 pub mod auth;
 mod budget;
 mod message;

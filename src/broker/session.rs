@@ -130,7 +130,9 @@ pub struct Session {
     pub(crate) will: Option<LastWill>,
     /// The connection this session is attached to.
     pub(crate) conn: Option<ConnId>,
-    /// Bumped on every attach and detach; timers carry it to detect staleness.
+    /// New on every attach and detach, from a counter of the shard (so never
+    /// reused by a later session of the same client id); timers carry it to
+    /// detect staleness.
     pub(crate) generation: u64,
     /// Outbound QoS 1/2 messages sent and not yet fully acknowledged, in
     /// send order (the key is a sequence number).

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::alias::{AliasPlan, OutboundAliases};
 use super::persist::{OutState, QueueImage, Restored, SessionImage, StoreOp};
 use super::session::{Delivery, Dropped, Rec, Stage, StoreRef, StoredBounds, Subscription};
 use super::{
@@ -35,6 +36,10 @@ pub struct CoreConfig {
     pub receive_maximum: u16,
     /// Topic Alias Maximum accepted from clients (0 disables aliases).
     pub topic_alias_maximum: u16,
+    /// Whether the broker uses topic aliases towards v5 clients that allow
+    /// them (Topic Alias Maximum in CONNECT): a per-connection LRU of the
+    /// topics it delivers, at most the client's maximum.
+    pub outbound_topic_aliases: bool,
     /// Outbound QoS 1/2 messages in flight per session (further bounded by
     /// the client's Receive Maximum).
     pub max_inflight: u16,
@@ -96,6 +101,7 @@ impl Default for CoreConfig {
             max_keepalive: 0,
             receive_maximum: 1024,
             topic_alias_maximum: 64,
+            outbound_topic_aliases: true,
             max_inflight: 1024,
             max_queued_messages: 1000,
             max_output_buffer: 256 * 1024,
@@ -195,6 +201,8 @@ struct Conn {
     gates: VecDeque<(usize, u64)>,
     woken: bool,
     aliases_in: HashMap<u16, TopicName, ahash::RandomState>,
+    /// Topic aliases towards the client (none until CONNECT allows them).
+    aliases_out: OutboundAliases,
     client_receive_max: u16,
     client_max_packet: u32,
     problem_info: bool,
@@ -251,6 +259,10 @@ pub struct ShardCore {
     conns: HashMap<ConnId, Conn, ahash::RandomState>,
     next_conn: u64,
     next_assigned: u64,
+    /// The last session generation given out (see `Session::generation`):
+    /// unique on this shard, so a timer of an ended session never fires for
+    /// a later session of the same client id. Restored sessions have 1.
+    generations: u64,
     sessions: HashMap<ClientId, Session, ahash::RandomState>,
     /// Non-shared subscriptions of local sessions.
     subs: SubscriptionTrie<ClientId, Subscription>,
@@ -449,6 +461,7 @@ impl ShardCore {
             conns: HashMap::default(),
             next_conn: 0,
             next_assigned: 0,
+            generations: 1,
             sessions: HashMap::default(),
             subs: SubscriptionTrie::new(),
             shared: HashMap::default(),
@@ -562,6 +575,7 @@ impl ShardCore {
                 gates: VecDeque::new(),
                 woken: false,
                 aliases_in: HashMap::default(),
+                aliases_out: OutboundAliases::default(),
                 client_receive_max: u16::MAX,
                 client_max_packet: u32::MAX,
                 problem_info: true,
@@ -1162,7 +1176,8 @@ impl ShardCore {
         });
         session.version = c.protocol;
         session.conn = Some(conn_id);
-        session.generation += 1;
+        self.generations += 1;
+        session.generation = self.generations;
         session.expiry_interval = expiry;
         // A reconnect cancels a pending will of the previous connection.
         session.will = c.will;
@@ -1178,6 +1193,11 @@ impl ShardCore {
         conn.keep_alive = Duration::from_secs(u64::from(keep_alive));
         conn.client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
         conn.client_max_packet = c.properties.maximum_packet_size.unwrap_or(u32::MAX);
+        let aliases_out = match (v5, self.config.outbound_topic_aliases) {
+            (true, true) => c.properties.topic_alias_maximum.unwrap_or(0),
+            _ => 0,
+        };
+        conn.aliases_out = OutboundAliases::new(aliases_out);
         conn.problem_info = c.properties.request_problem_information.unwrap_or(true);
         conn.connect_expiry_zero = expiry == 0;
         conn.receive_max = self.config.receive_maximum.max(1);
@@ -1720,7 +1740,8 @@ impl ShardCore {
             return;
         }
         session.conn = None;
-        session.generation += 1;
+        self.generations += 1;
+        session.generation = self.generations;
         let generation = session.generation;
         let expiry = session.expiry_interval;
         let will = session.will.take().filter(|_| abnormal);
@@ -2464,16 +2485,44 @@ impl ShardCore {
 
     /// Encodes a PUBLISH unless it exceeds the client's Maximum Packet Size
     /// ([MQTT-3.1.2-25]: such a message is discarded). Returns whether it was
-    /// written.
-    fn send_publish(&mut self, conn_id: ConnId, p: Publish) -> bool {
-        let Some(conn) = self.conns.get(&conn_id) else {
+    /// written. Towards a client that allows topic aliases, the topic is
+    /// replaced by its alias when the client knows it, or sent with a new
+    /// (or the least recently used) alias; an alias is bound only by a
+    /// PUBLISH that is written.
+    fn send_publish(&mut self, conn_id: ConnId, mut p: Publish) -> bool {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
             return false;
         };
         let qos = p.qos;
-        let packet = Packet::Publish(p);
-        match packet.encoded_len(conn.version) {
-            Ok(len) if len as u64 <= u64::from(conn.client_max_packet) => {}
-            _ => return false,
+        let max = u64::from(conn.client_max_packet);
+        let version = conn.version;
+        let mut plan = conn.aliases_out.plan(p.topic.as_str());
+        // The topic a Known alias stands for, put back if that form is
+        // refused.
+        let mut topic = None;
+        match plan {
+            AliasPlan::None => p.properties.topic_alias = None,
+            AliasPlan::Known(a) => {
+                p.properties.topic_alias = Some(a);
+                topic = Some(std::mem::replace(&mut p.topic, TopicName::empty()));
+            }
+            AliasPlan::Bind(a) => p.properties.topic_alias = Some(a),
+        }
+        let fits = |p: &Packet| matches!(p.encoded_len(version), Ok(len) if len as u64 <= max);
+        let mut packet = Packet::Publish(p);
+        if !fits(&packet) {
+            if let (AliasPlan::Bind(_), Packet::Publish(p)) = (plan, &mut packet) {
+                // Three bytes less without the alias.
+                p.properties.topic_alias = None;
+                plan = AliasPlan::None;
+            }
+            if !fits(&packet) {
+                return false;
+            }
+        }
+        if let (Some(conn), Packet::Publish(p)) = (self.conns.get_mut(&conn_id), &packet) {
+            let t = topic.as_ref().unwrap_or(&p.topic);
+            conn.aliases_out.commit(t.as_str(), plan);
         }
         self.send(conn_id, &packet);
         self.stats.messages_sent += 1;

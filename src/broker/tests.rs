@@ -1767,3 +1767,352 @@ fn sys_topics_are_retained_from_the_start() {
     assert!(got[0].retain);
     assert!(String::from_utf8_lossy(&got[0].payload).starts_with("vmqtt "));
 }
+
+// --------------------------- Session Expiry Interval in DISCONNECT (v5)
+
+/// [MQTT-3.14.2-2], §3.1.2.11.2: a Session Expiry Interval in DISCONNECT
+/// replaces the one of CONNECT (unless that was 0): CONNECT 1 s, DISCONNECT
+/// 5 s, reconnect after 3 s finds the session (Paho `test_session_expiry`).
+#[test]
+fn disconnect_session_expiry_replaces_the_connect_value() {
+    for persistence in [false, true] {
+        let mut cl = Cluster::with_config(
+            2,
+            CoreConfig {
+                persistence,
+                ..CoreConfig::default()
+            },
+        );
+        let (a, b) = ids_apart("dse");
+        let p = cl.connect(V5, &a);
+        let mut c = Connect::new(V5, &b);
+        c.properties.session_expiry_interval = Some(1);
+        let (s, _) = cl.connect_with(c);
+        cl.subscribe(&s, "dse/t", q(QoS::AtLeastOnce));
+        let mut d = Disconnect::default();
+        d.properties.session_expiry_interval = Some(5);
+        cl.send(&s, Packet::Disconnect(d));
+        assert!(cl.closed(&s));
+        cl.publish(&p, "dse/t", b"kept", QoS::AtLeastOnce, 1);
+        cl.advance(Duration::from_secs(3));
+        assert!(
+            cl.cores[s.shard].session(&b).is_some(),
+            "persistence {persistence}: expired after the CONNECT's 1 s"
+        );
+        let again = Connect {
+            clean_start: false,
+            ..Connect::new(V5, &b)
+        };
+        let (s2, ack) = cl.connect_with(again.clone());
+        assert!(ack.session_present, "persistence {persistence}");
+        let got = cl.publishes(&s2);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(&got[0].payload[..], b"kept");
+        // That connection asked for expiry 0: its session ends with it.
+        cl.send(&s2, Packet::Disconnect(Disconnect::default()));
+        let (_, ack) = cl.connect_with(again);
+        assert!(!ack.session_present, "persistence {persistence}");
+    }
+}
+
+/// What made the DISCONNECT value look ignored end to end: a session of
+/// the same client id that ended shortly before (here expiry 1, disconnected
+/// 0.5 s earlier) left its expiry timer behind, and a new session's
+/// generation count started again at 0, so that timer matched the new
+/// session and ended it after 1 s.
+#[test]
+fn a_timer_of_an_ended_session_does_not_fire_for_the_next_one() {
+    let mut cl = Cluster::new(1);
+    let mut c = Connect::new(V5, "gen");
+    c.properties.session_expiry_interval = Some(1);
+    let (first, _) = cl.connect_with(c.clone());
+    cl.send(&first, Packet::Disconnect(Disconnect::default()));
+    cl.advance(Duration::from_millis(500));
+    // Clean start: a new session, with expiry 1, then 5 from DISCONNECT.
+    let (s, ack) = cl.connect_with(c);
+    assert!(!ack.session_present);
+    cl.subscribe(&s, "gen/t", q(QoS::AtLeastOnce));
+    let mut d = Disconnect::default();
+    d.properties.session_expiry_interval = Some(5);
+    cl.send(&s, Packet::Disconnect(d));
+    cl.advance(Duration::from_secs(3));
+    let again = Connect {
+        clean_start: false,
+        ..Connect::new(V5, "gen")
+    };
+    let (_, ack) = cl.connect_with(again);
+    assert!(ack.session_present, "ended by the first session's timer");
+}
+
+/// The same for a delayed will: the will timer of an ended session does
+/// not publish the will of the next session of that client id early.
+#[test]
+fn a_will_timer_of_an_ended_session_does_not_fire_for_the_next_one() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("gw");
+    let s = cl.connect(V5, &b);
+    cl.subscribe(&s, "gw/#", q(QoS::AtLeastOnce));
+    let mut c = Connect {
+        will: Some(will("gw/first", Some(5))),
+        ..Connect::new(V5, &a)
+    };
+    c.properties.session_expiry_interval = Some(100);
+    let (w, _) = cl.connect_with(c.clone());
+    cl.drop_socket(&w);
+    // A clean start ends that session: its will goes out now.
+    c.will = Some(will("gw/second", Some(10)));
+    let (w, _) = cl.connect_with(c);
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].topic.as_str(), "gw/first");
+    cl.advance(Duration::from_secs(1));
+    cl.drop_socket(&w);
+    cl.advance(Duration::from_secs(5));
+    assert!(
+        cl.publishes(&s).is_empty(),
+        "the second will is due 10 s after its drop, not at the first one's 5 s"
+    );
+    cl.advance(Duration::from_secs(6));
+    let got = cl.publishes(&s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].topic.as_str(), "gw/second");
+}
+
+/// The DISCONNECT value also counts when it is shorter than the CONNECT's,
+/// and it is what the session record says (a restart keeps it).
+#[test]
+fn disconnect_session_expiry_can_shorten_it() {
+    let mut cl = Cluster::new(1);
+    let mut c = Connect::new(V5, "short");
+    c.properties.session_expiry_interval = Some(60);
+    let (s, _) = cl.connect_with(c);
+    let mut d = Disconnect::default();
+    d.properties.session_expiry_interval = Some(2);
+    cl.send(&s, Packet::Disconnect(d));
+    let last_put = cl.store_ops(0).into_iter().rev().find_map(|o| match o {
+        StoreOp::PutSession { session, .. } => Some(session),
+        _ => None,
+    });
+    assert_eq!(last_put.map(|s| s.expiry_interval), Some(2));
+    cl.advance(Duration::from_secs(1));
+    assert!(cl.cores[0].session("short").is_some());
+    cl.advance(Duration::from_secs(2));
+    assert!(cl.cores[0].session("short").is_none());
+}
+
+// ------------------------------------------- outbound topic aliases (v5)
+
+/// A v5 subscriber on its home shard that allows `max` topic aliases.
+fn alias_client(cl: &mut Cluster, id: &str, max: Option<u16>, expiry: u32) -> Client {
+    let mut c = Connect {
+        clean_start: expiry == 0,
+        ..Connect::new(V5, id)
+    };
+    c.properties.topic_alias_maximum = max;
+    c.properties.session_expiry_interval = (expiry > 0).then_some(expiry);
+    cl.connect_with(c).0
+}
+
+/// (topic, alias, payload) of each PUBLISH the client got.
+fn alias_view(got: &[Publish]) -> Vec<(String, Option<u16>, String)> {
+    got.iter()
+        .map(|p| {
+            (
+                p.topic.as_str().to_owned(),
+                p.properties.topic_alias,
+                String::from_utf8_lossy(&p.payload).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn aliased(t: &str, alias: Option<u16>, payload: &str) -> (String, Option<u16>, String) {
+    (t.to_owned(), alias, payload.to_owned())
+}
+
+#[test]
+fn outbound_topic_alias_bound_then_reused_with_an_empty_topic() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("oa");
+    let p = cl.connect(V5, &a);
+    let s = alias_client(&mut cl, &b, Some(4), 0);
+    cl.subscribe(&s, "oa/#", q(QoS::AtLeastOnce));
+    cl.publish(&p, "oa/one", b"1", QoS::AtMostOnce, 0);
+    cl.publish(&p, "oa/one", b"2", QoS::AtLeastOnce, 1);
+    cl.publish(&p, "oa/two", b"3", QoS::AtMostOnce, 0);
+    cl.publish(&p, "oa/one", b"4", QoS::ExactlyOnce, 2);
+    cl.publish(&p, "oa/two", b"5", QoS::AtLeastOnce, 3);
+    assert_eq!(
+        alias_view(&cl.publishes(&s)),
+        vec![
+            aliased("oa/one", Some(1), "1"),
+            aliased("", Some(1), "2"),
+            aliased("oa/two", Some(2), "3"),
+            aliased("", Some(1), "4"),
+            aliased("", Some(2), "5"),
+        ]
+    );
+}
+
+#[test]
+fn outbound_topic_alias_lru_rebinds_the_least_recently_used() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("ol");
+    let p = cl.connect(V5, &a);
+    let s = alias_client(&mut cl, &b, Some(2), 0);
+    cl.subscribe(&s, "ol/#", q(QoS::AtMostOnce));
+    for (t, m) in [
+        ("ol/a", b"1"),
+        ("ol/b", b"2"),
+        ("ol/a", b"3"),
+        ("ol/c", b"4"),
+        ("ol/b", b"5"),
+        ("ol/c", b"6"),
+        ("ol/b", b"7"),
+    ] {
+        cl.publish(&p, t, m, QoS::AtMostOnce, 0);
+    }
+    assert_eq!(
+        alias_view(&cl.publishes(&s)),
+        vec![
+            aliased("ol/a", Some(1), "1"),
+            aliased("ol/b", Some(2), "2"),
+            aliased("", Some(1), "3"),
+            // Full: ol/b (alias 2) is the least recently used.
+            aliased("ol/c", Some(2), "4"),
+            // Now ol/a (alias 1) is.
+            aliased("ol/b", Some(1), "5"),
+            aliased("", Some(2), "6"),
+            aliased("", Some(1), "7"),
+        ]
+    );
+}
+
+#[test]
+fn no_outbound_topic_alias_without_the_clients_consent_or_when_off() {
+    // Maximum 0, no maximum, MQTT 3.1.1, and the switch off.
+    for (max, version, on) in [
+        (Some(0), V5, true),
+        (None, V5, true),
+        (Some(10), V3_1_1, true),
+        (Some(10), V5, false),
+    ] {
+        let mut cl = Cluster::with_config(
+            2,
+            CoreConfig {
+                persistence: true,
+                outbound_topic_aliases: on,
+                ..CoreConfig::default()
+            },
+        );
+        let (a, b) = ids_apart("on");
+        let p = cl.connect(V5, &a);
+        let mut c = Connect::new(version, &b);
+        c.properties.topic_alias_maximum = max;
+        let (s, _) = cl.connect_with(c);
+        cl.subscribe(&s, "t", q(QoS::AtLeastOnce));
+        cl.publish(&p, "t", b"1", QoS::AtLeastOnce, 1);
+        cl.publish(&p, "t", b"2", QoS::AtLeastOnce, 2);
+        assert_eq!(
+            alias_view(&cl.publishes(&s)),
+            vec![aliased("t", None, "1"), aliased("t", None, "2")],
+            "max {max:?} {version:?} switch {on}"
+        );
+    }
+}
+
+/// [MQTT-3.3.2-7]: aliases end with the connection. A reconnect starts with
+/// none: what was in flight is resent (DUP) with its topic, and binds the
+/// alias anew on this connection.
+#[test]
+fn outbound_topic_aliases_start_fresh_on_reconnect() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("orc");
+    let p = cl.connect(V5, &a);
+    let s = alias_client(&mut cl, &b, Some(8), 300);
+    cl.subscribe(&s, "orc/t", q(QoS::AtLeastOnce));
+    cl.publish(&p, "orc/t", b"1", QoS::AtLeastOnce, 1);
+    cl.publish(&p, "orc/t", b"2", QoS::AtLeastOnce, 2);
+    assert_eq!(
+        alias_view(&cl.publishes(&s)),
+        vec![aliased("orc/t", Some(1), "1"), aliased("", Some(1), "2")]
+    );
+    // Not acknowledged: both are in flight when the connection drops.
+    cl.drop_socket(&s);
+    let s2 = alias_client(&mut cl, &b, Some(8), 300);
+    let got = cl.publishes(&s2);
+    assert!(got.iter().all(|p| p.dup), "{got:?}");
+    assert_eq!(
+        alias_view(&got),
+        vec![aliased("orc/t", Some(1), "1"), aliased("", Some(1), "2")]
+    );
+    // A reconnect that allows no aliases gets full topics only.
+    cl.drop_socket(&s2);
+    let s3 = alias_client(&mut cl, &b, None, 300);
+    assert_eq!(
+        alias_view(&cl.publishes(&s3)),
+        vec![aliased("orc/t", None, "1"), aliased("orc/t", None, "2")]
+    );
+    cl.publish(&p, "orc/t", b"3", QoS::AtLeastOnce, 3);
+    assert_eq!(
+        alias_view(&cl.publishes(&s3)),
+        vec![aliased("orc/t", None, "3")]
+    );
+}
+
+/// The alias property counts towards the client's Maximum Packet Size: a
+/// PUBLISH that fits only without it goes without it (and binds nothing);
+/// one that does not fit at all is discarded without binding the alias.
+#[test]
+fn outbound_topic_alias_respects_maximum_packet_size() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("omp");
+    let p = cl.connect(V5, &a);
+    // PUBLISH QoS 0 "omp/t" + "xy": 2 + (2 + 5) + 1 (no properties) + 2 = 12
+    // bytes; with a Topic Alias property: 15.
+    let mut c = Connect::new(V5, &b);
+    c.properties.topic_alias_maximum = Some(4);
+    c.properties.maximum_packet_size = Some(12);
+    let (s, _) = cl.connect_with(c);
+    cl.subscribe(&s, "omp/#", q(QoS::AtMostOnce));
+    cl.publish(&p, "omp/t", b"xy", QoS::AtMostOnce, 0);
+    cl.publish(&p, "omp/t", b"xy", QoS::AtMostOnce, 0);
+    cl.publish(&p, "omp/t", b"too big", QoS::AtMostOnce, 0);
+    // "omp/u" + "z" with the alias: 14 bytes; without: 11, fits.
+    cl.publish(&p, "omp/u", b"z", QoS::AtMostOnce, 0);
+    // "omp" + "z" with the alias: 2 + (2 + 3) + 4 + 1 = 12, fits; then the
+    // alias alone: 9.
+    cl.publish(&p, "omp", b"z", QoS::AtMostOnce, 0);
+    cl.publish(&p, "omp", b"z", QoS::AtMostOnce, 0);
+    assert_eq!(
+        alias_view(&cl.publishes(&s)),
+        vec![
+            aliased("omp/t", None, "xy"),
+            aliased("omp/t", None, "xy"),
+            aliased("omp/u", None, "z"),
+            aliased("omp", Some(1), "z"),
+            aliased("", Some(1), "z"),
+        ]
+    );
+}
+
+/// Retained messages sent on SUBSCRIBE and wills use the aliases too.
+#[test]
+fn outbound_topic_alias_for_retained_messages() {
+    let mut cl = Cluster::new(2);
+    let (a, b) = ids_apart("ort");
+    let p = cl.connect(V5, &a);
+    let mut r = Publish::new(topic("ort/x"), Bytes::from_static(b"kept"));
+    r.retain = true;
+    cl.send(&p, Packet::Publish(r));
+    let s = alias_client(&mut cl, &b, Some(4), 0);
+    cl.subscribe(&s, "ort/#", q(QoS::AtMostOnce));
+    cl.publish(&p, "ort/x", b"live", QoS::AtMostOnce, 0);
+    assert_eq!(
+        alias_view(&cl.publishes(&s)),
+        vec![
+            aliased("ort/x", Some(1), "kept"),
+            aliased("", Some(1), "live")
+        ]
+    );
+}

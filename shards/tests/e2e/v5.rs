@@ -1,6 +1,8 @@
-//! MQTT 5 features: topic alias, message expiry, no local, subscription
-//! identifiers, property pass-through, payload format indicator, maximum
-//! packet size both ways, receive maximum both ways.
+//! MQTT 5 features: topic alias (both ways), message expiry, no local,
+//! subscription identifiers, property pass-through, payload format
+//! indicator, maximum packet size both ways, receive maximum both ways,
+//! Session Expiry Interval set by DISCONNECT; paho-mqtt (Python) and
+//! mosquitto_sub as v5 clients.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -608,4 +610,325 @@ async fn v5_receive_maximum_exceeded_by_client() {
         Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED),
         "received {got:?}"
     );
+}
+
+// ------------------------------------------------- Session Expiry by DISCONNECT
+
+/// [MQTT-3.14.2-2], §3.1.2.11.2: the Session Expiry Interval of DISCONNECT
+/// replaces the CONNECT's. CONNECT 1 s, DISCONNECT 5 s, reconnect after 3 s
+/// with clean start 0: session present, the message queued meanwhile comes.
+/// That CONNECT had no expiry (0), so the session ends with it. Right before,
+/// a session of the same client id with expiry 1 ended: its expiry timer
+/// must not end the new session (it did: generations restarted at 0).
+#[tokio::test]
+async fn v5_disconnect_session_expiry_replaces_the_connect_value() {
+    let test = "v5_disconnect_session_expiry_replaces_the_connect_value";
+    let b = Broker::start(test);
+    let (pub_id, sub_id) = ids_on_different_shards(test);
+    let mut conn = connect_packet(V5P, &sub_id);
+    conn.properties.session_expiry_interval = Some(1);
+    let (before, _) = Raw::connect_ok(b.port(), conn.clone()).await;
+    before.disconnect().await;
+
+    let (mut sub, ack) = Raw::connect_ok(b.port(), conn).await;
+    assert!(!ack.session_present);
+    sub.subscribe("dse/t", QoS::AtLeastOnce).await;
+    let mut d = Disconnect::new(ReasonCode::NORMAL_DISCONNECTION);
+    d.properties.session_expiry_interval = Some(5);
+    sub.disconnect_with(d).await;
+    let mut publ = Raw::v5(b.port(), &pub_id).await;
+    publ.publish_ok("dse/t", "while away", QoS::AtLeastOnce, false)
+        .await;
+
+    sleep_ms(3000).await;
+    let mut again = connect_packet(V5P, &sub_id);
+    again.clean_start = false;
+    let (mut sub, ack) = Raw::connect_ok(b.port(), again.clone()).await;
+    assert!(
+        ack.session_present,
+        "3 s after DISCONNECT with Session Expiry Interval 5 (CONNECT: 1)"
+    );
+    assert_eq!(text(&sub.recv_publish_acked().await), "while away");
+    sub.disconnect().await;
+    let (_sub, ack) = Raw::connect_ok(b.port(), again).await;
+    assert!(!ack.session_present, "that connection had expiry 0");
+}
+
+// --------------------------------------------------- outbound topic aliases
+
+/// A v5 subscriber that announces Topic Alias Maximum `max`.
+async fn alias_subscriber(port: u16, id: &str, max: Option<u16>, f: &str) -> Raw {
+    let mut conn = connect_packet(V5P, id);
+    conn.properties.topic_alias_maximum = max;
+    let (mut c, _) = Raw::connect_ok(port, conn).await;
+    c.subscribe(f, QoS::AtLeastOnce).await;
+    c
+}
+
+/// `(topic on the wire, Topic Alias, payload)` of the next `n` PUBLISHes.
+async fn wire_view(c: &mut Raw, n: usize) -> Vec<(String, Option<u16>, String)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let p = c.recv_publish_acked().await;
+        out.push((
+            p.topic.as_str().to_owned(),
+            p.properties.topic_alias,
+            text(&p),
+        ));
+    }
+    out
+}
+
+fn w(t: &str, alias: Option<u16>, m: &str) -> (String, Option<u16>, String) {
+    (t.to_owned(), alias, m.to_owned())
+}
+
+/// Server → client topic aliases on the wire: the first PUBLISH of a topic
+/// carries it with a new alias, later ones an empty topic; with the client's
+/// maximum (2) in use, a new topic takes the least recently used alias. A
+/// client that announces no maximum gets full topics; a reconnect starts
+/// with no aliases ([MQTT-3.3.2-7]).
+#[tokio::test]
+async fn v5_topic_alias_server_to_client_on_the_wire() {
+    let test = "v5_topic_alias_server_to_client_on_the_wire";
+    if skip_on_mosquitto(test, "Mosquitto sends no topic aliases") {
+        return;
+    }
+    let b = Broker::start(test);
+    let (pub_id, sub_id) = ids_on_different_shards(test);
+    let mut s = alias_subscriber(b.port(), &sub_id, Some(2), "oa/#").await;
+    let mut plain = alias_subscriber(b.port(), &format!("{sub_id}-plain"), None, "oa/#").await;
+    let mut publ = Raw::v5(b.port(), &pub_id).await;
+    let sends = [
+        ("oa/a", "1"),
+        ("oa/a", "2"),
+        ("oa/b", "3"),
+        ("oa/a", "4"),
+        ("oa/c", "5"),
+        ("oa/b", "6"),
+        ("oa/c", "7"),
+    ];
+    for (t, m) in sends {
+        publ.publish_ok(t, m, QoS::AtLeastOnce, false).await;
+    }
+    assert_eq!(
+        wire_view(&mut s, sends.len()).await,
+        vec![
+            w("oa/a", Some(1), "1"),
+            w("", Some(1), "2"),
+            w("oa/b", Some(2), "3"),
+            w("", Some(1), "4"),
+            // oa/b (alias 2) is the least recently used.
+            w("oa/c", Some(2), "5"),
+            // now oa/a (alias 1) is.
+            w("oa/b", Some(1), "6"),
+            w("", Some(2), "7"),
+        ]
+    );
+    let want: Vec<_> = sends.iter().map(|(t, m)| w(t, None, m)).collect();
+    assert_eq!(wire_view(&mut plain, sends.len()).await, want);
+
+    // A new connection: the aliases of the old one are gone.
+    s.disconnect().await;
+    let mut s = alias_subscriber(b.port(), &sub_id, Some(2), "oa/#").await;
+    publ.publish_ok("oa/c", "8", QoS::AtLeastOnce, false).await;
+    publ.publish_ok("oa/c", "9", QoS::AtLeastOnce, false).await;
+    assert_eq!(
+        wire_view(&mut s, 2).await,
+        vec![w("oa/c", Some(1), "8"), w("", Some(1), "9")]
+    );
+}
+
+/// `[mqtt] outbound_topic_aliases = false` turns them off; a `[shards.N]`
+/// table overrides it for one shard.
+#[tokio::test]
+async fn v5_topic_alias_server_to_client_switch() {
+    let test = "v5_topic_alias_server_to_client_switch";
+    if skip_on_mosquitto(test, "vmqtt setting") {
+        return;
+    }
+    let (pub_id, sub_id) = ids_on_different_shards(test);
+    let sub_shard = home_shard(&sub_id, SHARDS).get();
+    let other_shard = crate::common::shard::ShardId::new(1 - sub_shard as u16);
+    let other = crate::common::shard::id_on_shard(&format!("{test}-other"), other_shard);
+    let b = Broker::start_with(
+        test,
+        BrokerConfig {
+            extra_mqtt: "outbound_topic_aliases = false".to_owned(),
+            extra_toml: format!("[shards.{sub_shard}]\noutbound_topic_aliases = true\n"),
+            ..Default::default()
+        },
+    );
+    let mut on = alias_subscriber(b.port(), &sub_id, Some(5), "sw/#").await;
+    let mut off = alias_subscriber(b.port(), &other, Some(5), "sw/#").await;
+    let mut publ = Raw::v5(b.port(), &pub_id).await;
+    publ.publish_ok("sw/t", "1", QoS::AtLeastOnce, false).await;
+    publ.publish_ok("sw/t", "2", QoS::AtLeastOnce, false).await;
+    assert_eq!(
+        wire_view(&mut on, 2).await,
+        vec![w("sw/t", Some(1), "1"), w("", Some(1), "2")],
+        "shard {sub_shard}: turned on by [shards.{sub_shard}]"
+    );
+    assert_eq!(
+        wire_view(&mut off, 2).await,
+        vec![w("sw/t", None, "1"), w("sw/t", None, "2")],
+        "the other shard: off as [mqtt] says"
+    );
+}
+
+/// Whether `cmd` runs at all.
+fn runs(cmd: &str, args: &[&str]) -> bool {
+    std::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Waits for `child` to exit within `within`; kills it and fails otherwise.
+fn wait_exit(
+    child: &mut std::process::Child,
+    what: &str,
+    within: Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `python3` can import paho-mqtt 2.x.
+fn have_paho() -> bool {
+    std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, paho.mqtt; sys.exit(0 if paho.mqtt.__version__.startswith('2.') else 1)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `shards/tests/python/paho_v5.py --check CHECK` against a new broker.
+fn run_paho_v5(test: &str, check: &str) {
+    if skip_missing_external(test, "python3 with paho-mqtt 2.x", have_paho()) {
+        return;
+    }
+    let b = Broker::start(test);
+    let (a, c) = ids_on_different_shards(test);
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("python")
+        .join("paho_v5.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--port", &b.port().to_string(), "--check", check])
+        .args(["--id-a", &a, "--id-b", &c, "--prefix", test])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn python3 {}: {e}", script.display()));
+    let status = wait_exit(&mut child, "paho_v5.py", Duration::from_secs(60));
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}{stderr}");
+    assert!(
+        status.success(),
+        "paho_v5.py --check {check} failed ({status}):\n{stdout}\n{stderr}"
+    );
+}
+
+/// paho-mqtt 2.x: the steps of Paho 5.0 test_session_expiry (Session Expiry
+/// Interval 1 in CONNECT, 5 in DISCONNECT: still there after 3 s), twice in
+/// a row.
+#[test]
+fn paho_python_v5_disconnect_session_expiry() {
+    run_paho_v5("paho_python_v5_disconnect_session_expiry", "session-expiry");
+}
+
+/// paho-mqtt 2.x with Topic Alias Maximum 2: the broker's aliases resolve to
+/// the topics published (Paho 5.0 test_server_topic_alias).
+#[test]
+fn paho_python_v5_server_topic_alias() {
+    let test = "paho_python_v5_server_topic_alias";
+    if skip_on_mosquitto(test, "Mosquitto sends no topic aliases") {
+        return;
+    }
+    run_paho_v5(test, "topic-alias");
+}
+
+/// `mosquitto_sub -V mqttv5 -D connect topic-alias-maximum 10` (libmosquitto
+/// resolves the aliases) prints the right topic for each of 60 messages on
+/// 12 topics, so aliases are reused and rebound.
+#[tokio::test]
+async fn mosquitto_sub_v5_with_server_topic_aliases() {
+    let test = "mosquitto_sub_v5_with_server_topic_aliases";
+    if skip_missing_external(
+        test,
+        "mosquitto_sub (Debian: mosquitto-clients)",
+        runs("mosquitto_sub", &["--help"]),
+    ) {
+        return;
+    }
+    let b = Broker::start(test);
+    let (pub_id, sub_id) = ids_on_different_shards(test);
+    let sends: Vec<(String, String)> = (0..60)
+        .map(|i| (format!("mq/t{}", (i * 7) % 12), format!("m{i}")))
+        .collect();
+    let port = b.port().to_string();
+    let count = sends.len().to_string();
+    let mut sub = std::process::Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port])
+        .args(["-i", &sub_id, "-t", "mq/#", "-q", "1", "-v", "-d"])
+        .args(["-V", "mqttv5", "-D", "connect", "topic-alias-maximum", "10"])
+        .args(["-C", &count, "-W", "20"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn mosquitto_sub");
+    let out = sub.stdout.take().expect("piped stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.contains("received SUBACK") => break,
+            Ok(_) => {}
+            Err(_) => panic!("mosquitto_sub got no SUBACK"),
+        }
+    }
+    let mut publ = Raw::v5(b.port(), &pub_id).await;
+    for (t, m) in &sends {
+        publ.publish_ok(t, m, QoS::AtLeastOnce, false).await;
+    }
+    let st = wait_exit(&mut sub, "mosquitto_sub", WAIT * 4);
+    let got: Vec<String> = lines
+        .try_iter()
+        .filter(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed"))
+        .collect();
+    assert!(st.success(), "mosquitto_sub exited with {st}; got {got:?}");
+    let want: Vec<String> = sends.iter().map(|(t, m)| format!("{t} {m}")).collect();
+    assert_eq!(got, want);
 }
