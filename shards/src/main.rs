@@ -7,6 +7,7 @@
 mod gate;
 mod http;
 mod notify;
+mod repair;
 mod runtime;
 mod store;
 mod sys;
@@ -71,7 +72,24 @@ enum Command {
         #[arg(long, short = 'D')]
         delete: bool,
     },
+    /// Repairs a data directory whose write-ahead log is damaged (which the
+    /// broker refuses to start on): first copies the whole directory to a
+    /// backup, then recovers everything before the damage and reports what
+    /// was dropped. The broker must not be running on it.
+    Repair {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Where to put the copy (must not exist); default:
+        /// DATA_DIR.bak-<UTC time>.
+        #[arg(long)]
+        backup: Option<PathBuf>,
+    },
 }
+
+/// How long a start waits for its listening addresses to be released by
+/// a process that just exited (the kernel closes an io_uring process's
+/// sockets asynchronously).
+const ADDRESS_WAIT: Duration = Duration::from_secs(3);
 
 /// Batches in flight per pair of shards. With the sender's queue
 /// (`runtime::OUTQ_LIMIT`) it bounds the memory a fast publisher can pin
@@ -302,6 +320,15 @@ fn main() -> std::process::ExitCode {
                 }
             };
         }
+        Some(Command::Repair { data_dir, backup }) => {
+            return match repair::run(cli.config.as_deref(), data_dir, backup.as_deref()) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vmqtt-shard repair: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         None => {}
     }
     match run(cli) {
@@ -373,10 +400,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     // Every shard binds each address with SO_REUSEPORT, which would also
-    // share the port with another running broker of the same user. If
-    // something already accepts connections there, refuse to start. (A plain
-    // bind would also trip over this process's own TIME-WAIT sockets after a
-    // restart.)
+    // share the port with another running broker of the same user. If a
+    // process already accepts connections there, refuse to start, naming
+    // it; a socket no process holds any more (the previous run, just
+    // exited) is waited for. (A plain bind would also trip over this
+    // process's own TIME-WAIT sockets after a restart.)
     let http = config.http.enabled.then_some(config.http.listen);
     for addr in config
         .listen
@@ -384,8 +412,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .chain(&config.tls.listen)
         .chain(http.iter())
     {
-        if sys::accepts_connections(*addr) {
-            bail!("cannot listen on {addr}: address already in use by another process");
+        match sys::wait_until_free(*addr, ADDRESS_WAIT) {
+            Ok(waited) if waited > Duration::ZERO => info!(
+                %addr,
+                waited_ms = waited.as_millis() as u64,
+                "waited for the sockets of an exited process to close"
+            ),
+            Ok(_) => {}
+            Err(e) => bail!("cannot listen on {addr}: {e}"),
         }
     }
     // Storage: opened and recovered before any shard starts.

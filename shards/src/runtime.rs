@@ -425,14 +425,23 @@ pub async fn run(spec: ShardSpec) {
     });
 
     let mut listeners = Vec::new();
+    // A second descriptor of each listening socket, to end it at shutdown
+    // (see `sys::stop_listening`).
+    let mut listening = Vec::new();
     let tls_listen = tls.as_ref().map_or(&[][..], |t| &t.listen[..]);
     for (addr, secure) in listen
         .iter()
         .map(|a| (a, false))
         .chain(tls_listen.iter().map(|a| (a, true)))
     {
-        match TcpListener::bind(addr) {
-            Ok(l) => listeners.push((l, secure.then(|| tls.clone()).flatten())),
+        match crate::sys::reuseport_listener(*addr) {
+            Ok((fd, keep)) => {
+                // SAFETY: `fd` is a listening TCP socket we own; the
+                // listener takes it over.
+                let l = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+                listeners.push((l, secure.then(|| tls.clone()).flatten()));
+                listening.push(keep);
+            }
             Err(e) => {
                 let _ = ready.send(Err(format!("shard {index}: cannot listen on {addr}: {e}")));
                 return;
@@ -484,6 +493,13 @@ pub async fn run(spec: ShardSpec) {
         Err(e) => warn!(shard = index, error = %e, "starting the timer task failed"),
     }
     metrics.set_ready(index, false);
+    // The listening sockets end now, while the process lives: left to the
+    // executor's teardown, their pending io_uring accepts would keep them
+    // listening for a while after the process exited, and a restart would
+    // find the address taken.
+    for fd in &listening {
+        crate::sys::stop_listening(fd);
+    }
     info!(shard = index, "shard stopped");
 }
 
@@ -668,7 +684,7 @@ async fn accept_loop(
     let tls = tls.map(Rc::new);
     loop {
         match listener.accept().await {
-            Ok(_) if shard.stop.load(Ordering::Relaxed) => return,
+            Ok(_) | Err(_) if shard.stop.load(Ordering::Relaxed) => return,
             Ok(stream) => {
                 // Limits first, before a byte is read: over any of them the
                 // socket is closed at once (and the limit counted).

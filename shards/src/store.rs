@@ -17,7 +17,8 @@ use vmqtt::topic::TopicFilter;
 use vmqtt_config::{Config, Durability};
 use vmqtt_storage::{
     recover, unix_ms, CfTuning, DeliveryState, MessageId, QueueEntry, RocksOptions, RocksStorage,
-    SessionRecord, ShardState, Storage, StoredMessage, SubscriptionRecord, WriteBatch,
+    SessionRecord, ShardState, Storage, StorageError, StoredMessage, SubscriptionRecord,
+    WriteBatch,
 };
 
 /// The RocksDB options of `config`, per-shard overrides included.
@@ -60,6 +61,7 @@ pub fn open(config: &Config, shards: usize) -> anyhow::Result<(RocksStorage, Vec
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the data directory {}", dir.display()))?;
     let mut storage = RocksStorage::open(dir, &rocks_options(config, shards))
+        .map_err(|e| with_remedy(e, dir))
         .with_context(|| format!("opening the data directory {}", dir.display()))?;
     let restored = restore_all(&mut storage, shards)
         .with_context(|| format!("recovering the data directory {}", dir.display()))?;
@@ -72,6 +74,20 @@ pub fn open(config: &Config, shards: usize) -> anyhow::Result<(RocksStorage, Vec
         "storage recovered"
     );
     Ok((storage, restored))
+}
+
+/// A refusal, with what the operator can do about it where there is
+/// something (a damaged write-ahead log: `vmqtt-shard repair`).
+fn with_remedy(e: StorageError, dir: &std::path::Path) -> anyhow::Error {
+    match e {
+        e @ StorageError::CorruptWal { .. } => anyhow::anyhow!(
+            "{e}. To recover everything before the damage, knowingly dropping the rest: \
+             `vmqtt-shard repair {}` (it first copies the whole directory to a backup and \
+             reports what it dropped)",
+            dir.display()
+        ),
+        e => e.into(),
+    }
 }
 
 /// [`recover`]s `storage` to `shards` shards, purges what expired, and

@@ -66,6 +66,52 @@ pub enum StorageError {
         /// RocksDB's or the OS's message.
         message: String,
     },
+    /// A write-ahead log file (`*.log`) is damaged before its end: RocksDB
+    /// could replay it only up to the damage, silently dropping every
+    /// acknowledged write after it, so the directory is refused instead.
+    /// (A record merely cut short at the end of the last log, what a crash
+    /// mid-write leaves, is not this: it is dropped, as it was never
+    /// acknowledged.) Nothing was changed.
+    #[error(
+        "data directory {path}: write-ahead log {file} is damaged at byte offset {offset} \
+         ({reason}); replaying it would stop there and drop the {bytes_after} bytes after it \
+         ({records_after} intact write batches){later} (RocksDB: {rocksdb}; nothing was changed)"
+    )]
+    CorruptWal {
+        /// The data directory.
+        path: PathBuf,
+        /// The damaged log file.
+        file: PathBuf,
+        /// Byte offset of the first record in `file` that does not verify.
+        offset: u64,
+        /// What is wrong there.
+        reason: String,
+        /// Bytes from `offset` to the end of `file`.
+        bytes_after: u64,
+        /// Write batches after the damage that still verify.
+        records_after: u64,
+        /// What later log files would be dropped too (empty if none).
+        later: String,
+        /// RocksDB's own message.
+        rocksdb: String,
+    },
+    /// The database lists vmqtt's shard column families but its
+    /// `meta/schema_version`, written when the directory was created, is
+    /// missing: the write-ahead log that still held it (and the newest
+    /// writes) was emptied, truncated or removed. Nothing was changed.
+    #[error(
+        "data directory {path}: meta/schema_version is missing although the database has \
+         vmqtt column families ({column_families}): its write-ahead log lost what it held \
+         ({wal}); this is damage, not a foreign directory (nothing was changed)"
+    )]
+    LostWal {
+        /// The data directory.
+        path: PathBuf,
+        /// The column families the MANIFEST lists.
+        column_families: String,
+        /// What the write-ahead log files look like (names and sizes).
+        wal: String,
+    },
     /// A file-system operation on the data directory failed.
     #[error("data directory {path}: {source}")]
     Io {

@@ -15,6 +15,9 @@
 //!   resharding first if the shard count changed ([`plan_reshard`]).
 //! - Schema: version [`SCHEMA_VERSION`]; a newer directory is refused
 //!   untouched, version 1 is migrated ([`RocksStorage::open`]).
+//! - Damage: a write-ahead log damaged before its end is refused
+//!   ([`StorageError::CorruptWal`], file and offset from [`wal`]); the
+//!   operator's [`repair_wal`] recovers what precedes the damage.
 //!
 //! Nothing here reads a clock: times are passed in as wall-clock
 //! milliseconds since the Unix epoch ([`unix_ms`]).
@@ -30,6 +33,7 @@ mod raw;
 mod record;
 mod rocks;
 mod state;
+pub mod wal;
 
 use vmqtt::broker::ShardId;
 
@@ -40,7 +44,7 @@ pub use record::{
     unix_ms, DeliveryState, Durability, MessageId, Op, QueueEntry, Record, RecordKey,
     SessionRecord, StoredMessage, SubscriptionRecord, WriteBatch,
 };
-pub use rocks::{CfTuning, RocksOptions, RocksStorage};
+pub use rocks::{check, repair_wal, Census, CfTuning, RocksOptions, RocksStorage, WalRepair};
 pub use state::{
     plan_reshard, retained_home, ClientState, MessageRefs, Purged, QueuedMessage, ReshardPlan,
     ShardState,

@@ -7,6 +7,15 @@
 //! version through a read-only open that writes no file (not even RocksDB's
 //! `LOG`). Only a directory that passes is opened for writing; a newer,
 //! damaged or foreign one is refused with an error naming it, untouched.
+//!
+//! The write-ahead log is recovered with RocksDB's
+//! `TolerateCorruptedTailRecords`: a record cut short at the end of the log
+//! (a crash mid-write: that write never returned, so nothing acknowledged
+//! is in it) is dropped, and anything else that does not verify refuses the
+//! open ([`StorageError::CorruptWal`], naming the file and offset). RocksDB's
+//! default, point-in-time recovery, would instead stop replaying at the
+//! damage and silently drop every acknowledged write after it; that is
+//! done only by the operator's explicit [`repair_wal`], after a backup.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -16,8 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use rocksdb::{
     BlockBasedOptions, BoundColumnFamily, Cache, ColumnFamilyDescriptor, DBCompressionType,
-    DBRawIteratorWithThreadMode, DBWithThreadMode, InfoLogger, LogLevel, MultiThreaded, Options,
-    ReadOptions, WriteOptions,
+    DBRawIteratorWithThreadMode, DBRecoveryMode, DBWithThreadMode, InfoLogger, LogLevel,
+    MultiThreaded, Options, ReadOptions, WriteOptions,
 };
 use vmqtt::broker::ShardId;
 
@@ -142,6 +151,71 @@ fn open_err(path: &Path, e: impl fmt::Display) -> StorageError {
     }
 }
 
+/// The error for RocksDB refusing to open `path`: if it reports corruption
+/// and a write-ahead log is damaged, [`StorageError::CorruptWal`] naming
+/// the file and offset (RocksDB's message names neither); otherwise
+/// [`StorageError::Open`].
+fn open_failed(path: &Path, e: impl fmt::Display) -> StorageError {
+    let message = e.to_string();
+    if message.contains("Corruption") {
+        if let Ok(scans) = crate::wal::scan_dir(path) {
+            if let Some(err) = corrupt_wal(path, &scans, &message) {
+                return err;
+            }
+        }
+    }
+    open_err(path, message)
+}
+
+/// [`StorageError::CorruptWal`] for the first damaged log in `scans`.
+fn corrupt_wal(path: &Path, scans: &[crate::wal::WalScan], rocksdb: &str) -> Option<StorageError> {
+    let i = scans.iter().position(|s| s.damage.is_some())?;
+    let d = scans[i].damage.as_ref()?;
+    let later: Vec<String> = scans[i + 1..]
+        .iter()
+        .filter(|s| s.len > 0)
+        .map(|s| format!("{} ({} bytes)", file_name(&s.file), s.len))
+        .collect();
+    Some(StorageError::CorruptWal {
+        path: path.to_path_buf(),
+        file: scans[i].file.clone(),
+        offset: d.offset,
+        reason: d.reason.to_owned(),
+        bytes_after: d.bytes_after,
+        records_after: d.records_after,
+        later: if later.is_empty() {
+            String::new()
+        } else {
+            format!(", and the later log files {}", later.join(", "))
+        },
+        rocksdb: rocksdb.to_owned(),
+    })
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// The write-ahead log files of `path` with their sizes, for messages.
+fn describe_wal(path: &Path) -> String {
+    match crate::wal::wal_files(path) {
+        Ok(files) if files.is_empty() => "no *.log file is left".to_owned(),
+        Ok(files) => files
+            .iter()
+            .map(|f| match std::fs::metadata(f).map(|m| m.len()) {
+                Ok(0) => format!("{} is empty (0 bytes)", file_name(f)),
+                Ok(n) => format!("{} has {n} bytes", file_name(f)),
+                Err(e) => format!("{}: {e}", file_name(f)),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(e) => format!("cannot list the log files: {e}"),
+    }
+}
+
 fn db_options(o: &RocksOptions) -> Options {
     let mut opts = Options::default();
     opts.set_max_open_files(o.max_open_files);
@@ -149,6 +223,7 @@ fn db_options(o: &RocksOptions) -> Options {
     opts.set_keep_log_file_num(4);
     opts.set_max_log_file_size(16 << 20);
     opts.set_paranoid_checks(true);
+    opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
     opts
 }
 
@@ -180,6 +255,7 @@ fn probe_options() -> Options {
     opts.set_info_logger(InfoLogger::new_callback_logger(LogLevel::Fatal, |_, _| {}));
     opts.set_max_open_files(-1);
     opts.set_paranoid_checks(true);
+    opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
     opts
 }
 
@@ -241,7 +317,8 @@ fn inspect(path: &Path) -> Result<DirState> {
     let cfs = Db::list_cf(&probe, path).map_err(|e| open_err(path, e))?;
     // Opened before judging the column families, so that a damaged MANIFEST
     // is reported as damage rather than as a foreign database.
-    let db = Db::open_cf_for_read_only(&probe, path, &cfs, false).map_err(|e| open_err(path, e))?;
+    let db =
+        Db::open_cf_for_read_only(&probe, path, &cfs, false).map_err(|e| open_failed(path, e))?;
     if !cfs.iter().any(|c| c == META_CF) {
         return Err(StorageError::NotVmqttData {
             path: path.to_path_buf(),
@@ -261,6 +338,14 @@ fn inspect(path: &Path) -> Result<DirState> {
     let Some(raw) = raw else {
         if cfs.iter().all(|c| c == META_CF || c == "default") {
             return Ok(DirState::Unfinished(cfs));
+        }
+        if cfs.iter().any(|c| parse_shard_cf(c).is_some()) {
+            // vmqtt's own layout, minus what only the log held.
+            return Err(StorageError::LostWal {
+                path: path.to_path_buf(),
+                column_families: cfs.join(", "),
+                wal: describe_wal(path),
+            });
         }
         return Err(StorageError::NotVmqttData {
             path: path.to_path_buf(),
@@ -295,6 +380,11 @@ impl RocksStorage {
     /// - files but no RocksDB database, or a database that is not vmqtt's:
     ///   [`StorageError::NotVmqttData`];
     /// - damaged (`CURRENT`, `MANIFEST`, a table file): [`StorageError::Open`];
+    /// - a write-ahead log damaged before its end:
+    ///   [`StorageError::CorruptWal`] (a record cut short at the end, what
+    ///   a crash mid-write leaves, is dropped instead);
+    /// - shard column families but no schema version (the log that held it
+    ///   emptied or removed): [`StorageError::LostWal`];
     /// - schema newer than [`SCHEMA_VERSION`]: [`StorageError::NewerSchema`].
     ///
     /// In all of these cases nothing in the directory is changed or
@@ -428,7 +518,7 @@ fn open_existing(
         };
         ColumnFamilyDescriptor::new(name, o)
     });
-    Db::open_cf_descriptors(opts, path, descriptors).map_err(|e| open_err(path, e))
+    Db::open_cf_descriptors(opts, path, descriptors).map_err(|e| open_failed(path, e))
 }
 
 fn list_shards(path: &Path, opts: &Options) -> Result<BTreeSet<ShardId>> {
@@ -599,6 +689,9 @@ impl Storage for RocksStorage {
         Ok(())
     }
 }
+
+mod repair;
+pub use repair::{check, repair_wal, Census, WalRepair};
 
 #[cfg(test)]
 mod tests;

@@ -1221,6 +1221,353 @@ async fn damaged_data_directory_is_refused_untouched() {
     b.restart();
 }
 
+// --------------------------------------------- a damaged write-ahead log
+
+/// The first number after `word` in `text`.
+fn number_after(text: &str, word: &str) -> Option<u64> {
+    let rest = &text[text.find(word)? + word.len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Topic and payload of queued message `i` of the WAL test (padded, so
+/// that the log spans several 32 KiB blocks).
+fn wal_queued(i: usize) -> (String, String) {
+    (
+        format!("wal/q/{i}"),
+        format!("wal-q-{i:06}:{}", "x".repeat(200)),
+    )
+}
+
+/// 300 QoS 1 messages queued for an offline persistent session and 50
+/// retained messages, then `kill -9`: all of it only in the write-ahead
+/// log. 64 bytes in the middle of the log are overwritten. The broker must
+/// refuse to start (non-zero exit, the error naming the log file and the
+/// offset, pointing to `repair`, the directory byte for byte as it was);
+/// RocksDB's default recovery would start and silently drop everything
+/// after the damage. `vmqtt-shard repair` keeps a byte-identical backup and
+/// reports what it keeps; the broker then starts and serves exactly that:
+/// the session, the first queued messages in order, nothing else.
+#[tokio::test]
+async fn wal_damaged_in_the_middle_is_refused_then_repaired() {
+    let test = "wal_damaged_in_the_middle_is_refused_then_repaired";
+    if skip_on_mosquitto(test, "vmqtt's data directory") {
+        return;
+    }
+    const QUEUED: usize = 300;
+    const RETAINED: usize = 50;
+    let mut b = Broker::start_with(
+        test,
+        BrokerConfig {
+            // Memtables far larger than the data: nothing is flushed to
+            // table files, all of it stays in the write-ahead log.
+            extra_toml: "[storage]\nwrite_buffer_size = 268435456\n".into(),
+            ..BrokerConfig::default()
+        },
+    );
+    let (pub_id, sub_id) = ids_on_different_shards(test);
+    let (mut sub, _) = Raw::connect_ok(b.port(), persistent(V5P, &sub_id, true, 3600)).await;
+    sub.subscribe("wal/q/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publ = Raw::v5(b.port(), &pub_id).await;
+    for i in 0..QUEUED {
+        let (t, p) = wal_queued(i);
+        publ.publish_ok(&t, &p, QoS::AtLeastOnce, false).await;
+    }
+    for i in 0..RETAINED {
+        publ.publish_ok(
+            &format!("wal/r/{i}"),
+            &format!("wal-r-{i:03}"),
+            QoS::AtLeastOnce,
+            true,
+        )
+        .await;
+    }
+    b.kill9();
+
+    let data = b.data_dir();
+    let wal = vmqtt_storage::wal::wal_files(&data)
+        .expect("list the log files")
+        .into_iter()
+        .max_by_key(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .expect("a write-ahead log file");
+    let mut bytes = std::fs::read(&wal).expect("read the log");
+    let holds = |b: &[u8], s: &str| b.windows(s.len()).any(|w| w == s.as_bytes());
+    assert!(
+        holds(&bytes, &wal_queued(QUEUED - 1).1) && holds(&bytes, "wal-r-049"),
+        "the write-ahead log {} should hold every message ({} bytes)",
+        wal.display(),
+        bytes.len()
+    );
+    assert!(bytes.len() > 3 * 32768, "several blocks: {}", bytes.len());
+    let at = bytes.len() / 2;
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for byte in &mut bytes[at..at + 64] {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *byte = x as u8;
+    }
+    std::fs::write(&wal, &bytes).expect("damage the log");
+    let name = wal
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned();
+
+    let stderr = expect_refusal(
+        &mut b,
+        test,
+        &[
+            "write-ahead log",
+            &name.to_lowercase(),
+            "offset",
+            "nothing was changed",
+            "vmqtt-shard repair",
+        ],
+    );
+    let offset = number_after(&stderr, "offset").expect("the offset in the error") as usize;
+    assert!(
+        offset <= at && at - offset < 32768,
+        "offset {offset} should be the damaged record's, at or before byte {at}, in its block"
+    );
+    // Twice: still refused, still untouched.
+    expect_refusal(&mut b, test, &["write-ahead log"]);
+
+    let damaged = snapshot(&data);
+    let backup = b.dir().join("data-backup");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmqtt-shard"))
+        .arg("repair")
+        .arg(&data)
+        .arg("--backup")
+        .arg(&backup)
+        .output()
+        .expect("run vmqtt-shard repair");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "[{test}] repair: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "repair failed");
+    for w in [
+        "found:", "backup:", "dropped:", "before:", "after:", "lost:",
+    ] {
+        assert!(stdout.contains(w), "the report says {w:?}:\n{stdout}");
+    }
+    let changes = diff(&damaged, &snapshot(&backup));
+    assert!(
+        changes.is_empty(),
+        "the backup differs from the damaged directory: {changes:?}"
+    );
+    let after = stdout
+        .lines()
+        .find(|l| l.starts_with("after:"))
+        .expect("after: line");
+    let kept = number_after(after, "subscriptions,").expect("queued count") as usize;
+    let kept_retained = number_after(after, "ids,").expect("retained count") as usize;
+    assert!(
+        kept > 0 && kept < QUEUED,
+        "the repair keeps what precedes the damage and says it: {after}"
+    );
+
+    b.restart();
+    let (mut sub, ack) = Raw::connect_ok(b.port(), persistent(V5P, &sub_id, false, 3600)).await;
+    assert!(ack.session_present, "the session precedes the damage");
+    let got: Vec<String> = receive_texts(&mut sub, kept).await;
+    let want: Vec<String> = (0..kept).map(|i| wal_queued(i).1).collect();
+    assert_eq!(got, want, "the queued messages before the damage, in order");
+    sub.expect_no_publish(QUIET, "nothing past what the repair reported kept")
+        .await;
+    let mut watcher = Raw::v5(b.port(), &format!("{test}-watch")).await;
+    watcher.subscribe("wal/r/#", QoS::AtLeastOnce).await;
+    let retained = receive_texts(&mut watcher, kept_retained).await;
+    watcher
+        .expect_no_publish(QUIET, "only the retained messages the repair kept")
+        .await;
+    eprintln!(
+        "[{test}] kept {kept} of {QUEUED} queued and {} of {RETAINED} retained",
+        retained.len()
+    );
+}
+
+/// A broker stopped cleanly keeps its newest writes in the write-ahead log;
+/// that log emptied (truncated to 0 bytes) is refused saying so — which
+/// file, that it is empty, that the schema version it held is gone — not
+/// as "not a vmqtt data directory"; nothing is changed.
+#[tokio::test]
+async fn emptied_wal_is_refused_saying_what_is_wrong() {
+    let test = "emptied_wal_is_refused_saying_what_is_wrong";
+    if skip_on_mosquitto(test, "vmqtt's data directory") {
+        return;
+    }
+    let mut b = populated(test).await;
+    let data = b.data_dir();
+    let logs = vmqtt_storage::wal::wal_files(&data).expect("list the log files");
+    assert!(!logs.is_empty(), "a write-ahead log");
+    for f in &logs {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(f)
+            .and_then(|f| f.set_len(0))
+            .expect("empty the log");
+    }
+    let name = logs[0]
+        .file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .to_lowercase();
+    let stderr = expect_refusal(
+        &mut b,
+        test,
+        &[
+            "write-ahead log",
+            &format!("{name} is empty (0 bytes)"),
+            "schema_version",
+        ],
+    );
+    assert!(
+        !stderr.contains("not a vmqtt data directory"),
+        "the directory is vmqtt's, damaged:\n{stderr}"
+    );
+}
+
+// ------------------------------------------------- restarts and the port
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Spawns `vmqtt-shard --cores 2 --listen 127.0.0.1:port --data-dir data`
+/// with its output to `log`.
+fn spawn_broker(port: u16, data: &Path, log: &Path) -> std::process::Child {
+    let out = std::fs::File::create(log).expect("create the log");
+    std::process::Command::new(env!("CARGO_BIN_EXE_vmqtt-shard"))
+        .args(["--cores", &SHARDS.to_string()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn vmqtt-shard")
+}
+
+/// Waits for `child` to exit, up to `within`; kills it after.
+fn wait_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// SIGTERM and at once a new broker on the same port and data directory,
+/// 20 times in a row: every start succeeds (no "address already in use":
+/// the stopped broker ends its listening sockets before it exits, and a
+/// start waits for sockets of an exited process), serves a CONNECT with
+/// its session from the run before, and every stop exits 0.
+#[tokio::test]
+async fn restart_right_after_a_clean_stop_always_works() {
+    let test = "restart_right_after_a_clean_stop_always_works";
+    if skip_on_mosquitto(test, "vmqtt's own restarts") {
+        return;
+    }
+    const RUNS: usize = 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let port = free_port();
+    let id = format!("{test}-c");
+    let mut waits = 0;
+    for run in 0..RUNS {
+        let log = dir.path().join(format!("run-{run}.log"));
+        let mut child = spawn_broker(port, &data, &log);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                panic!(
+                    "[{test}] run {run} exited during start-up with {status}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "[{test}] run {run} not accepting after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (raw, ack) = Raw::connect_ok(port, persistent(V311, &id, false, 0)).await;
+        assert_eq!(
+            ack.session_present,
+            run > 0,
+            "[{test}] run {run}: the session"
+        );
+        raw.disconnect().await;
+        // SAFETY: kill(2) with our own child's pid and a valid signal.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let status = wait_exit(&mut child, STOP).expect("the broker exits after SIGTERM");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            status.success(),
+            "[{test}] run {run} exited with {status}:\n{text}"
+        );
+        if text.contains("waited for the sockets of an exited process") {
+            waits += 1;
+        }
+    }
+    eprintln!("[{test}] {RUNS} restarts, {waits} of them waited for the old sockets");
+}
+
+/// Something else listening on the port: the broker refuses at once, and
+/// the error names the process (pid and name), not "another process".
+#[tokio::test]
+async fn a_foreign_listener_is_named_in_the_refusal() {
+    let test = "a_foreign_listener_is_named_in_the_refusal";
+    if skip_on_mosquitto(test, "vmqtt's error") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let foreign = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = foreign.local_addr().expect("local_addr").port();
+    let log = dir.path().join("refused.log");
+    let mut child = spawn_broker(port, &dir.path().join("data"), &log);
+    let status = wait_exit(&mut child, REFUSE).expect("the broker exits");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    eprintln!("[{test}] {status}: {}", text.trim());
+    assert!(!status.success(), "the broker must refuse a taken port");
+    let me = std::fs::read_to_string("/proc/self/comm").expect("comm");
+    let want = format!(
+        "cannot listen on 127.0.0.1:{port}: address already in use by pid {} ({})",
+        std::process::id(),
+        me.trim_end()
+    );
+    assert!(text.contains(&want), "expected {want:?} in:\n{text}");
+    drop(foreign);
+}
+
 /// Issue 13: at the default configuration, 4,000 QoS 1 messages
 /// acknowledged for an offline persistent session came back as 1,000 after
 /// a restart, silently. They all come back now (its queue is bounded by
