@@ -613,9 +613,11 @@ async fn storage_loop(shard: Rc<Shard>, db: RocksStorage, sync: bool, metrics: A
             let mut db = db.clone();
             let b = batch.clone();
             let started = Instant::now();
-            let res = glommio::executor()
-                .spawn_blocking(move || db.write(id, b, sync))
-                .await;
+            // A write's error is rare and carries diagnostics (see storage's
+            // lib.rs): its size is not a hot-path cost.
+            #[allow(clippy::result_large_err)]
+            let write = move || db.write(id, b, sync);
+            let res = glommio::executor().spawn_blocking(write).await;
             match res {
                 Ok(()) => {
                     let took = started.elapsed();
