@@ -127,6 +127,17 @@ impl Passwords {
         }
     }
 
+    /// Whether `user` has the same hash in `self` and in `other` (both
+    /// files have the user, with the same line): what was verified against
+    /// one still holds for the other. The broker keeps a user's cached
+    /// credentials across a reload only then.
+    pub fn same_hash(&self, other: &Passwords, user: &str) -> bool {
+        match (self.users.get(user), other.users.get(user)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+
     /// Whether the file has this user.
     pub fn contains(&self, user: &str) -> bool {
         self.users.contains_key(user)
@@ -476,6 +487,19 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert!(p.contains("alice") && p.contains("bob") && !p.contains("carol"));
         assert!(Passwords::parse("", "pw").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn same_hash_compares_a_users_lines_across_files() {
+        let other = hash_password(b"another");
+        let old = Passwords::parse(&format!("alice:{SECRET}\nbob:{SECRET}\n"), "pw").expect("old");
+        let new = Passwords::parse(&format!("# edited\nalice:{SECRET}\ncarol:{SECRET}\n"), "pw")
+            .expect("new");
+        let changed = Passwords::parse(&format!("alice:{other}\n"), "pw").expect("changed");
+        assert!(old.same_hash(&new, "alice"), "the same line");
+        assert!(!old.same_hash(&new, "bob"), "deleted");
+        assert!(!old.same_hash(&new, "carol"), "added");
+        assert!(!old.same_hash(&changed, "alice"), "a new password");
     }
 
     #[test]

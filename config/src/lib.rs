@@ -629,8 +629,9 @@ pub enum Anonymous {
     Allow,
 }
 
-/// `[auth]`: authentication and authorization.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[auth]`: authentication and authorization, and how password checks
+/// are protected against floods of wrong passwords.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Who may connect without a user name and password (or client
@@ -645,6 +646,94 @@ pub struct AuthConfig {
     /// (subscribe) and write (publish). Once set, everything it does not
     /// grant is denied. Default none: everything is allowed.
     pub acl_file: Option<PathBuf>,
+    /// Throttle failed password checks per source address (IPv4 address,
+    /// IPv6 /64) and per user name. Default true.
+    pub throttle: bool,
+    /// Attempts per address or user name (failures since the last success
+    /// plus checks in flight) verified without waiting. Default 3.
+    pub failures_before_delay: u32,
+    /// The wait before the next attempt once those are used up, doubling
+    /// with each further one, in milliseconds. Default 1000.
+    pub failure_delay_ms: u64,
+    /// The longest wait, in milliseconds: an attempt that would wait longer
+    /// is refused at once, unverified (CONNACK 0x8A banned, MQTT 3: 0x05).
+    /// Default 8000.
+    pub max_failure_delay_ms: u64,
+    /// Failures after which an address or user name is refused outright
+    /// (0x8A / 0x05) for `ban_seconds` after its last failure; 0 = never.
+    /// Default 10.
+    pub ban_after_failures: u32,
+    /// How long a ban lasts, and how long failures are remembered, in
+    /// seconds. Default 300.
+    pub ban_seconds: u64,
+    /// Addresses and user names each that the throttle keeps (the least
+    /// recently failed are forgotten first). Default 65536.
+    pub throttle_table_size: u64,
+    /// Threads that check passwords, for the whole process; 0 = one per
+    /// shard, at most 4. Default 0.
+    pub verify_threads: u32,
+    /// Password checks that may wait for a verifier thread, served one
+    /// source address after the other (one source holds a quarter at
+    /// most); beyond, CONNACK 0x89 server busy (MQTT 3: 0x03). Default 256.
+    pub verify_queue: u32,
+    /// Credentials verified recently that a reconnect accepts without
+    /// hashing again (a keyed MAC of user name and password, never the
+    /// password); 0 = no cache. Cleared for a user whose password line
+    /// changes or goes on reload. Default 65536.
+    pub credential_cache_size: u64,
+    /// How long a cached credential counts, in seconds. Default 300.
+    pub credential_cache_seconds: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            anonymous: Anonymous::default(),
+            password_file: None,
+            acl_file: None,
+            throttle: true,
+            failures_before_delay: 3,
+            failure_delay_ms: 1000,
+            max_failure_delay_ms: 8000,
+            ban_after_failures: 10,
+            ban_seconds: 300,
+            throttle_table_size: 65_536,
+            verify_threads: 0,
+            verify_queue: 256,
+            credential_cache_size: 65_536,
+            credential_cache_seconds: 300,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The numeric keys with their values, for range checks.
+    pub(crate) fn numbers(&self) -> [(&'static str, u64); 10] {
+        [
+            (
+                "failures_before_delay",
+                u64::from(self.failures_before_delay),
+            ),
+            ("failure_delay_ms", self.failure_delay_ms),
+            ("max_failure_delay_ms", self.max_failure_delay_ms),
+            ("ban_after_failures", u64::from(self.ban_after_failures)),
+            ("ban_seconds", self.ban_seconds),
+            ("throttle_table_size", self.throttle_table_size),
+            ("verify_threads", u64::from(self.verify_threads)),
+            ("verify_queue", u64::from(self.verify_queue)),
+            ("credential_cache_size", self.credential_cache_size),
+            ("credential_cache_seconds", self.credential_cache_seconds),
+        ]
+    }
+
+    /// The verifier threads for a process of `shards` shards:
+    /// `verify_threads`, or for 0 one per shard and at most 4.
+    pub fn verifier_threads(&self, shards: usize) -> usize {
+        match self.verify_threads {
+            0 => shards.clamp(1, 4),
+            n => n as usize,
+        }
+    }
 }
 
 /// Format of log lines: `"text"` or `"json"` in the file.

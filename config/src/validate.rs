@@ -137,6 +137,23 @@ const RULES: &[(&str, Rule)] = &[
         "auth.acl_file",
         Rule::Text("the path of an ACL file (a string)"),
     ),
+    ("auth.throttle", Rule::Bool),
+    ("auth.failures_before_delay", int(0, 1000, "attempts")),
+    ("auth.failure_delay_ms", int(1, 3_600_000, "milliseconds")),
+    (
+        "auth.max_failure_delay_ms",
+        int(1, 3_600_000, "milliseconds"),
+    ),
+    ("auth.ban_after_failures", int(0, U32, "failures")),
+    ("auth.ban_seconds", int(1, 86_400 * 365, "seconds")),
+    ("auth.throttle_table_size", int(1, 100_000_000, "entries")),
+    ("auth.verify_threads", int(0, 256, "threads")),
+    ("auth.verify_queue", int(1, 1_000_000, "checks")),
+    ("auth.credential_cache_size", int(0, 100_000_000, "entries")),
+    (
+        "auth.credential_cache_seconds",
+        int(1, 86_400 * 365, "seconds"),
+    ),
     ("tasks", Rule::Text("a table of [tasks] settings")),
     ("tasks.client_shares", int(1, 1000, "shares")),
     ("tasks.mesh_shares", int(1, 1000, "shares")),
@@ -342,6 +359,16 @@ impl Config {
         self.check_signed("storage.max_open_files", i64::from(storage.max_open_files))?;
         self.check("storage.max_queued_bytes", storage.max_queued_bytes)?;
         self.validate_tls()?;
+        for (key, n) in self.auth.numbers() {
+            self.check(&format!("auth.{key}"), n)?;
+        }
+        if self.auth.max_failure_delay_ms < self.auth.failure_delay_ms {
+            return Err(self.invalid(
+                "auth.max_failure_delay_ms",
+                self.auth.max_failure_delay_ms.to_string(),
+                "must be at least auth.failure_delay_ms",
+            ));
+        }
         for (key, n) in self.tasks.numbers() {
             self.check(&format!("tasks.{key}"), n)?;
         }

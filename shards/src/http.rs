@@ -43,9 +43,9 @@ const LABELLED: [(&str, &str, &str, &[&str]); 3] = [
     ),
     (
         "vmqtt_acl_denied_total",
-        "PUBLISHes (wills included) and subscription filters the ACL denied.",
+        "PUBLISHes (wills included) and subscription filters the ACL denied, and subscriptions removed because the ACL no longer allows them (revoked: after a reload, or when a session resumes).",
         "action",
-        &["publish", "subscribe"],
+        &["publish", "subscribe", "revoked"],
     ),
     (
         "vmqtt_auth_refused_total",
@@ -78,7 +78,37 @@ const STORE_BUCKETS_US: [u64; 12] = [
 #[derive(Debug)]
 pub struct Metrics {
     shards: Vec<ShardSlot>,
+    login: Arc<LoginCounters>,
 }
+
+/// Counters of the login path (`gate.rs`), which is shared by every shard:
+/// process-wide, so their series have no `shard` label.
+#[derive(Debug, Default)]
+pub struct LoginCounters {
+    /// Logins refused unverified by the throttle: by address, by user name.
+    pub throttled: [AtomicU64; 2],
+    /// Passwords accepted from the credential cache, and checked with
+    /// argon2 (right or wrong).
+    pub checks: [AtomicU64; 2],
+    /// Logins refused because the verifier queue was full.
+    pub busy: AtomicU64,
+}
+
+/// (name, help, label, label values) of the [`LoginCounters`] arrays.
+const LOGIN: [(&str, &str, &str, [&str; 2]); 2] = [
+    (
+        "vmqtt_auth_throttled_total",
+        "Logins refused without checking the password (CONNACK 0x8A; MQTT 3: 0x05) after failed logins from the source address or for the user name (process-wide).",
+        "by",
+        ["address", "user"],
+    ),
+    (
+        "vmqtt_auth_password_checks_total",
+        "Passwords checked: accepted from the credential cache, or verified with argon2 (process-wide).",
+        "how",
+        ["cache", "argon2"],
+    ),
+];
 
 /// (name, type, help) of each series, in the order of [`values`].
 const SERIES: [(&str, &str, &str); 7] = [
@@ -150,9 +180,10 @@ fn values(s: &ShardStats) -> [u64; SERIES.len()] {
 
 impl Metrics {
     /// Slots for `shards` shards, none ready.
-    pub fn new(shards: usize) -> Arc<Self> {
+    pub fn new(shards: usize, login: Arc<LoginCounters>) -> Arc<Self> {
         Arc::new(Self {
             shards: (0..shards).map(|_| ShardSlot::default()).collect(),
+            login,
         })
     }
 
@@ -229,6 +260,20 @@ impl Metrics {
                 }
             }
         }
+        let login = [&self.login.throttled, &self.login.checks];
+        for ((name, help, label, values), cells) in LOGIN.iter().zip(login) {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (value, cell) in values.iter().zip(cells) {
+                let v = cell.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {v}");
+            }
+        }
+        let name = "vmqtt_auth_busy_total";
+        let busy = self.login.busy.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP {name} Logins refused because every password verifier was busy and its queue full (CONNACK 0x89; MQTT 3: 0x03; process-wide).\n# TYPE {name} counter\n{name} {busy}"
+        );
         let name = "vmqtt_storage_write_seconds";
         let _ = writeln!(
             out,
@@ -331,12 +376,16 @@ mod tests {
 
     #[test]
     fn renders_every_series_for_every_shard() {
-        let m = Metrics::new(2);
+        let login = Arc::new(LoginCounters::default());
+        login.throttled[1].store(12, Ordering::Relaxed);
+        login.checks[0].store(30, Ordering::Relaxed);
+        login.busy.store(2, Ordering::Relaxed);
+        let m = Metrics::new(2, login);
         let mut stats = ShardStats {
             connections: 3,
             messages_received: 7,
             received_by_qos: [4, 2, 1],
-            acl_denied: [5, 6],
+            acl_denied: [5, 6, 7],
             auth_refused: [8, 9],
             ..ShardStats::default()
         };
@@ -353,9 +402,14 @@ mod tests {
         assert!(text.contains("vmqtt_limit_hits_total{shard=\"1\",limit=\"subscriptions\"} 4\n"));
         assert!(text.contains("vmqtt_limit_hits_total{shard=\"0\",limit=\"connect_rate\"} 0\n"));
         assert!(text.contains("vmqtt_acl_denied_total{shard=\"1\",action=\"subscribe\"} 6\n"));
+        assert!(text.contains("vmqtt_acl_denied_total{shard=\"1\",action=\"revoked\"} 7\n"));
         assert!(
             text.contains("vmqtt_auth_refused_total{shard=\"1\",reason=\"bad_credentials\"} 8\n")
         );
+        assert!(text.contains("vmqtt_auth_throttled_total{by=\"address\"} 0\n"));
+        assert!(text.contains("vmqtt_auth_throttled_total{by=\"user\"} 12\n"));
+        assert!(text.contains("vmqtt_auth_password_checks_total{how=\"cache\"} 30\n"));
+        assert!(text.contains("vmqtt_auth_busy_total 2\n"));
         // Cumulative buckets: 80 us is under 100 us, 3 ms under 5 ms.
         assert!(text.contains("vmqtt_storage_write_seconds_bucket{shard=\"0\",le=\"0.00005\"} 0\n"));
         assert!(text.contains("vmqtt_storage_write_seconds_bucket{shard=\"0\",le=\"0.0001\"} 1\n"));
@@ -369,13 +423,13 @@ mod tests {
             .sum();
         assert_eq!(
             text.lines().filter(|l| !l.starts_with('#')).count(),
-            2 * SERIES.len() + 2 * 3 * BY_QOS.len() + histogram + labelled
+            2 * SERIES.len() + 2 * 3 * BY_QOS.len() + histogram + labelled + 2 * 2 + 1
         );
     }
 
     #[test]
     fn ready_only_when_every_shard_is() {
-        let m = Metrics::new(2);
+        let m = Metrics::new(2, Arc::default());
         m.set_ready(0, true);
         assert!(!m.all_ready());
         m.set_ready(1, true);

@@ -11,7 +11,9 @@ mod repair;
 mod runtime;
 mod store;
 mod sys;
+mod throttle;
 mod tls;
+mod verifier;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -114,10 +116,7 @@ fn load_security(config: &Config) -> anyhow::Result<Security> {
         None => None,
     };
     Ok(Security {
-        auth: gate::AuthSettings {
-            anonymous: config.auth.anonymous,
-            passwords,
-        },
+        auth: gate::AuthSettings::new(&config.auth, passwords),
         acl,
     })
 }
@@ -239,7 +238,12 @@ fn reload(
     let storage_changed = new.storage != current.storage
         || (0..shards).any(|i| new.storage_for_shard(i) != current.storage_for_shard(i));
     let tasks_changed = (0..shards).any(|i| new.tasks_for_shard(i) != current.tasks_for_shard(i));
-    let restart: [(&str, bool); 9] = [
+    let verifiers = |a: &vmqtt_config::AuthConfig| (a.verify_threads, a.verify_queue);
+    let restart: [(&str, bool); 10] = [
+        (
+            "auth.verify_threads/verify_queue",
+            verifiers(&new.auth) != verifiers(&current.auth),
+        ),
         ("tls", new.tls != current.tls),
         ("storage", storage_changed),
         ("tasks", tasks_changed),
@@ -354,7 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let log = init_logging(&config);
     let security = load_security(&config)?;
     let tls = load_tls(&config)?;
-    let gate = gate::Gate::new(security.auth);
+    let gate = gate::Gate::new(security.auth)?;
     let budget = gate::Budget::new(config.runtime.max_connections);
     // Before any thread starts (RocksDB's background threads, the shards):
     // threads inherit the mask, so SIGTERM/SIGINT/SIGHUP reach only
@@ -375,6 +379,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None => cpus.len(),
     };
     config.validate_shards(shards)?;
+    // (After the signals are blocked: the verifier threads never take one.)
+    gate.start_verifiers(
+        config.auth.verifier_threads(shards),
+        config.auth.verify_queue as usize,
+    )
+    .context("starting the password verifier threads")?;
 
     let (soft, hard) = sys::raise_nofile_limit().context("raising the open-file limit")?;
     let wanted = config.runtime.max_connections as u64 + 64;
@@ -430,8 +440,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         store::warn_off();
         (None, vec![None; shards])
     };
-    let metrics = http::Metrics::new(shards);
     let queue_budget = QueueBudget::new(config.storage.max_queued_bytes);
+    let metrics = http::Metrics::new(shards, gate.counters());
     let stop = Arc::new(AtomicBool::new(false));
     let mesh = MeshBuilder::full(shards, MESH_CAPACITY);
     let instance = SystemTime::now()

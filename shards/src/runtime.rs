@@ -28,7 +28,7 @@ use vmqtt::broker::{
 };
 use vmqtt::ClientId;
 
-use crate::gate::{self, Budget, BudgetSlot, ConnectRate, Gate, Peer, Verdict};
+use crate::gate::{Budget, BudgetSlot, ConnectRate, Gate, Peer, Verdict};
 use crate::http::Metrics;
 use crate::notify::{Broadcast, Notify};
 use crate::tls::TlsStream;
@@ -207,8 +207,6 @@ struct Shard {
     gate: Arc<Gate>,
     /// The process's connection budget.
     budget: Arc<Budget>,
-    /// One password verification at a time on this shard's blocking thread.
-    verifying: glommio::sync::Semaphore,
 }
 
 /// One connection counted in its shard's `open`, until dropped.
@@ -300,6 +298,21 @@ impl Shard {
                     }
                 }
             }
+        }
+        let (revoked, more) = core.take_revoked();
+        for (client, filter) in &revoked {
+            info!(
+                shard = self.index,
+                client_id = client.as_str(),
+                filter = filter.as_str(),
+                "subscription removed: the ACL no longer allows it"
+            );
+        }
+        if more > 0 {
+            info!(
+                shard = self.index,
+                more, "more subscriptions removed: the ACL no longer allows them"
+            );
         }
         let mut queued = false;
         for (to, msgs) in core.poll_shard_msgs() {
@@ -405,7 +418,6 @@ pub async fn run(spec: ShardSpec) {
         rate: RefCell::new(ConnectRate::new(Instant::now())),
         gate,
         budget,
-        verifying: glommio::sync::Semaphore::new(1),
     });
     let q = shard.queues;
     debug!(
@@ -581,6 +593,8 @@ async fn timer_loop(
         glommio::yield_if_needed().await;
         while let Ok(config) = reconfigure.try_recv() {
             shard.core.borrow_mut().set_config(config);
+            // (A new ACL may have removed subscriptions: act on it now.)
+            shard.after();
         }
         if published.elapsed() >= Duration::from_secs(1) {
             published = Instant::now();
@@ -800,19 +814,9 @@ async fn first_bytes(
             .flatten();
         let identity = match shard.gate.judge(&peer, credentials.as_ref()) {
             Verdict::Now(identity) => identity,
-            Verdict::Verify {
-                passwords,
-                username,
-                password,
-            } => {
-                // Waiting for the shard's verification slot counts against
-                // the connect timeout too: a password flood cannot pile up
-                // connections.
-                let _permit = shard.verifying.acquire_permit(1).await.ok()?;
-                let job = glommio::executor()
-                    .spawn_blocking(move || gate::verify(&passwords, &username, &password));
-                job.await
-            }
+            // The cache, the throttle's waits and the verifier pool all
+            // count against the connect timeout too.
+            Verdict::Verify(login) => shard.gate.check_password(addr.map(|a| a.ip()), login).await,
         };
         Some((stream, buf, route, identity))
     };

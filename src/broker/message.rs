@@ -92,8 +92,9 @@ pub struct ShardStats {
     /// its own metrics; the core counts the others.
     pub limit_hits: [u64; Limit::COUNT],
     /// PUBLISHes (index 0, wills included) and subscription filters (index 1)
-    /// the ACL denied.
-    pub acl_denied: [u64; 2],
+    /// the ACL denied, and subscriptions removed because a changed ACL (or
+    /// the identity of a resumed session) no longer allows them (index 2).
+    pub acl_denied: [u64; 3],
     /// CONNECTs refused for their credentials: bad user name or password
     /// (index 0), not authorized, e.g. anonymous (index 1).
     pub auth_refused: [u64; 2],

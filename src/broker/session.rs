@@ -353,6 +353,27 @@ impl Session {
         self.queued_bytes = now;
     }
 
+    /// Takes the queued (not yet sent) deliveries for which `keep` is false
+    /// out of the queue.
+    pub(crate) fn take_queued_unless(
+        &mut self,
+        mut keep: impl FnMut(&Delivery) -> bool,
+    ) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        for d in std::mem::take(&mut self.queue) {
+            if keep(&d) {
+                self.queue.push_back(d);
+            } else {
+                taken.push(d);
+            }
+        }
+        if !taken.is_empty() {
+            // The stored ones taken give their bytes back to the budget.
+            self.recount_queued_bytes();
+        }
+        taken
+    }
+
     /// Forgets where the deliveries are stored (the session's stored
     /// record was deleted), returning what they referred to.
     pub(crate) fn clear_store_refs(&mut self) -> Vec<StoreRef> {

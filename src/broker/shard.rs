@@ -290,6 +290,9 @@ pub struct ShardCore {
     store: Store,
     /// The fate of the message routed by the current input.
     outcome: Outcome,
+    /// Subscriptions the ACL no longer allows, removed and not yet taken by
+    /// [`ShardCore::take_revoked`] (for logs), and how many more were.
+    revoked: (Vec<(ClientId, TopicFilter)>, u64),
 }
 
 /// The shard's side of durable storage: changes not yet written, batch
@@ -485,6 +488,7 @@ impl ShardCore {
             },
             outcome: Outcome::default(),
             config,
+            revoked: (Vec::new(), 0),
         };
         // `$SYS` is published (retained) at once, then every interval, so
         // a subscriber after start finds every topic without waiting.
@@ -509,12 +513,16 @@ impl ShardCore {
         let instance = self.config.instance;
         let persistence = self.config.persistence;
         let queue_budget = self.config.queue_budget.clone();
+        let acl_changed = !same_authorizer(&self.config.authorizer, &config.authorizer);
         self.config = CoreConfig {
             instance,
             persistence,
             queue_budget,
             ..config
         };
+        if acl_changed {
+            self.recheck_subscriptions();
+        }
     }
 
     /// Current counters.
@@ -1227,6 +1235,8 @@ impl ShardCore {
                 p.assigned_client_identifier = Some(client_id.as_bytestr().clone());
             }
         }
+        // A resumed session keeps only what this identity may still read.
+        self.recheck_session(&client_id);
         self.send(conn_id, &Packet::ConnAck(ack));
         self.resend_inflight(now, conn_id, &client_id);
         self.pump(now, &client_id);
@@ -2666,8 +2676,10 @@ impl ShardCore {
             for (t, n) in total.limit_hits.iter_mut().zip(s.limit_hits) {
                 *t += n;
             }
+            for (t, n) in total.acl_denied.iter_mut().zip(s.acl_denied) {
+                *t += n;
+            }
             for i in 0..2 {
-                total.acl_denied[i] += s.acl_denied[i];
                 total.auth_refused[i] += s.auth_refused[i];
             }
             for q in 0..3 {
@@ -2766,6 +2778,10 @@ impl ShardCore {
                 total.acl_denied[1],
             ),
             (
+                "$SYS/broker/acl/denied/revoked".to_owned(),
+                total.acl_denied[2],
+            ),
+            (
                 "$SYS/broker/auth/refused/bad credentials".to_owned(),
                 total.auth_refused[0],
             ),
@@ -2797,6 +2813,110 @@ impl ShardCore {
             });
             self.publish(now, msg);
         }
+    }
+}
+
+/// How many revoked subscriptions [`ShardCore::take_revoked`] lists at most
+/// (the others are only counted).
+const REVOKED_LISTED: usize = 100;
+
+/// Whether two ACL settings are the same one (a reload makes a new one).
+fn same_authorizer(a: &Option<Arc<dyn Authorizer>>, b: &Option<Arc<dyn Authorizer>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Revoked rights: subscriptions re-checked against the ACL in force.
+impl ShardCore {
+    /// Re-checks the subscriptions of every session attached to a
+    /// connection against the ACL in force (called when the ACL changes)
+    /// and removes those it no longer allows. A session without a
+    /// connection is checked when it reconnects, with the identity it then
+    /// has (a restored session's user name is known only then): until
+    /// then nothing is delivered to it, and what was queued for a revoked
+    /// subscription is dropped before anything is sent.
+    pub fn recheck_subscriptions(&mut self) {
+        if self.config.authorizer.is_none() {
+            return;
+        }
+        let attached: Vec<ClientId> = self
+            .sessions
+            .values()
+            .filter(|s| s.conn.is_some())
+            .map(|s| s.client_id.clone())
+            .collect();
+        for cid in attached {
+            self.recheck_session(&cid);
+        }
+    }
+
+    /// Re-checks the subscriptions of `cid`'s session against the ACL with
+    /// the identity of its connection; removes (and unstores) the ones no
+    /// longer allowed, counts them (`acl_denied[2]`), and drops the queued,
+    /// not yet sent deliveries that no remaining subscription matches.
+    /// Returns how many were removed.
+    fn recheck_session(&mut self, cid: &ClientId) -> usize {
+        let Some(acl) = self.config.authorizer.clone() else {
+            return 0;
+        };
+        let Some(session) = self.sessions.get(cid) else {
+            return 0;
+        };
+        let Some(conn) = session.conn.and_then(|c| self.conns.get(&c)) else {
+            return 0;
+        };
+        let username = conn.identity.username();
+        let revoked: Vec<TopicFilter> = session
+            .subscriptions
+            .keys()
+            .filter(|f| !acl.allow_subscribe(cid.as_str(), username, f.matching_filter()))
+            .cloned()
+            .collect();
+        if revoked.is_empty() {
+            return 0;
+        }
+        let stored = session.stored;
+        for filter in &revoked {
+            if self.unsubscribe(cid, filter) && stored {
+                self.store.ops.push(StoreOp::DeleteSubscription {
+                    client_id: cid.clone(),
+                    filter: filter.clone(),
+                });
+            }
+            self.stats.acl_denied[2] += 1;
+            if self.revoked.0.len() < REVOKED_LISTED {
+                self.revoked.0.push((cid.clone(), filter.clone()));
+            } else {
+                self.revoked.1 += 1;
+            }
+        }
+        let dropped = match self.sessions.get_mut(cid) {
+            Some(session) => {
+                let filters: Vec<TopicFilter> = session.subscriptions.keys().cloned().collect();
+                session.take_queued_unless(|d| {
+                    let topic = d.msg.topic.as_str();
+                    filters.iter().any(|f| f.matches(topic))
+                })
+            }
+            None => Vec::new(),
+        };
+        for d in dropped {
+            if let Some(r) = d.store {
+                self.store.dequeue(cid, r);
+            }
+            self.count_drop(cid, d.qos);
+        }
+        revoked.len()
+    }
+
+    /// The subscriptions removed because the ACL no longer allowed them
+    /// since the last call (at most [`REVOKED_LISTED`]), and how many more
+    /// were removed beyond those, for the I/O layer to log.
+    pub fn take_revoked(&mut self) -> (Vec<(ClientId, TopicFilter)>, u64) {
+        std::mem::take(&mut self.revoked)
     }
 }
 

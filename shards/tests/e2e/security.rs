@@ -2185,3 +2185,456 @@ fn labelled_series_are_summed() {
         (0, 0)
     );
 }
+
+// ===========================================================================
+// 6. Revoked rights: subscriptions re-checked against the ACL in force.
+
+/// alice may read `a/#` and `b/#`; everyone may publish anywhere.
+const ACL_AB: &str = "user alice\ntopic read a/#\ntopic read b/#\n\npattern write #\n";
+/// The same without alice's `b/#`.
+const ACL_A: &str = "user alice\ntopic read a/#\n\npattern write #\n";
+
+/// A persistent session (v5, expiry one hour) of `user` (password
+/// `{user}-pw`).
+fn persistent_login(id: &str, user: &str) -> Connect {
+    let password = format!("{user}-pw");
+    let mut c = connect_as(V5P, id, Some(user), Some(&password));
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(3600);
+    c
+}
+
+/// A broker with alice and pub (anonymous denied), the ACL `acl` and the
+/// metrics endpoint on `http`.
+fn revoke_broker(test: &str, w: &Work, acl: &str, http: u16) -> (Broker, PathBuf) {
+    let pw = password_file(w, &[("alice", "alice-pw"), ("pub", "pub-pw")]);
+    let acl_path = w.write("acl", acl);
+    let b = Broker::start_with(
+        test,
+        BrokerConfig {
+            http_port: Some(http),
+            extra_toml: auth_toml(Some("deny"), Some(&pw), Some(&acl_path)),
+            ..Default::default()
+        },
+    );
+    (b, acl_path)
+}
+
+/// Rewrites the ACL file to `acl`, sends SIGHUP and waits until the
+/// reload is logged (`n`-th time) and every shard had a tick to apply it.
+async fn reload_acl(b: &Broker, w: &Work, acl: &str, n: usize) {
+    w.write("acl", acl);
+    b.signal(libc::SIGHUP);
+    let reloaded = "SIGHUP: [auth] and its files reloaded";
+    eventually("the SIGHUP reload logged", WAIT, || {
+        let done = b.log().matches(reloaded).count() >= n;
+        async move { done.then_some(()) }
+    })
+    .await;
+    // Each shard applies a new ACL on its next timer tick (200 ms).
+    sleep_ms(600).await;
+}
+
+/// Publishes `a/<tag>` and `b/<tag>` (QoS 1) as `pub`.
+async fn publish_ab(port: u16, tag: &str) {
+    let mut p = login(port, V5P, &format!("revoke-pub-{tag}"), "pub").await;
+    for t in [format!("a/{tag}"), format!("b/{tag}")] {
+        // (0x00, or 0x10 once nobody subscribes to it any more.)
+        assert_ne!(
+            publish_rc(&mut p, &t, tag, QoS::AtLeastOnce).await,
+            Some(NOT_AUTHORIZED),
+            "{t}"
+        );
+    }
+    p.disconnect().await;
+}
+
+/// The topics of the PUBLISHes `c` receives within `within` (acknowledged).
+async fn topics_received(c: &mut Raw, within: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + within;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match c.recv(left).await {
+            Ok(Packet::Publish(p)) => {
+                c.ack(&p).await;
+                got.push(p.topic.as_str().to_owned());
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// SIGHUP with an ACL that no longer lets alice read `b/#`: her existing
+/// subscription is removed (logged, counted as revoked), she receives
+/// nothing more on `b/`, still everything on `a/`.
+#[tokio::test]
+async fn revoked_subscription_stops_after_sighup() {
+    let test = "revoked_subscription_stops_after_sighup";
+    if skip_on_mosquitto(test, "vmqtt's ACL reload") {
+        return;
+    }
+    let w = Work::new(test);
+    let http = free_port();
+    let (b, _) = revoke_broker(test, &w, ACL_AB, http);
+    let port = b.port();
+    let mut alice = accepted(port, persistent_login("revoke-alice", "alice")).await;
+    assert_eq!(subscribe_many(&mut alice, &["a/#", "b/#"]).await, [1, 1]);
+    publish_ab(port, "before").await;
+    assert_eq!(
+        topics_received(&mut alice, Duration::from_millis(800)).await,
+        ["a/before", "b/before"]
+    );
+    reload_acl(&b, &w, ACL_A, 1).await;
+    publish_ab(port, "after").await;
+    assert_eq!(
+        topics_received(&mut alice, Duration::from_millis(800)).await,
+        ["a/after"],
+        "nothing on b/ once the right is revoked"
+    );
+    assert!(
+        b.log()
+            .contains("subscription removed: the ACL no longer allows it")
+            && b.log().contains("b/#"),
+        "the removal is logged"
+    );
+    expect_counters(http, &[("vmqtt_acl_denied_total", "action", "revoked", 1)]).await;
+    alice.disconnect().await;
+}
+
+/// alice's persistent session is offline when her right to `b/#` goes:
+/// messages published meanwhile on `b/` are not delivered when she comes
+/// back (session present), `a/` ones are, and new `b/` ones neither.
+#[tokio::test]
+async fn revoked_subscription_of_an_offline_session_is_removed_at_reconnect() {
+    let test = "revoked_subscription_of_an_offline_session_is_removed_at_reconnect";
+    if skip_on_mosquitto(test, "vmqtt's ACL reload") {
+        return;
+    }
+    let w = Work::new(test);
+    let http = free_port();
+    let (b, _) = revoke_broker(test, &w, ACL_AB, http);
+    let port = b.port();
+    let mut alice = accepted(port, persistent_login("revoke-off", "alice")).await;
+    assert_eq!(subscribe_many(&mut alice, &["a/#", "b/#"]).await, [1, 1]);
+    alice.disconnect().await;
+    reload_acl(&b, &w, ACL_A, 1).await;
+    publish_ab(port, "away").await;
+    let (mut alice, ack) = Raw::connect_ok(port, persistent_login("revoke-off", "alice")).await;
+    assert!(ack.session_present);
+    assert_eq!(
+        topics_received(&mut alice, Duration::from_millis(800)).await,
+        ["a/away"],
+        "what was queued for the revoked subscription is not delivered"
+    );
+    publish_ab(port, "later").await;
+    assert_eq!(
+        topics_received(&mut alice, Duration::from_millis(800)).await,
+        ["a/later"]
+    );
+    expect_counters(http, &[("vmqtt_acl_denied_total", "action", "revoked", 1)]).await;
+    alice.disconnect().await;
+}
+
+/// The broker restarts with an ACL that no longer lets alice read `b/#`:
+/// her stored subscription does not bring `b/` messages back.
+#[tokio::test]
+async fn revoked_subscription_stays_removed_after_a_restart() {
+    let test = "revoked_subscription_stays_removed_after_a_restart";
+    if skip_on_mosquitto(test, "vmqtt's persistence") {
+        return;
+    }
+    let w = Work::new(test);
+    let http = free_port();
+    let (mut b, _) = revoke_broker(test, &w, ACL_AB, http);
+    let port = b.port();
+    let mut alice = accepted(port, persistent_login("revoke-rst", "alice")).await;
+    assert_eq!(subscribe_many(&mut alice, &["a/#", "b/#"]).await, [1, 1]);
+    alice.disconnect().await;
+    b.stop_gracefully(Duration::from_secs(15));
+    w.write("acl", ACL_A);
+    b.restart();
+    // Published before alice is back: queued for her session, but b/ is no
+    // longer hers.
+    publish_ab(port, "restarted").await;
+    let (mut alice, ack) = Raw::connect_ok(port, persistent_login("revoke-rst", "alice")).await;
+    assert!(ack.session_present);
+    assert_eq!(
+        topics_received(&mut alice, Duration::from_millis(800)).await,
+        ["a/restarted"]
+    );
+    publish_ab(port, "again").await;
+    assert_eq!(
+        topics_received(&mut alice, Duration::from_millis(800)).await,
+        ["a/again"]
+    );
+    alice.disconnect().await;
+    // And it is gone from storage: after another restart, still nothing.
+    b.stop_gracefully(Duration::from_secs(15));
+    b.restart();
+    let (mut alice, _) = Raw::connect_ok(port, persistent_login("revoke-rst", "alice")).await;
+    publish_ab(port, "third").await;
+    assert_eq!(
+        topics_received(&mut alice, Duration::from_millis(800)).await,
+        ["a/third"]
+    );
+    alice.disconnect().await;
+}
+
+// ===========================================================================
+// 7. Login floods: throttling, the verifier pool, the credential cache.
+
+/// A TCP connection to the broker from the loopback address `source`.
+async fn tcp_from(port: u16, source: std::net::Ipv4Addr) -> std::io::Result<TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind((source, 0).into())?;
+    sock.connect(([127, 0, 0, 1], port).into()).await
+}
+
+/// One MQTT 3.1.1 login from `source`: the CONNACK's return code, or
+/// `None` if the connection failed or closed without one within `within`.
+async fn try_login(
+    port: u16,
+    source: std::net::Ipv4Addr,
+    id: &str,
+    user: &str,
+    password: &str,
+    within: Duration,
+) -> Option<u8> {
+    let mut s = tcp_from(port, source).await.ok()?;
+    let mut buf = BytesMut::new();
+    Packet::Connect(Box::new(connect_as(V311, id, Some(user), Some(password))))
+        .encode(V311, &mut buf)
+        .ok()?;
+    s.write_all(&buf).await.ok()?;
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(within, s.read_exact(&mut ack))
+        .await
+        .ok()?
+        .ok()?;
+    (ack[0] == 0x20).then_some(ack[3])
+}
+
+/// The value of the unlabelled or process-wide series `series` (e.g.
+/// `vmqtt_auth_throttled_total{by="address"}`).
+fn process_counter(body: &str, series: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series}:\n{body}"))
+}
+
+/// 600 attackers hammer wrong passwords from 127.0.0.2–127.0.0.7 (100
+/// connections each, each reconnecting 50 ms after its answer, some of them
+/// guessing alice's password): meanwhile real users still log in at once —
+/// bob1..bob4 (never logged in before, so each is one argon2 check) from
+/// 127.0.0.1, and alice, whose name is attacked, because her client logged
+/// in before (the credential cache). The attackers get refusals without
+/// their passwords being checked: argon2 runs a bounded number of times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_flood_does_not_lock_out_real_users() {
+    let test = "login_flood_does_not_lock_out_real_users";
+    if skip_on_mosquitto(test, "vmqtt's login throttle") {
+        return;
+    }
+    crate::common::broker::raise_nofile_limit();
+    let w = Work::new(test);
+    let http = free_port();
+    let users: Vec<(String, String)> = ["alice", "bob1", "bob2", "bob3", "bob4"]
+        .iter()
+        .map(|u| (u.to_string(), format!("{u}-pw")))
+        .collect();
+    let refs: Vec<(&str, &str)> = users.iter().map(|(u, p)| (&**u, &**p)).collect();
+    let pw = password_file(&w, &refs);
+    let b = Broker::start_with(
+        test,
+        BrokerConfig {
+            http_port: Some(http),
+            extra_toml: auth_toml(Some("deny"), Some(&pw), None),
+            ..Default::default()
+        },
+    );
+    let port = b.port();
+    let me = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    // alice's device logged in before the flood.
+    assert_eq!(
+        try_login(port, me, "flood-alice", "alice", "alice-pw", WAIT).await,
+        Some(0)
+    );
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        Option<u8>,
+        u64,
+    >::new()));
+    let mut attackers = Vec::new();
+    for i in 0..600u32 {
+        let (stop, answers) = (stop.clone(), answers.clone());
+        attackers.push(tokio::spawn(async move {
+            let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % 6) as u8);
+            let user = if i % 4 == 0 {
+                "alice".to_owned()
+            } else {
+                format!("admin{}", i % 10)
+            };
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = format!("atk-{i}-{n}");
+                let rc =
+                    try_login(port, source, &id, &user, "guess", Duration::from_secs(15)).await;
+                *answers.lock().expect("not poisoned").entry(rc).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    // Let the flood build up.
+    sleep_ms(2000).await;
+    let mut latencies = Vec::new();
+    for user in ["bob1", "bob2", "bob3", "bob4"] {
+        let started = Instant::now();
+        let rc = try_login(
+            port,
+            me,
+            &format!("flood-{user}"),
+            user,
+            &format!("{user}-pw"),
+            WAIT,
+        )
+        .await;
+        let took = started.elapsed();
+        assert_eq!(rc, Some(0), "{user} logs in during the flood");
+        latencies.push(took);
+        sleep_ms(500).await;
+    }
+    let started = Instant::now();
+    let rc = try_login(port, me, "flood-alice-2", "alice", "alice-pw", WAIT).await;
+    let alice_took = started.elapsed();
+    assert_eq!(rc, Some(0), "alice (attacked by name, cached) logs in");
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        let _ = a.await;
+    }
+    let answers = answers.lock().expect("not poisoned").clone();
+    let body = scrape(http);
+    let argon2 = process_counter(&body, "vmqtt_auth_password_checks_total{how=\"argon2\"}");
+    let by_address = process_counter(&body, "vmqtt_auth_throttled_total{by=\"address\"}");
+    let by_user = process_counter(&body, "vmqtt_auth_throttled_total{by=\"user\"}");
+    let attempts: u64 = answers.values().sum();
+    eprintln!(
+        "[{test}] cold logins during the flood: {latencies:?}; alice (cached): {alice_took:?}; \
+         attacker answers by CONNACK code: {answers:?} ({attempts} attempts); \
+         argon2 checks {argon2}; throttled by address {by_address}, by user {by_user}"
+    );
+    // The correctness bound is generous; the figures are in the output.
+    for (user, took) in ["bob1", "bob2", "bob3", "bob4"].iter().zip(&latencies) {
+        assert!(
+            *took < Duration::from_secs(1),
+            "{user}'s login took {took:?} during the flood"
+        );
+    }
+    assert!(
+        alice_took < Duration::from_secs(1),
+        "alice took {alice_took:?}"
+    );
+    // Wrong guesses checked: at most ban_after_failures (10) per attacking
+    // address and user name, plus the 6 real logins.
+    assert!(argon2 <= 6 * 10 + 11 * 10 + 6, "argon2 ran {argon2} times");
+    assert!(
+        attempts > 1000,
+        "the flood was a flood: {attempts} attempts"
+    );
+    assert!(
+        by_address + by_user > attempts / 2,
+        "most attempts refused unverified: {by_address} + {by_user} of {attempts}"
+    );
+    assert_eq!(answers.get(&Some(0)), None, "no attacker got in");
+}
+
+/// A reconnect storm of 200 password clients (one user name, the fleet
+/// spread over 8 source addresses): the first wave costs argon2 checks, the
+/// second is answered from the credential cache — no argon2 at all. With
+/// `credential_cache_size = 0` the second wave hashes again (the figures of
+/// both are printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_storm_is_served_from_the_credential_cache() {
+    let test = "reconnect_storm_is_served_from_the_credential_cache";
+    if skip_on_mosquitto(test, "vmqtt's credential cache") {
+        return;
+    }
+    crate::common::broker::raise_nofile_limit();
+    let w = Work::new(test);
+    let pw = password_file(&w, &[("fleet", "fleet-pw")]);
+    const N: u32 = 200;
+    /// Connects N clients at once; returns how long until every CONNACK.
+    async fn wave(port: u16, tag: &str) -> Duration {
+        let started = Instant::now();
+        let clients: Vec<_> = (0..N)
+            .map(|i| {
+                let source = std::net::Ipv4Addr::new(127, 0, 0, 10 + (i % 8) as u8);
+                let id = format!("storm-{tag}-{i}");
+                tokio::spawn(async move {
+                    try_login(
+                        port,
+                        source,
+                        &id,
+                        "fleet",
+                        "fleet-pw",
+                        Duration::from_secs(20),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for c in clients {
+            assert_eq!(c.await.expect("joined"), Some(0), "every client gets in");
+        }
+        started.elapsed()
+    }
+    let mut figures = Vec::new();
+    for cache in [true, false] {
+        let http = free_port();
+        let mut auth = auth_toml(Some("deny"), Some(&pw), None);
+        if !cache {
+            auth.push_str("credential_cache_size = 0\n");
+        }
+        let name = format!("{test}-{}", if cache { "cache" } else { "nocache" });
+        let mut b = Broker::start_with(
+            &name,
+            BrokerConfig {
+                http_port: Some(http),
+                extra_toml: auth,
+                ..Default::default()
+            },
+        );
+        let port = b.port();
+        let first = wave(port, "1").await;
+        let after_first = process_counter(
+            &scrape(http),
+            "vmqtt_auth_password_checks_total{how=\"argon2\"}",
+        );
+        let second = wave(port, "2").await;
+        let body = scrape(http);
+        let argon2 = process_counter(&body, "vmqtt_auth_password_checks_total{how=\"argon2\"}");
+        let hits = process_counter(&body, "vmqtt_auth_password_checks_total{how=\"cache\"}");
+        figures.push(format!(
+            "cache {cache}: wave 1 {first:?} ({after_first} argon2), wave 2 {second:?} \
+             ({} argon2, {hits} cache hits)",
+            argon2 - after_first
+        ));
+        if cache {
+            assert!(after_first >= 1 && after_first <= u64::from(N));
+            assert_eq!(argon2, after_first, "the second wave hashes nothing");
+            assert!(hits >= u64::from(N), "{hits} cache hits");
+        } else {
+            assert_eq!(hits, 0);
+            assert_eq!(
+                argon2,
+                2 * u64::from(N),
+                "without a cache every login hashes"
+            );
+        }
+        b.terminate(Duration::from_secs(15));
+    }
+    eprintln!("[{test}] {N} clients: {}", figures.join("; "));
+}

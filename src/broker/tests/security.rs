@@ -64,8 +64,10 @@ impl Cluster {
             for (a, b) in t.limit_hits.iter_mut().zip(s.limit_hits) {
                 *a += b;
             }
+            for (a, b) in t.acl_denied.iter_mut().zip(s.acl_denied) {
+                *a += b;
+            }
             for i in 0..2 {
-                t.acl_denied[i] += s.acl_denied[i];
                 t.auth_refused[i] += s.auth_refused[i];
             }
         }
@@ -401,4 +403,239 @@ fn keep_alive_counts_whole_packets_not_bytes() {
         matches!(cl.recv(&c).last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::KEEP_ALIVE_TIMEOUT),
         "DISCONNECT 0x8D"
     );
+}
+
+// ------------------------------------------------------- revoked rights
+
+/// An ACL that lets each listed user read filters under its prefixes (and
+/// everyone publish anywhere): a reload is a new `ReadAcl`.
+#[derive(Debug)]
+struct ReadAcl(Vec<(&'static str, &'static str)>);
+
+impl Authorizer for ReadAcl {
+    fn allow_publish(&self, _: &str, _: Option<&str>, _: &str) -> bool {
+        true
+    }
+
+    fn allow_subscribe(&self, _client_id: &str, username: Option<&str>, filter: &str) -> bool {
+        self.0
+            .iter()
+            .any(|(user, prefix)| username == Some(*user) && filter.starts_with(prefix))
+    }
+}
+
+fn read_acl(rules: &[(&'static str, &'static str)]) -> Option<Arc<dyn Authorizer>> {
+    Some(Arc::new(ReadAcl(rules.to_vec())))
+}
+
+/// Two shards whose ACL lets alice read `a/` and `b/`.
+fn readers() -> Cluster {
+    Cluster::with_config(
+        2,
+        CoreConfig {
+            persistence: true,
+            authorizer: read_acl(&[("alice", "a/"), ("alice", "b/")]),
+            ..CoreConfig::default()
+        },
+    )
+}
+
+impl Cluster {
+    /// Every shard takes `acl` (a SIGHUP reload).
+    fn reload_acl(&mut self, acl: Option<Arc<dyn Authorizer>>) {
+        for core in &mut self.cores {
+            let mut config = core.config().clone();
+            config.authorizer = acl.clone();
+            core.set_config(config);
+        }
+        self.run();
+    }
+
+    fn revoked(&mut self) -> Vec<(String, String)> {
+        self.cores
+            .iter_mut()
+            .flat_map(|c| c.take_revoked().0)
+            .map(|(c, f)| (c.as_str().to_owned(), f.as_str().to_owned()))
+            .collect()
+    }
+}
+
+fn texts(ps: &[Publish]) -> Vec<String> {
+    ps.iter()
+        .map(|p| {
+            format!(
+                "{}={}",
+                p.topic.as_str(),
+                String::from_utf8_lossy(&p.payload)
+            )
+        })
+        .collect()
+}
+
+fn persistent_as(id: &str) -> Connect {
+    let mut c = Connect::new(V5, id);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(3600);
+    c
+}
+
+#[test]
+fn reloaded_acl_removes_subscriptions_it_no_longer_allows() {
+    let mut cl = readers();
+    let (alice_id, pub_id) = ids_apart("revoke");
+    let alice = Identity::User("alice".into());
+    let (a, _) = cl.connect_as(alice.clone(), persistent_as(&alice_id));
+    cl.subscribe(&a, "a/#", q(QoS::AtLeastOnce));
+    cl.subscribe(&a, "b/#", q(QoS::AtLeastOnce));
+    cl.subscribe(&a, "$share/g/b/x", q(QoS::AtLeastOnce));
+    let (p, _) = cl.connect_as(Identity::Anonymous, Connect::new(V5, &pub_id));
+    cl.publish(&p, "a/1", b"1", QoS::AtMostOnce, 0);
+    cl.publish(&p, "b/1", b"1", QoS::AtMostOnce, 0);
+    assert_eq!(texts(&cl.publishes(&a)), ["a/1=1", "b/1=1"]);
+
+    // The ACL file loses alice's right to read b/, then SIGHUP.
+    cl.reload_acl(read_acl(&[("alice", "a/")]));
+    cl.publish(&p, "a/2", b"2", QoS::AtMostOnce, 0);
+    cl.publish(&p, "b/2", b"2", QoS::AtMostOnce, 0);
+    cl.publish(&p, "b/x", b"2", QoS::AtMostOnce, 0);
+    assert_eq!(
+        texts(&cl.publishes(&a)),
+        ["a/2=2"],
+        "nothing on b/ any more"
+    );
+    let home = a.shard;
+    let session = cl.cores[home].session(&alice_id).expect("session");
+    assert_eq!(session.subscriptions.len(), 1);
+    assert_eq!(cl.total_stats().acl_denied[2], 2, "counted as revoked");
+    let mut revoked = cl.revoked();
+    revoked.sort();
+    assert_eq!(
+        revoked,
+        [
+            (alice_id.clone(), "$share/g/b/x".to_owned()),
+            (alice_id.clone(), "b/#".to_owned())
+        ]
+    );
+    // Removed from storage too, so a restart does not bring them back.
+    let deleted: Vec<String> = cl
+        .store_ops(home)
+        .into_iter()
+        .filter_map(|o| match o {
+            StoreOp::DeleteSubscription { filter, .. } => Some(filter.as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted.len(), 2, "{deleted:?}");
+    // Reloading the same rules again removes nothing more.
+    cl.reload_acl(read_acl(&[("alice", "a/")]));
+    assert!(cl.revoked().is_empty());
+    assert_eq!(cl.total_stats().acl_denied[2], 2);
+}
+
+#[test]
+fn resumed_session_keeps_only_what_its_identity_may_read_and_drops_what_was_queued() {
+    let mut cl = readers();
+    let (alice_id, pub_id) = ids_apart("resume");
+    let alice = Identity::User("alice".into());
+    let (a, _) = cl.connect_as(alice.clone(), persistent_as(&alice_id));
+    cl.subscribe(&a, "a/#", q(QoS::AtLeastOnce));
+    cl.subscribe(&a, "b/#", q(QoS::AtLeastOnce));
+    cl.drop_socket(&a);
+    // While alice is away the ACL changes: her session has no connection,
+    // so who she is is known only when she comes back.
+    cl.reload_acl(read_acl(&[("alice", "a/")]));
+    assert!(cl.revoked().is_empty());
+    let (p, _) = cl.connect_as(Identity::Anonymous, Connect::new(V5, &pub_id));
+    cl.publish(&p, "b/1", b"queued", QoS::AtLeastOnce, 1);
+    cl.publish(&p, "a/1", b"queued", QoS::AtLeastOnce, 2);
+    let home = home_shard(&alice_id, 2).get();
+    assert_eq!(
+        cl.cores[home].session(&alice_id).expect("s").queued_len(),
+        2
+    );
+    let (a, ack) = cl.connect_as(alice.clone(), persistent_as(&alice_id));
+    assert!(ack.expect("CONNACK").session_present);
+    assert_eq!(texts(&cl.publishes(&a)), ["a/1=queued"]);
+    assert_eq!(cl.revoked(), [(alice_id.clone(), "b/#".to_owned())]);
+    assert_eq!(cl.total_stats().acl_denied[2], 1);
+    // The dropped message left storage as well.
+    assert!(cl
+        .store_ops(home)
+        .iter()
+        .any(|o| matches!(o, StoreOp::DeleteQueueEntry { .. })));
+
+    // The same client id resumed by another identity keeps none of
+    // alice's subscriptions (bob may read nothing here).
+    cl.drop_socket(&a);
+    let (b, _) = cl.connect_as(Identity::User("bob".into()), persistent_as(&alice_id));
+    assert!(cl.cores[home]
+        .session(&alice_id)
+        .expect("s")
+        .subscriptions
+        .is_empty());
+    cl.publish(&p, "a/2", b"x", QoS::AtMostOnce, 0);
+    let got = texts(&cl.publishes(&b));
+    assert!(!got.iter().any(|t| t.starts_with("a/2")), "{got:?}");
+}
+
+#[test]
+fn restored_session_is_rechecked_when_it_reconnects() {
+    let mut cl = Cluster::with_config(
+        1,
+        CoreConfig {
+            persistence: true,
+            // The ACL in force after the restart: b/ is no longer alice's.
+            authorizer: read_acl(&[("alice", "a/")]),
+            ..CoreConfig::default()
+        },
+    );
+    let now = cl.now;
+    let ma = message("a/1", b"kept", QoS::AtLeastOnce);
+    let mb = message("b/1", b"revoked", QoS::AtLeastOnce);
+    let entry = |seq, id: u64, msg: &Arc<Message>| RestoredEntry {
+        seq,
+        message_id: id,
+        msg: msg.clone(),
+        qos: msg.qos,
+        retain: false,
+        sub_ids: vec![],
+        state: OutState::Queued,
+    };
+    let sub = Subscription {
+        options: q(QoS::AtLeastOnce),
+        id: None,
+    };
+    let restored = Restored {
+        sessions: vec![RestoredSession {
+            client_id: ClientId::new(ByteStr::from("alice-dev")),
+            session: SessionImage {
+                protocol: V5,
+                expiry_interval: 3600,
+                will: None,
+                disconnected_at: Some(now),
+            },
+            subscriptions: vec![(filter("a/#"), sub), (filter("b/#"), sub)],
+            queue: vec![entry(1, 10, &mb), entry(2, 11, &ma)],
+            inbound_qos2: vec![],
+        }],
+        next_message_id: 12,
+        ..Restored::default()
+    };
+    cl.cores[0].restore(now, restored);
+    cl.run();
+    let (a, ack) = cl.connect_as(Identity::User("alice".into()), persistent_as("alice-dev"));
+    assert!(ack.expect("CONNACK").session_present);
+    assert_eq!(texts(&cl.publishes(&a)), ["a/1=kept"]);
+    assert_eq!(cl.revoked(), [("alice-dev".to_owned(), "b/#".to_owned())]);
+    let ops = cl.store_ops(0);
+    assert!(ops.iter().any(|o| matches!(o,
+        StoreOp::DeleteSubscription { filter, .. } if filter.as_str() == "b/#")));
+    assert!(ops
+        .iter()
+        .any(|o| matches!(o, StoreOp::DeleteQueueEntry { seq: 1, .. })));
+    assert!(ops.iter().any(|o| matches!(o, StoreOp::DeleteMessage(10))));
+    // New messages on b/ are not delivered (nor queued) any more.
+    let p = cl.connect(V5, "p");
+    cl.publish(&p, "b/2", b"x", QoS::AtLeastOnce, 1);
+    assert!(cl.publishes(&a).is_empty());
 }
