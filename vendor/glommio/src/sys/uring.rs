@@ -1830,22 +1830,41 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // vmqtt patch (PATCHES.md): a preempt timer armed by an earlier turn
+        // that has not fired yet is kept while a task queue still runs,
+        // instead of being cancelled and armed again on every turn (two
+        // SQEs and an io_uring_enter per turn). The slice it leaves may be
+        // shorter than the preempt duration, never longer; before a sleep it
+        // is cancelled as before (should_sleep needs no preempt timer).
+        let old_preempt = self.latency_preemption_timeout_src.take();
+        let keep_preempt = preempt_timer().is_some()
+            && old_preempt.as_ref().is_some_and(|s| s.result().is_none());
+        if keep_preempt {
+            self.latency_preemption_timeout_src.set(old_preempt);
+        } else {
+            // Cancel the old timer regardless of whether we can sleep:
+            // if we won't sleep, we will register the new timer with its new
+            // value.
+            //
+            // But if we will sleep, there might be a timer registered that needs
+            // to be removed otherwise we'll wake up when it expires.
+            drop(old_preempt);
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // up sleeping. (vmqtt patch: one that has not fired yet stays armed.)
+        let old_throughput = self.throughput_preemption_timeout_src.take();
+        if old_throughput.as_ref().is_some_and(|s| s.result().is_none()) {
+            self.throughput_preemption_timeout_src.set(old_throughput);
+        } else {
+            drop(old_throughput);
+            self.throughput_preemption_timeout_src.set(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1896,8 +1915,16 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            // A kept timer may have fired since the top of this function (its
+            // completion consumed above): then arm a new one, as before.
+            let current = self.latency_preemption_timeout_src.take();
+            if keep_preempt && current.as_ref().is_some_and(|s| s.result().is_none()) {
+                self.latency_preemption_timeout_src.set(current);
+            } else {
+                drop(current);
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            }
             flush_rings!(lat_ring, main_ring)?;
         }
 
