@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{spawn_local, spawn_local_into, timer, Latency, Shares, TaskQueueHandle};
@@ -33,13 +33,16 @@ use crate::http::Metrics;
 use crate::notify::{Broadcast, Notify};
 use crate::tls::TlsStream;
 
-/// Bytes read per `read` call by default; see [`read_some`] for how the size
-/// adapts between [`MIN_READ`] and [`MAX_READ`].
-const READ_CHUNK: usize = 4096;
-/// The read size of a quiet connection (its buffer is armed while idle).
-const MIN_READ: usize = 256;
-/// The largest single read.
+/// The largest single read (the size of a shard's read buffer).
 const MAX_READ: usize = 64 * 1024;
+
+thread_local! {
+    /// The shard's one read buffer (an executor is one thread). Every read
+    /// lands here and only the bytes read are copied to the connection's
+    /// own buffer, so a connection waiting for bytes holds no read buffer:
+    /// an idle connection costs its state, not a buffer.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_READ].into_boxed_slice());
+}
 
 /// What crosses cores over the mesh.
 #[derive(Debug)]
@@ -792,11 +795,10 @@ async fn first_bytes(
             None => Stream::Plain(tcp),
         };
         let mut buf = BytesMut::new();
-        let mut size = MIN_READ;
         let route = loop {
             match route_connect(&buf, shard.shards, max) {
                 ConnectRoute::NeedMore => {
-                    read_some(&mut stream, &mut buf, &mut size).await?;
+                    read_some(&mut stream, &mut buf).await?;
                 }
                 route => break route,
             }
@@ -947,45 +949,58 @@ impl futures_lite::AsyncWrite for Stream {
 
 /// Reads more bytes into `buf`; `None` on EOF, error or timeout.
 ///
-/// A frame larger than what `buf` can hold gets a buffer of exactly its size,
-/// so the payload slices that queued messages keep alive pin no slack.
+/// The read goes to the shard's [`SCRATCH`] buffer, then what was read is
+/// appended to `buf`. When `buf` must grow it gets a fresh allocation of
+/// exactly what it holds, or of the whole frame it starts when the header
+/// says so: the payload slices that queued messages keep alive pin no slack,
+/// and a connection between packets (`buf` empty, see [`serve`]) holds none.
 async fn read_some<R: futures_lite::AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
-    size: &mut usize,
 ) -> Option<usize> {
-    let len = buf.len();
-    if let Some(need) = vmqtt::codec::peek_frame_len(buf) {
-        if need > buf.capacity() && need > READ_CHUNK {
-            let mut exact = BytesMut::with_capacity(need);
-            exact.extend_from_slice(buf);
-            *buf = exact;
-        }
-    }
-    let spare = buf.capacity() - len;
-    let want = if spare >= *size {
-        spare.min(MAX_READ)
-    } else {
-        *size
-    };
-    buf.resize(len + want, 0);
-    match r.read(&mut buf[len..]).await {
-        Ok(0) | Err(_) => {
-            buf.truncate(len);
-            None
-        }
-        Ok(n) => {
-            buf.truncate(len + n);
-            // Grow while reads fill the buffer, shrink while they are small:
-            // an idle connection then waits with a small buffer armed.
-            if n == want {
-                *size = (*size * 2).min(MAX_READ);
-            } else if n * 4 < *size {
-                *size = (*size / 2).max(MIN_READ);
+    let read = futures_lite::future::poll_fn(|cx| {
+        SCRATCH.with(|scratch| {
+            // Not re-entered: the borrow lasts for this synchronous poll only.
+            let mut scratch = scratch.borrow_mut();
+            match std::pin::Pin::new(&mut *r).poll_read(cx, &mut scratch[..]) {
+                std::task::Poll::Ready(Ok(n)) => {
+                    append_exact(buf, &scratch[..n]);
+                    std::task::Poll::Ready(Ok(n))
+                }
+                other => other,
             }
-            Some(n)
-        }
+        })
+    })
+    .await;
+    match read {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(n),
     }
+}
+
+/// Appends `bytes` to `buf`, growing it only to what it then holds (or
+/// towards the frame it starts, when that is longer and its header is
+/// complete).
+fn append_exact(buf: &mut BytesMut, bytes: &[u8]) {
+    let have = buf.len() + bytes.len();
+    if buf.capacity() >= have {
+        buf.extend_from_slice(bytes);
+        return;
+    }
+    let frame = if buf.is_empty() {
+        vmqtt::codec::peek_frame_len(bytes)
+    } else {
+        vmqtt::codec::peek_frame_len(buf)
+    };
+    // Towards the frame's size, but never more than twice what arrived (at
+    // least MAX_READ more): a header announcing 256 MB reserves nothing
+    // (the core refuses it over max_packet_size before another read), and
+    // a big frame grows in O(its size) copies.
+    let room = frame.map_or(have, |f| f.clamp(have, have.max(MAX_READ) * 2));
+    let mut fresh = BytesMut::with_capacity(room);
+    fresh.extend_from_slice(buf);
+    fresh.extend_from_slice(bytes);
+    *buf = fresh;
 }
 
 /// How long a closing connection may take to flush its last bytes, and how
@@ -1003,7 +1018,6 @@ async fn serve(shard: Rc<Shard>, accepted: Accepted, mut buf: BytesMut) {
     } = accepted;
     let _ = stream.tcp().set_nodelay(true);
     let fd = stream.tcp().as_raw_fd();
-    let mut size = MIN_READ;
     let conn = shard
         .core
         .borrow_mut()
@@ -1035,7 +1049,7 @@ async fn serve(shard: Rc<Shard>, accepted: Accepted, mut buf: BytesMut) {
         shard.after();
     }
     while !io.close.get() {
-        if read_some(&mut rd, &mut buf, &mut size).await.is_none() {
+        if read_some(&mut rd, &mut buf).await.is_none() {
             break;
         }
         shard
@@ -1049,8 +1063,10 @@ async fn serve(shard: Rc<Shard>, accepted: Accepted, mut buf: BytesMut) {
         // writers among them) get their turn. glommio's own preemption
         // (`yield_if_needed`) only fires every 100 ms.
         futures_lite::future::yield_now().await;
-        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
-            buf = BytesMut::new(); // give back memory after a large packet
+        if buf.is_empty() {
+            // Between packets a connection holds no buffer (the rest of the
+            // last allocation stays with the payloads that share it).
+            buf = BytesMut::new();
         }
     }
     if io.close.get() {
@@ -1058,7 +1074,7 @@ async fn serve(shard: Rc<Shard>, accepted: Accepted, mut buf: BytesMut) {
         // what the client still sends until it closes too, for a bounded time.
         buf = BytesMut::new();
         let drain = async {
-            while read_some(&mut rd, &mut buf, &mut size).await.is_some() {
+            while read_some(&mut rd, &mut buf).await.is_some() {
                 buf.clear();
             }
         };
@@ -1144,4 +1160,71 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
     shard.core.borrow_mut().handle_closed(Instant::now(), conn);
     shard.after();
     shard.conns.borrow_mut().remove(&conn);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_exact_allocates_what_is_held() {
+        let mut buf = BytesMut::new();
+        append_exact(&mut buf, &[0xC0, 0x00]); // PINGREQ: a whole frame
+        assert_eq!(&buf[..], &[0xC0, 0x00]);
+        assert_eq!(buf.capacity(), 2);
+        // Half a frame whose header says 5 bytes: room for all of it.
+        let mut buf = BytesMut::new();
+        append_exact(&mut buf, &[0x30, 0x03, b'a']);
+        assert_eq!(buf.capacity(), 5);
+        let before = buf.as_ptr();
+        append_exact(&mut buf, b"bc");
+        assert_eq!(&buf[..], &[0x30, 0x03, b'a', b'b', b'c']);
+        assert_eq!(buf.as_ptr(), before, "the rest of the frame fits in place");
+    }
+
+    #[test]
+    fn append_exact_does_not_reserve_what_a_header_only_announces() {
+        // PUBLISH announcing 256 MB: room for twice the read size at most.
+        let mut buf = BytesMut::new();
+        append_exact(&mut buf, &[0x30, 0xff, 0xff, 0xff, 0x7f, b'x']);
+        assert!(buf.capacity() <= 2 * MAX_READ, "{}", buf.capacity());
+        // A 200 KiB frame arriving in 64 KiB reads ends in one exact buffer.
+        let frame = 200 * 1024;
+        let mut head = vec![0x30, 0x80 | 0x7b, 0x80 | 0x3f, 0x0c]; // varint
+        let len = frame - head.len();
+        head[1] = 0x80 | (len & 0x7f) as u8;
+        head[2] = 0x80 | ((len >> 7) & 0x7f) as u8;
+        head[3] = (len >> 14) as u8;
+        assert_eq!(vmqtt::codec::peek_frame_len(&head), Some(frame));
+        let mut bytes = head.clone();
+        bytes.resize(frame, b'p');
+        let mut buf = BytesMut::new();
+        for chunk in bytes.chunks(MAX_READ) {
+            append_exact(&mut buf, chunk);
+        }
+        assert_eq!(&buf[..], &bytes[..]);
+        assert_eq!(buf.capacity(), frame);
+    }
+
+    #[test]
+    fn append_exact_keeps_a_partial_header_and_what_follows() {
+        // One byte of a header: nothing known, exactly what was read.
+        let mut buf = BytesMut::new();
+        append_exact(&mut buf, &[0x30]);
+        assert_eq!(buf.capacity(), 1);
+        // The length arrives with two more frames' bytes: all kept, in order.
+        append_exact(&mut buf, &[0x02, b'x', b'y', 0xC0, 0x00]);
+        assert_eq!(&buf[..], &[0x30, 0x02, b'x', b'y', 0xC0, 0x00]);
+        assert!(buf.capacity() >= buf.len());
+    }
+
+    #[test]
+    fn append_exact_after_a_split_does_not_touch_the_split_off_bytes() {
+        let mut buf = BytesMut::new();
+        append_exact(&mut buf, &[0x30, 0x01, b'a', 0x30]);
+        let first = buf.split_to(3).freeze();
+        append_exact(&mut buf, &[0x01, b'b']);
+        assert_eq!(&first[..], &[0x30, 0x01, b'a']);
+        assert_eq!(&buf[..], &[0x30, 0x01, b'b']);
+    }
 }
