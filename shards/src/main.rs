@@ -33,6 +33,10 @@ use tracing_subscriber::{reload, EnvFilter};
 use vmqtt::broker::{Authorizer, CoreConfig, QueueBudget};
 use vmqtt_config::{Config, Durability, LogFormat, MqttConfig};
 
+/// mimalloc: see shards/Cargo.toml for why.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The vmqtt MQTT broker (MQTT 3.1, 3.1.1 and 5.0).
 #[derive(Debug, Parser)]
 #[command(version, about)]
