@@ -10,12 +10,19 @@
 # and noisy. Results: one JSON per run under $OUT and the table (markdown) in
 # $OUT/table.md, also printed.
 #
+# First, and leading the table: the shape fleets produce, many connections
+# each at a moderate fixed rate, where what counts is the broker's CPU and
+# its latency at a load both brokers carry (runs alternate between the
+# brokers, medians of BENCH_REPEATS). Then saturation (rate sweeps), connect
+# rate and memory per connection.
+#
 # Environment: BENCH_OUT (results directory), BENCH_REPEATS (default 3),
 # BENCH_BROKER_CPU (0), BENCH_GEN_CPU (1), BENCH_SECONDS (measured seconds per
 # run, default 3), BENCH_CONNS (idle connections for the memory slope,
 # default 19000), BENCH_SKIP_BUILD=1, BENCH_VMQTT_BIN (a vmqtt-shard binary to
 # measure instead of the one built here), BENCH_VMQTT_REV (its revision, for
-# the record), BENCH_PORT (first port to try, 18830).
+# the record), BENCH_PORT (first port to try, 18830), BENCH_ONLY=fixed (the
+# fixed-rate table only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -111,6 +118,9 @@ listener $MPORT 127.0.0.1
 allow_anonymous true
 persistence false
 max_queued_messages 1000
+# vmqtt sets TCP_NODELAY on every connection; without it Mosquitto's small
+# writes wait for Nagle and its latency is not comparable.
+set_tcp_nodelay true
 log_dest stderr
 log_type error
 log_type warning
@@ -226,6 +236,25 @@ cat "$OUT/machine.txt"
 start_vmqtt
 start_mosquitto
 
+# ---- fixed offered load: the shape of a fleet (alternating, medians)
+# fixed NAME ARGS...: REPEATS runs per broker, vmqtt and Mosquitto in turn.
+fixed() {
+  local name=$1
+  shift
+  section "fixed load: $name"
+  for k in $(seq 1 "$REPEATS"); do
+    for b in vmqtt mosquitto; do
+      run "fx-$name-$b-r$k" "$b" pubsub --warmup 2 --duration "$((SECS + 2))" --drain 5 "$@"
+    done
+  done
+}
+fixed fanin-q0 --shape fan-in --publishers 100 --qos 0 --rate 1000
+fixed p2p-q1 --shape p2p --publishers 100 --qos 1 --rate 300
+fixed fanout-q0 --shape fan-out --publishers 1 --subscribers 1000 --qos 0 --rate 50
+fixed light-fanin-q0 --shape fan-in --publishers 100 --qos 0 --rate 10
+fixed light-p2p-q1 --shape p2p --publishers 100 --qos 1 --rate 10
+
+if [ "${BENCH_ONLY:-}" != fixed ]; then
 # ---- throughput, by rate sweep
 for b in vmqtt mosquitto; do
   section "QoS 0 fan-in, 10 publishers -> 1 subscriber ($b)"
@@ -288,6 +317,8 @@ for k in $(seq 1 "$REPEATS"); do
     --connections 10000 --concurrency 200 --source-ips 20 --duration 0 --settle-ms 0 \
     --json "$OUT/conn2-vmqtt-r$k.json" >"$OUT/conn2-vmqtt-r$k.txt" 2>&1 || true
 done
+
+fi # BENCH_ONLY
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 section "done"
@@ -363,6 +394,15 @@ def mem_points(pattern):
            if p["label"] in ("start", "step")]
     return ", ".join(f"{c // 1000 if c >= 1000 else c}{'k' if c >= 1000 else ''}: {b / 1048576:.1f} MiB" for c, b in pts)
 
+def fixed_row(name, label):
+    v, m = f"fx-{name}-vmqtt-r*.json", f"fx-{name}-mosquitto-r*.json"
+    vc, mc, vp, mp = cpu_pct(v), cpu_pct(m), p99(v), p99(m)
+    vr, mr = rate(v), rate(m)
+    cr = f"{vc / mc:.2f}x" if vc and mc else "-"
+    pr = f"{vp / mp:.2f}x" if vp and mp else "-"
+    return (f"| {label} | {fmt(vr)} / {fmt(mr)} | {fmt(vc)}% | {fmt(mc)}% | {cr} "
+            f"| {fmt(vp, 'ms')} | {fmt(mp, 'ms')} | {pr} |")
+
 rows = []
 def row(name, v, m, unit="", lower=False, note=""):
     rows.append((name, fmt(v, unit), fmt(m, unit), ratio(v, m, lower), note))
@@ -383,6 +423,23 @@ row("broker CPU per delivery, QoS 1 p2p", cpu_per_msg("p2p-q1-vmqtt-r*.json"), c
 row("broker CPU per delivery, QoS 0 fan-out", cpu_per_msg("fanout-q0-vmqtt-r*.json"), cpu_per_msg("fanout-q0-mosquitto-r*.json"), "ns", True)
 
 print(open(os.path.join(out, "machine.txt")).read())
+print("At a fixed offered load (the shape of a fleet; broker CPU: 100% = its one core;")
+print("ratios are vmqtt / Mosquitto, lower is better):")
+print()
+print("| fixed offered load | delivered/s vmqtt / Mosquitto | CPU vmqtt | CPU Mosquitto | CPU ratio | P99 vmqtt | P99 Mosquitto | P99 ratio |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for name, label in (
+    ("fanin-q0", "QoS 0 fan-in, 100 publishers x 1,000 msg/s -> 1 subscriber"),
+    ("p2p-q1", "QoS 1 point-to-point, 100 pairs x 300 msg/s (30k/s)"),
+    ("fanout-q0", "QoS 0 fan-out, 1 publisher x 50 msg/s -> 1,000 (50k deliveries/s)"),
+    ("light-fanin-q0", "light: QoS 0 fan-in, 100 x 10 msg/s (1k/s)"),
+    ("light-p2p-q1", "light: QoS 1 point-to-point, 100 pairs x 10 msg/s (1k/s)"),
+):
+    if load(f"fx-{name}-vmqtt-r*.json"):
+        print(fixed_row(name, label))
+print()
+print("At saturation, connects and memory:")
+print()
 print("| metric | vmqtt | Mosquitto | vmqtt vs Mosquitto |")
 print("|---|---:|---:|---:|")
 for name, v, m, r, _ in rows:
