@@ -950,10 +950,9 @@ impl futures_lite::AsyncWrite for Stream {
 /// Reads more bytes into `buf`; `None` on EOF, error or timeout.
 ///
 /// The read goes to the shard's [`SCRATCH`] buffer, then what was read is
-/// appended to `buf`. When `buf` must grow it gets a fresh allocation of
-/// exactly what it holds, or of the whole frame it starts when the header
-/// says so: the payload slices that queued messages keep alive pin no slack,
-/// and a connection between packets (`buf` empty, see [`serve`]) holds none.
+/// appended to `buf` ([`append_exact`]): the payload slices that queued
+/// messages keep alive pin no slack, and a connection between packets
+/// (`buf` empty, see [`serve`]) holds no buffer.
 async fn read_some<R: futures_lite::AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
@@ -992,8 +991,8 @@ fn append_exact(buf: &mut BytesMut, bytes: &[u8]) {
     } else {
         vmqtt::codec::peek_frame_len(buf)
     };
-    // Towards the frame's size, but never more than twice what arrived (at
-    // least MAX_READ more): a header announcing 256 MB reserves nothing
+    // Towards the frame's size, but at most twice what is held (or twice
+    // MAX_READ, whichever is more): a header announcing 256 MB reserves nothing
     // (the core refuses it over max_packet_size before another read), and
     // a big frame grows in O(its size) copies.
     let room = frame.map_or(have, |f| f.clamp(have, have.max(MAX_READ) * 2));
