@@ -349,6 +349,8 @@ def fmt(v, unit=""):
         return f"{v:,.0f} B"
     if unit == "ns":
         return f"{v:,.0f} ns"
+    if unit == "MiB":
+        return f"{v:.1f} MiB"
     if v >= 1e6:
         return f"{v / 1e6:.2f}M"
     if v >= 1e3:
@@ -386,6 +388,12 @@ def mem(pattern):
     rs = load(pattern)
     return (rs[0].get("broker") or {}).get("bytes_per_connection") if rs else None
 
+def rss_at(pattern, label):
+    rs = load(pattern)
+    pts = [p["rss_bytes"] for p in ((rs[0].get("broker") or {}).get("rss", []) if rs else [])
+           if p["label"] == label]
+    return pts[-1] / 1048576 if pts else None
+
 def mem_points(pattern):
     rs = load(pattern)
     if not rs:
@@ -417,6 +425,9 @@ row("connects/s, 1 broker core", conn_rate("conn-vmqtt-r*.json"), conn_rate("con
 row("broker CPU µs per connect", conn_cpu("conn-vmqtt-r*.json"), conn_cpu("conn-mosquitto-r*.json"), "", True)
 row("connects/s, vmqtt --cores 2 (generator unpinned)", conn_rate("conn2-vmqtt-r*.json"), None)
 row("memory per idle connection (slope)", mem("mem-vmqtt.json"), mem("mem-mosquitto.json"), "B", True)
+for label, name in (("start", "RSS before connections"), ("hold-end", f"RSS with all idle connections"),
+                    ("after-close", "RSS 2 s after they all closed")):
+    row(name, rss_at("mem-vmqtt.json", label), rss_at("mem-mosquitto.json", label), "MiB", True)
 row("broker CPU per delivery, QoS 0 fan-in", cpu_per_msg("fanin-q0-vmqtt-r*.json"), cpu_per_msg("fanin-q0-mosquitto-r*.json"), "ns", True)
 row("broker CPU per delivery, QoS 0 p2p", cpu_per_msg("p2p-q0-vmqtt-r*.json"), cpu_per_msg("p2p-q0-mosquitto-r*.json"), "ns", True)
 row("broker CPU per delivery, QoS 1 p2p", cpu_per_msg("p2p-q1-vmqtt-r*.json"), cpu_per_msg("p2p-q1-mosquitto-r*.json"), "ns", True)

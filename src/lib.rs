@@ -14,10 +14,12 @@
 //! - [`broker`]: the sans-IO shard: sessions, QoS flows, routing between
 //!   shards, retained messages, wills, `$SYS`.
 //! - [`ids`]: the distinct identifier types used across the broker.
+//! - [`hash`]: the zero-sized, process-keyed hasher of the core's maps.
 
 pub mod broker;
 pub mod bytestr;
 pub mod codec;
+pub mod hash;
 pub mod ids;
 pub mod topic;
 pub mod trie;

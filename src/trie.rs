@@ -14,7 +14,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::ops::ControlFlow;
 
-use ahash::RandomState;
+use crate::hash::FastState;
 use memchr::memchr;
 
 use crate::topic::levels;
@@ -31,7 +31,7 @@ enum SmallMap<K, V> {
     // Boxed: a `HashMap` with its hasher is 64 bytes and a `Vec` 24, and
     // there are two `SmallMap`s in every node while few nodes are wide.
     #[allow(clippy::box_collection)]
-    Map(Box<HashMap<K, V, RandomState>>),
+    Map(Box<HashMap<K, V, FastState>>),
 }
 
 impl<K, V> Default for SmallMap<K, V> {
@@ -78,7 +78,7 @@ impl<K: Eq + Hash, V> SmallMap<K, V> {
     fn grow_if_full(&mut self) {
         if let Self::Vec(v) = self {
             if v.len() >= SMALL {
-                let mut m = HashMap::with_capacity_and_hasher(SMALL * 2, RandomState::new());
+                let mut m = HashMap::with_capacity_and_hasher(SMALL * 2, FastState);
                 m.extend(v.drain(..));
                 *self = Self::Map(Box::new(m));
             }

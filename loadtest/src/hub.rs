@@ -213,6 +213,13 @@ impl Hub {
         }
         if let Some(probe) = self.probe.as_mut() {
             probe.rss("end", 0);
+            if let Scenario::Conn(c) = &self.cfg.scenario {
+                // Whether the broker gives the memory back once they closed
+                // (an allocator purges after a delay, a broker may tidy its
+                // tables periodically): a second sample a moment later.
+                std::thread::sleep(Duration::from_millis(c.settle_ms.max(2000)));
+                probe.rss("after-close", 0);
+            }
         }
         let broker = self.probe.take().map(|p| BrokerReport {
             pid: p.pid,

@@ -90,7 +90,8 @@ impl SeriesPoint {
 /// A broker memory sample.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RssPoint {
-    /// When: "start", "ready", "step", "hold-end", "end".
+    /// When: "start", "ready", "step", "hold-end", "end", "after-close"
+    /// (conn: `max(settle, 2 s)` after the end).
     pub label: String,
     /// Connections open then.
     pub connections: u64,

@@ -546,7 +546,7 @@ async fn receive_loop(shard: Rc<Shard>, receivers: Rc<Receivers<MeshMsg>>, peer:
                     _budget: h.budget,
                     _slot: slot,
                 };
-                spawn_into(shard.queues.clients, serve(shard.clone(), conn, h.buf));
+                serve(shard.clone(), conn, h.buf);
             }
             Ok(Some(MeshMsg::Hello(_))) => {}
             Ok(None) | Err(_) => return,
@@ -602,6 +602,12 @@ async fn timer_loop(
         if published.elapsed() >= Duration::from_secs(1) {
             published = Instant::now();
             metrics.publish(shard.index, &shard.core.borrow().stats());
+            shard.core.borrow_mut().release_memory();
+            vmqtt::broker::shrink_if_sparse(&mut shard.conns.borrow_mut());
+            // SAFETY: mi_collect only walks and purges the calling thread's
+            // own mimalloc heap; it has no preconditions (with another
+            // global allocator, as in tests, that heap is just empty).
+            unsafe { libmimalloc_sys::mi_collect(false) };
         }
         if shard.stop.load(Ordering::Relaxed) {
             metrics.set_ready(shard.index, false);
@@ -883,7 +889,9 @@ async fn first_bytes(
         _budget: budget,
         _slot: slot,
     };
-    serve(shard, conn, buf).await;
+    // Tasks of their own: the handshake's and the password check's futures
+    // (most of this one's size) are not held for the life of the connection.
+    serve(shard, conn, buf);
 }
 
 /// A client's byte stream: plain TCP or TLS over it.
@@ -1007,8 +1015,10 @@ fn append_exact(buf: &mut BytesMut, bytes: &[u8]) {
 /// FIN, not a reset that could discard the final DISCONNECT.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Serves a connection on its home shard until either side closes it.
-async fn serve(shard: Rc<Shard>, accepted: Accepted, mut buf: BytesMut) {
+/// Serves a connection on its home shard until either side closes it: its
+/// CONNECT (already read) goes to the core, then a reader and a writer task
+/// (in the clients queue) take it from there.
+fn serve(shard: Rc<Shard>, accepted: Accepted, mut buf: BytesMut) {
     let Accepted {
         stream,
         identity,
@@ -1037,9 +1047,9 @@ async fn serve(shard: Rc<Shard>, accepted: Accepted, mut buf: BytesMut) {
     });
     shard.conns.borrow_mut().insert(conn, io.clone());
     let tls = matches!(stream, Stream::Tls(_));
-    let (mut rd, wr) = futures_lite::io::split(stream);
-    spawn_local(write_loop(shard.clone(), conn, io.clone(), wr, tls)).detach();
-
+    let (rd, wr) = futures_lite::io::split(stream);
+    let queue = shard.queues.clients;
+    spawn_into(queue, write_loop(shard.clone(), conn, io.clone(), wr, tls));
     if !buf.is_empty() {
         shard
             .core
@@ -1047,6 +1057,22 @@ async fn serve(shard: Rc<Shard>, accepted: Accepted, mut buf: BytesMut) {
             .handle_bytes(Instant::now(), conn, &mut buf);
         shard.after();
     }
+    if buf.is_empty() {
+        buf = BytesMut::new();
+    }
+    spawn_into(queue, read_loop(shard, conn, io, rd, buf, (_budget, _slot)));
+}
+
+/// Reads a connection's bytes into the core until either side closes it.
+/// `_held`: its places in the limits, given back when it ends.
+async fn read_loop<R: futures_lite::AsyncRead + Unpin>(
+    shard: Rc<Shard>,
+    conn: ConnId,
+    io: Rc<ConnIo>,
+    mut rd: R,
+    mut buf: BytesMut,
+    _held: (BudgetSlot, OpenSlot),
+) {
     while !io.close.get() {
         if read_some(&mut rd, &mut buf).await.is_none() {
             break;
@@ -1069,21 +1095,27 @@ async fn serve(shard: Rc<Shard>, accepted: Accepted, mut buf: BytesMut) {
         }
     }
     if io.close.get() {
-        // The server is closing it: the writer flushes and sends FIN; drain
-        // what the client still sends until it closes too, for a bounded time.
-        buf = BytesMut::new();
-        let drain = async {
-            while read_some(&mut rd, &mut buf).await.is_some() {
-                buf.clear();
-            }
-        };
-        futures_lite::future::or(drain, timer::sleep(CLOSE_GRACE)).await;
+        // Boxed: a serving connection's future does not carry room for it.
+        Box::pin(drain_for_close(rd)).await;
         return;
     }
     io.dead.set(true);
     io.notify.notify();
     shard.core.borrow_mut().handle_closed(Instant::now(), conn);
     shard.after();
+}
+
+/// The server is closing a connection: the writer flushes and sends FIN;
+/// what the client still sends is drained until it closes too, for a
+/// bounded time.
+async fn drain_for_close<R: futures_lite::AsyncRead + Unpin>(mut rd: R) {
+    let mut buf = BytesMut::new();
+    let drain = async {
+        while read_some(&mut rd, &mut buf).await.is_some() {
+            buf.clear();
+        }
+    };
+    futures_lite::future::or(drain, timer::sleep(CLOSE_GRACE)).await;
 }
 
 async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(

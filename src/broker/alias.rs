@@ -18,6 +18,7 @@
 //! Lives in a connection of one shard ([`super::ShardCore`]).
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 /// No alias (the end of the recency list).
 const NIL: u16 = 0;
@@ -47,9 +48,9 @@ pub(crate) struct OutboundAliases {
 
 #[derive(Debug, Default)]
 struct Table {
-    hasher: ahash::RandomState,
+    hasher: crate::hash::FastState,
     /// Topic hash → alias. A hash is confirmed against the slot's topic.
-    by_hash: HashMap<u64, u16, ahash::RandomState>,
+    by_hash: HashMap<u64, u16, crate::hash::FastState>,
     /// Slot `a - 1` is alias `a`.
     slots: Vec<Slot>,
     /// Most and least recently used alias ([`NIL`] when empty).

@@ -27,7 +27,9 @@ pub use budget::QueueBudget;
 pub use message::{Limit, Message, ShardMsg, ShardStats};
 pub use retain::RetainedStore;
 pub use session::{Session, Subscription};
-pub use shard::{CloseReason, CoreConfig, IoEvent, ShardCore, LIMITED_LOG_INTERVAL};
+pub use shard::{
+    shrink_if_sparse, CloseReason, CoreConfig, IoEvent, ShardCore, LIMITED_LOG_INTERVAL,
+};
 
 /// Index of a shard (one per core), `0..shards`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

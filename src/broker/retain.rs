@@ -12,7 +12,7 @@ use crate::topic;
 /// Retained messages by topic name. Lives on every shard (a replica each).
 #[derive(Debug, Default)]
 pub struct RetainedStore {
-    by_topic: HashMap<Box<str>, Arc<Message>, ahash::RandomState>,
+    by_topic: HashMap<Box<str>, Arc<Message>, crate::hash::FastState>,
 }
 
 impl RetainedStore {

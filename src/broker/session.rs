@@ -123,11 +123,11 @@ pub struct Session {
     pub(crate) client_id: ClientId,
     pub(crate) version: ProtocolVersion,
     /// Subscriptions by full filter (`$share/…` included).
-    pub(crate) subscriptions: HashMap<TopicFilter, Subscription, ahash::RandomState>,
+    pub(crate) subscriptions: HashMap<TopicFilter, Subscription, crate::hash::FastState>,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub(crate) expiry_interval: u32,
     /// The will of the current (or last) connection.
-    pub(crate) will: Option<LastWill>,
+    pub(crate) will: Option<Box<LastWill>>,
     /// The connection this session is attached to.
     pub(crate) conn: Option<ConnId>,
     /// New on every attach and detach, from a counter of the shard (so never
@@ -137,7 +137,7 @@ pub struct Session {
     /// Outbound QoS 1/2 messages sent and not yet fully acknowledged, in
     /// send order (the key is a sequence number).
     inflight: BTreeMap<u64, Inflight>,
-    inflight_by_id: HashMap<PacketId, u64, ahash::RandomState>,
+    inflight_by_id: HashMap<PacketId, u64, crate::hash::FastState>,
     seq: u64,
     /// Messages waiting for a free inflight slot or for the client.
     queue: VecDeque<Delivery>,
@@ -151,7 +151,7 @@ pub struct Session {
     /// Messages in `retained_backlog`.
     retained_backlog_len: usize,
     /// Inbound QoS 2 packet identifiers received and not yet released.
-    incoming_qos2: HashSet<PacketId, ahash::RandomState>,
+    incoming_qos2: HashSet<PacketId, crate::hash::FastState>,
     next_packet_id: PacketId,
     /// Messages dropped for this session (queue full, too large, expired).
     pub(crate) dropped: u64,

@@ -200,7 +200,7 @@ struct Conn {
     /// batch)` = the bytes of `out` from `offset` on wait for `batch`.
     gates: VecDeque<(usize, u64)>,
     woken: bool,
-    aliases_in: HashMap<u16, TopicName, ahash::RandomState>,
+    aliases_in: HashMap<u16, TopicName, crate::hash::FastState>,
     /// Topic aliases towards the client (none until CONNECT allows them).
     aliases_out: OutboundAliases,
     client_receive_max: u16,
@@ -256,24 +256,26 @@ pub struct ShardCore {
     id: ShardId,
     shards: usize,
     config: CoreConfig,
-    conns: HashMap<ConnId, Conn, ahash::RandomState>,
+    /// Boxed, as are sessions: a map's spare buckets then cost a pointer,
+    /// not a whole entry (memory per idle connection).
+    conns: HashMap<ConnId, Box<Conn>, crate::hash::FastState>,
     next_conn: u64,
     next_assigned: u64,
     /// The last session generation given out (see `Session::generation`):
     /// unique on this shard, so a timer of an ended session never fires for
     /// a later session of the same client id. Restored sessions have 1.
     generations: u64,
-    sessions: HashMap<ClientId, Session, ahash::RandomState>,
+    sessions: HashMap<ClientId, Box<Session>, crate::hash::FastState>,
     /// Non-shared subscriptions of local sessions.
     subs: SubscriptionTrie<ClientId, Subscription>,
     /// Shared subscriptions with members on this shard, by full filter.
-    shared: HashMap<TopicFilter, SharedGroup, ahash::RandomState>,
+    shared: HashMap<TopicFilter, SharedGroup, crate::hash::FastState>,
     /// Local subscriber count per full filter (route announcements).
-    local_filters: HashMap<TopicFilter, usize, ahash::RandomState>,
+    local_filters: HashMap<TopicFilter, usize, crate::hash::FastState>,
     /// This shard's copy of the route table: filter → shards.
     routes: SubscriptionTrie<RouteKey, ()>,
     /// Round-robin position per shared filter, for publishes from here.
-    shared_rr: HashMap<TopicFilter, usize, ahash::RandomState>,
+    shared_rr: HashMap<TopicFilter, usize, crate::hash::FastState>,
     retained: RetainedStore,
     outbox: Vec<Vec<ShardMsg>>,
     events: VecDeque<IoEvent>,
@@ -282,10 +284,10 @@ pub struct ShardCore {
     /// On shard 0: latest counters from every shard.
     sys_stats: Vec<ShardStats>,
     started: Instant,
-    scratch: HashMap<ClientId, Agg, ahash::RandomState>,
+    scratch: HashMap<ClientId, Agg, crate::hash::FastState>,
     next_token: u64,
     /// Replies held until every other shard has applied an update.
-    pending: HashMap<u64, Pending, ahash::RandomState>,
+    pending: HashMap<u64, Pending, crate::hash::FastState>,
     /// Durable storage (see [`super::persist`]).
     store: Store,
     /// The fate of the message routed by the current input.
@@ -310,7 +312,7 @@ struct Store {
     /// The next stored message id.
     next_msg_id: u64,
     /// Queue entries referring to each stored message.
-    refs: HashMap<u64, u32, ahash::RandomState>,
+    refs: HashMap<u64, u32, crate::hash::FastState>,
     /// The message stored last, so that one routed to many sessions of
     /// this shard is stored once.
     last: Option<(Arc<Message>, u64)>,
@@ -318,7 +320,7 @@ struct Store {
     /// `(batch, shard, token)`.
     held_acks: VecDeque<(u64, ShardId, ShardMsg)>,
     /// Connections with output held back.
-    gated: HashSet<ConnId, ahash::RandomState>,
+    gated: HashSet<ConnId, crate::hash::FastState>,
     /// `ops.len()` when the current input (packet, shard message, timer)
     /// began: ops past it are this input's own changes.
     mark: usize,
@@ -546,6 +548,22 @@ impl ShardCore {
         s
     }
 
+    /// Gives back the room of maps that once held many more entries than
+    /// now (after a mass disconnect): a map at a quarter of its capacity or
+    /// less shrinks to fit. Called about once a second; O(1) when nothing
+    /// shrinks.
+    pub fn release_memory(&mut self) {
+        shrink_if_sparse(&mut self.conns);
+        shrink_if_sparse(&mut self.sessions);
+        shrink_if_sparse(&mut self.local_filters);
+        if self.timers.len() * 4 < self.timers.capacity() && self.timers.capacity() > 64 {
+            self.timers.shrink_to_fit();
+        }
+        if self.events.len() * 4 < self.events.capacity() && self.events.capacity() > 64 {
+            self.events.shrink_to_fit();
+        }
+    }
+
     /// Counts a limit the I/O layer enforced (connections, connect rate, a
     /// CONNECT that did not arrive in time), for the metrics and `$SYS`.
     pub fn note_limit(&mut self, limit: Limit) {
@@ -554,7 +572,7 @@ impl ShardCore {
 
     /// The session of `client_id`, if it lives here.
     pub fn session(&self, client_id: &str) -> Option<&Session> {
-        self.sessions.get(client_id)
+        self.sessions.get(client_id).map(|s| &**s)
     }
 
     // ------------------------------------------------------------ inputs
@@ -573,7 +591,7 @@ impl ShardCore {
         let id = ConnId(self.next_conn);
         self.conns.insert(
             id,
-            Conn {
+            Box::new(Conn {
                 state: ConnState::AwaitConnect,
                 client_id: None,
                 version: ProtocolVersion::V3_1_1,
@@ -592,7 +610,7 @@ impl ShardCore {
                 alias_max: 0,
                 max_packet: self.config.max_packet_size,
                 identity,
-            },
+            }),
         );
         self.timers.push(Reverse((
             now + self.config.connect_timeout,
@@ -809,7 +827,7 @@ impl ShardCore {
             let mut s = Session::new(cid.clone(), r.session.protocol);
             s.budget = self.config.queue_budget.clone();
             s.expiry_interval = r.session.expiry_interval;
-            s.will = r.session.will;
+            s.will = r.session.will.map(Box::new);
             s.stored = true;
             s.generation = 1;
             let was_connected = r.session.disconnected_at.is_none();
@@ -861,7 +879,7 @@ impl ShardCore {
                     Timer::SessionExpiry(cid.clone(), 1),
                 )));
             }
-            self.sessions.insert(cid.clone(), s);
+            self.sessions.insert(cid.clone(), Box::new(s));
             if was_connected {
                 self.store_session(&cid);
             }
@@ -1173,14 +1191,14 @@ impl ShardCore {
                 .get_mut(&client_id)
                 .and_then(|s| s.will.take())
             {
-                self.publish_will(now, &client_id, will);
+                self.publish_will(now, &client_id, *will);
             }
             self.remove_session(&client_id);
         }
         let session = self.sessions.entry(client_id.clone()).or_insert_with(|| {
             let mut s = Session::new(client_id.clone(), c.protocol);
             s.budget = self.config.queue_budget.clone();
-            s
+            Box::new(s)
         });
         session.version = c.protocol;
         session.conn = Some(conn_id);
@@ -1188,7 +1206,7 @@ impl ShardCore {
         session.generation = self.generations;
         session.expiry_interval = expiry;
         // A reconnect cancels a pending will of the previous connection.
-        session.will = c.will;
+        session.will = c.will.map(Box::new);
         session.disconnected_at = None;
         self.store_session(&client_id);
 
@@ -1757,7 +1775,7 @@ impl ShardCore {
         let will = session.will.take().filter(|_| abnormal);
         if expiry == 0 {
             if let Some(w) = will {
-                self.publish_will(now, cid, w);
+                self.publish_will(now, cid, *w);
             }
             self.remove_session(cid);
             return;
@@ -1768,7 +1786,7 @@ impl ShardCore {
         if let Some(w) = will {
             let delay = w.properties.will_delay_interval.unwrap_or(0).min(expiry);
             if delay == 0 {
-                self.publish_will(now, cid, w);
+                self.publish_will(now, cid, *w);
             } else if let Some(s) = self.sessions.get_mut(cid) {
                 s.will = Some(w);
                 let at = now + Duration::from_secs(u64::from(delay));
@@ -1817,7 +1835,7 @@ impl ShardCore {
             session: SessionImage {
                 protocol: s.version,
                 expiry_interval: s.expiry_interval,
-                will: s.will.clone(),
+                will: s.will.as_deref().cloned(),
                 disconnected_at: s.disconnected_at,
             },
         });
@@ -2618,7 +2636,7 @@ impl ShardCore {
                     _ => None,
                 };
                 if let Some(w) = will {
-                    self.publish_will(now, &cid, w);
+                    self.publish_will(now, &cid, *w);
                     if self.sessions.get(&cid).is_some_and(|s| s.stored) {
                         self.store_session(&cid);
                     }
@@ -2633,7 +2651,7 @@ impl ShardCore {
                 };
                 if let Some(will) = will {
                     if let Some(w) = will {
-                        self.publish_will(now, &cid, w);
+                        self.publish_will(now, &cid, *w);
                     }
                     self.remove_session(&cid);
                 }
@@ -2990,4 +3008,31 @@ fn peek_connect_level(buf: &[u8]) -> Option<u8> {
     }
     let name_len = usize::from(u16::from_be_bytes([*buf.get(i + 1)?, *buf.get(i + 2)?]));
     buf.get(i + 3 + name_len).copied()
+}
+
+/// Shrinks `map` to fit when it holds a quarter of its capacity or less
+/// (and more than a handful of buckets would be freed).
+pub fn shrink_if_sparse<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    map: &mut HashMap<K, V, S>,
+) {
+    if map.capacity() > 64 && map.len() * 4 <= map.capacity() {
+        map.shrink_to_fit();
+    }
+}
+#[cfg(test)]
+#[test]
+fn per_connection_state_stays_small() {
+    // Every idle connection holds one `Conn` and (usually) one `Session`:
+    // what is rare (a will, big maps) is boxed or lazily allocated. A field
+    // added inline shows here (docs/BENCHMARKS.md, memory per connection).
+    assert!(
+        std::mem::size_of::<Conn>() <= 256,
+        "{}",
+        std::mem::size_of::<Conn>()
+    );
+    assert!(
+        std::mem::size_of::<Session>() <= 384,
+        "{}",
+        std::mem::size_of::<Session>()
+    );
 }
