@@ -1088,28 +1088,26 @@ impl SleepableRing {
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
 
-            if self
-                .submit_sqes()
+            // vmqtt patch 3 (PATCHES.md): the link is submitted and the wait
+            // begun in one io_uring_enter (it was two). The kernel submits
+            // before it waits, and returns without waiting when it could not
+            // submit (an error, or nothing submitted: handled as before).
+            let submitted = self
+                .ring
+                .submit_sqes_and_wait(1)
+                .map(|n| n as usize)
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)?
-                != 1
-            {
+                .or_else(Reactor::intr_ok)?;
+            self.in_kernel += submitted;
+            if submitted != 1 {
                 // We failed to submit the `SQE` that links the rings. Just can't sleep.
-                // Waiting here is unsafe because we could end up waiting much longer than
-                // needed.
                 // We make the SQE a no-op and return
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                // The rings were linked and we slept. Good morning!
+                Ok(1)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1238,6 +1236,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// vmqtt patch 3 (PATCHES.md): when the timer in
+    /// `latency_preemption_timeout_src` fires, at the latest.
+    latency_timer_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1369,6 +1370,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_timer_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1830,25 +1832,19 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // vmqtt patch (PATCHES.md): a preempt timer armed by an earlier turn
-        // that has not fired yet is kept while a task queue still runs,
-        // instead of being cancelled and armed again on every turn (two
-        // SQEs and an io_uring_enter per turn). The slice it leaves may be
-        // shorter than the preempt duration, never longer; before a sleep it
-        // is cancelled as before (should_sleep needs no preempt timer).
-        let old_preempt = self.latency_preemption_timeout_src.take();
-        let keep_preempt = preempt_timer().is_some()
-            && old_preempt.as_ref().is_some_and(|s| s.result().is_none());
-        if keep_preempt {
-            self.latency_preemption_timeout_src.set(old_preempt);
+        // vmqtt patches 2 and 3 (PATCHES.md): the latency ring's timer (a
+        // preempt timer or the user timer of a sleep) is not cancelled and
+        // armed again on every turn (an SQE and an io_uring_enter each): one
+        // that has not fired stays armed, and is replaced only where it would
+        // fire later than what is needed now (see `arm_latency_timer`). It
+        // may fire early (the task queue yields sooner, or a sleep wakes once
+        // and goes on), never late.
+        let old_timer = self.latency_preemption_timeout_src.take();
+        if old_timer.as_ref().is_some_and(|s| s.result().is_none()) {
+            self.latency_preemption_timeout_src.set(old_timer);
         } else {
-            // Cancel the old timer regardless of whether we can sleep:
-            // if we won't sleep, we will register the new timer with its new
-            // value.
-            //
-            // But if we will sleep, there might be a timer registered that needs
-            // to be removed otherwise we'll wake up when it expires.
-            drop(old_preempt);
+            drop(old_timer);
+            self.latency_timer_deadline.set(None);
         }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
@@ -1886,9 +1882,9 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                if self.arm_latency_timer(&mut lat_ring, dur) {
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1915,16 +1911,7 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            // A kept timer may have fired since the top of this function (its
-            // completion consumed above): then arm a new one, as before.
-            let current = self.latency_preemption_timeout_src.take();
-            if keep_preempt && current.as_ref().is_some_and(|s| s.result().is_none()) {
-                self.latency_preemption_timeout_src.set(current);
-            } else {
-                drop(current);
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            }
+            self.arm_latency_timer(&mut lat_ring, preempt);
             flush_rings!(lat_ring, main_ring)?;
         }
 
@@ -1936,6 +1923,30 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// vmqtt patch 3: makes sure the latency ring has a timer firing within
+    /// `dur` from now. One armed earlier that has not fired and fires no
+    /// later is kept; otherwise it is cancelled and a new one armed (then
+    /// `true`: the caller flushes the latency ring).
+    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, dur: Duration) -> bool {
+        let now = Instant::now();
+        let current = self.latency_preemption_timeout_src.take();
+        let live = current.as_ref().is_some_and(|s| s.result().is_none());
+        if live
+            && self
+                .latency_timer_deadline
+                .get()
+                .is_some_and(|at| at <= now + dur)
+        {
+            self.latency_preemption_timeout_src.set(current);
+            return false;
+        }
+        drop(current);
+        self.latency_preemption_timeout_src
+            .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+        self.latency_timer_deadline.set(Some(now + dur));
+        true
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
