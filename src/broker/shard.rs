@@ -556,10 +556,10 @@ impl ShardCore {
         shrink_if_sparse(&mut self.conns);
         shrink_if_sparse(&mut self.sessions);
         shrink_if_sparse(&mut self.local_filters);
-        if self.timers.len() * 4 < self.timers.capacity() && self.timers.capacity() > 64 {
+        if is_sparse(self.timers.len(), self.timers.capacity()) {
             self.timers.shrink_to_fit();
         }
-        if self.events.len() * 4 < self.events.capacity() && self.events.capacity() > 64 {
+        if is_sparse(self.events.len(), self.events.capacity()) {
             self.events.shrink_to_fit();
         }
     }
@@ -3015,9 +3015,15 @@ fn peek_connect_level(buf: &[u8]) -> Option<u8> {
 pub fn shrink_if_sparse<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
     map: &mut HashMap<K, V, S>,
 ) {
-    if map.capacity() > 64 && map.len() * 4 <= map.capacity() {
+    if is_sparse(map.len(), map.capacity()) {
         map.shrink_to_fit();
     }
+}
+
+/// A collection at a quarter of its capacity or less, with more than a
+/// handful of slots to give back.
+fn is_sparse(len: usize, capacity: usize) -> bool {
+    capacity > 64 && len * 4 <= capacity
 }
 #[cfg(test)]
 #[test]
