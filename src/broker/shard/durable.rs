@@ -181,7 +181,7 @@ impl ShardCore {
         }
         for (filter, shard) in routes {
             if shard != self.id && shard.get() < self.shards {
-                self.route_add(&filter, shard);
+                self.routes.add_route(&filter, shard);
             }
         }
         for r in sessions {
@@ -196,12 +196,8 @@ impl ShardCore {
             let at = r.session.disconnected_at.unwrap_or(now);
             s.disconnected_at = Some(at);
             for (filter, sub) in r.subscriptions {
-                self.index_subscription(&cid, &filter, sub, false);
-                let n = self.local_filters.entry(filter.clone()).or_insert(0);
-                *n += 1;
-                if *n == 1 {
-                    self.route_add(&filter, self.id);
-                }
+                self.routes.index(&cid, &filter, sub, false);
+                self.routes.count_local(&filter, self.id);
                 s.subscriptions.insert(filter, sub);
             }
             for e in r.queue {

@@ -36,7 +36,7 @@ use connect::peek_connect_level;
 use connection::{outbound_publish, quota_exceeded, Conn, ConnState};
 use durable::Store;
 use publish::Outcome;
-use router::{Agg, Pending, RouteKey, SharedGroup};
+use router::{Agg, Pending, RouteTable, Targets};
 use subscribe::same_authorizer;
 use timers::Timer;
 
@@ -215,16 +215,8 @@ pub struct ShardCore {
     /// a later session of the same client id. Restored sessions have 1.
     generations: u64,
     sessions: HashMap<ClientId, Box<Session>, crate::hash::FastState>,
-    /// Non-shared subscriptions of local sessions.
-    subs: SubscriptionTrie<ClientId, Subscription>,
-    /// Shared subscriptions with members on this shard, by full filter.
-    shared: HashMap<TopicFilter, SharedGroup, crate::hash::FastState>,
-    /// Local subscriber count per full filter (route announcements).
-    local_filters: HashMap<TopicFilter, usize, crate::hash::FastState>,
-    /// This shard's copy of the route table: filter → shards.
-    routes: SubscriptionTrie<RouteKey, ()>,
-    /// Round-robin position per shared filter, for publishes from here.
-    shared_rr: HashMap<TopicFilter, usize, crate::hash::FastState>,
+    /// Local subscriptions and every shard's routes.
+    routes: RouteTable,
     retained: RetainedStore,
     outbox: Vec<Vec<ShardMsg>>,
     events: VecDeque<IoEvent>,
@@ -258,11 +250,7 @@ impl ShardCore {
             next_assigned: 0,
             generations: 1,
             sessions: HashMap::default(),
-            subs: SubscriptionTrie::new(),
-            shared: HashMap::default(),
-            local_filters: HashMap::default(),
-            routes: SubscriptionTrie::new(),
-            shared_rr: HashMap::default(),
+            routes: RouteTable::default(),
             retained: RetainedStore::new(),
             outbox: (0..shards).map(|_| Vec::new()).collect(),
             events: VecDeque::new(),
@@ -324,7 +312,7 @@ impl ShardCore {
     pub fn release_memory(&mut self) {
         shrink_if_sparse(&mut self.conns);
         shrink_if_sparse(&mut self.sessions);
-        shrink_if_sparse(&mut self.local_filters);
+        self.routes.release_memory();
         if is_sparse(self.timers.len(), self.timers.capacity()) {
             self.timers.shrink_to_fit();
         }
@@ -500,7 +488,7 @@ impl ShardCore {
                 from,
                 token,
             } => {
-                self.route_add(&filter, from);
+                self.routes.add_route(&filter, from);
                 self.ack(from, token);
             }
             ShardMsg::Ack {
@@ -508,7 +496,7 @@ impl ShardCore {
                 delivered,
                 refused,
             } => self.handle_ack(now, token, delivered, refused),
-            ShardMsg::RouteRemove { filter, from } => self.route_remove(&filter, from),
+            ShardMsg::RouteRemove { filter, from } => self.routes.remove_route(&filter, from),
             ShardMsg::Stats { from, stats } => {
                 if let Some(slot) = self.sys_stats.get_mut(from.get()) {
                     *slot = *stats;

@@ -288,15 +288,11 @@ impl ShardCore {
         ack: Option<u64>,
     ) -> (bool, usize) {
         let mut acked = 0;
-        let mut shards = [false; 64];
-        let mut wide: Vec<ShardId> = Vec::new();
-        let mut shared: Vec<(TopicFilter, ShardId)> = Vec::new();
-        self.routes
-            .for_each_match(&msg.topic, |key, _| match &key.shared {
-                None if key.shard.get() < 64 => shards[key.shard.get()] = true,
-                None => wide.push(key.shard),
-                Some(f) => shared.push((f.clone(), key.shard)),
-            });
+        let Targets {
+            shards,
+            wide,
+            shared,
+        } = self.routes.targets(&msg.topic);
         let mut matched = !shared.is_empty() || !wide.is_empty();
         let targets = (0..self.shards.min(64))
             .filter(|&s| shards[s])
@@ -321,30 +317,17 @@ impl ShardCore {
                 self.stats.forwarded += 1;
             }
         }
-        if !shared.is_empty() {
-            shared.sort();
-            let mut i = 0;
-            while i < shared.len() {
-                let j = i + shared[i..]
-                    .iter()
-                    .take_while(|(f, _)| *f == shared[i].0)
-                    .count();
-                let filter = shared[i].0.clone();
-                let rr = self.shared_rr.entry(filter.clone()).or_insert(0);
-                let target = shared[i + *rr % (j - i)].1;
-                *rr = rr.wrapping_add(1);
-                if target == self.id {
-                    self.deliver_shared(now, &filter, &msg);
-                } else if let Some(q) = self.outbox.get_mut(target.get()) {
-                    acked += usize::from(ack.is_some());
-                    q.push(ShardMsg::SharedPublish {
-                        filter,
-                        msg: msg.clone(),
-                        ack: ack.map(|t| (self.id, t)),
-                    });
-                    self.stats.forwarded += 1;
-                }
-                i = j;
+        for (filter, target) in shared {
+            if target == self.id {
+                self.deliver_shared(now, &filter, &msg);
+            } else if let Some(q) = self.outbox.get_mut(target.get()) {
+                acked += usize::from(ack.is_some());
+                q.push(ShardMsg::SharedPublish {
+                    filter,
+                    msg: msg.clone(),
+                    ack: ack.map(|t| (self.id, t)),
+                });
+                self.stats.forwarded += 1;
             }
         }
         (matched, acked)
@@ -355,7 +338,7 @@ impl ShardCore {
     /// the highest QoS and every subscription identifier, v5 §3.3.4).
     pub(super) fn deliver_local(&mut self, now: Instant, msg: &Arc<Message>) {
         let mut scratch = std::mem::take(&mut self.scratch);
-        self.subs.for_each_match(&msg.topic, |cid, sub| {
+        self.routes.for_each_local(&msg.topic, |cid, sub| {
             if sub.options.no_local && msg.origin.as_ref() == Some(cid) {
                 return;
             }
@@ -390,7 +373,7 @@ impl ShardCore {
         filter: &TopicFilter,
         msg: &Arc<Message>,
     ) {
-        let Some(group) = self.shared.get_mut(filter) else {
+        let Some(group) = self.routes.group_mut(filter) else {
             return;
         };
         let n = group.members.len();

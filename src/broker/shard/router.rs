@@ -1,7 +1,180 @@
-//! The route table's local side (filter → shards, shared groups) and the
-//! acknowledgements of updates other shards apply.
+//! [`RouteTable`]: where a message published on this shard goes (local
+//! subscriptions, shared groups, other shards' routes), and the
+//! acknowledgements of route updates other shards apply.
 
 use super::*;
+
+/// The routes one shard knows: its local sessions' subscriptions (plain
+/// ones in a trie, shared ones as groups of members by full filter), how
+/// many local subscribers each filter has (announced to the other shards
+/// on 0 ↔ 1), and its copy of every shard's routes (filter → shards).
+///
+/// Lives on every shard, each with its own copy; kept in step by
+/// `ShardMsg::RouteAdd`/`RouteRemove`. The seam where other nodes' routes
+/// will plug in.
+#[derive(Debug, Default)]
+pub(super) struct RouteTable {
+    /// Non-shared subscriptions of local sessions.
+    subs: SubscriptionTrie<ClientId, Subscription>,
+    /// Shared subscriptions with members on this shard, by full filter.
+    shared: HashMap<TopicFilter, SharedGroup, crate::hash::FastState>,
+    /// Local subscriber count per full filter (route announcements).
+    local_filters: HashMap<TopicFilter, usize, crate::hash::FastState>,
+    /// This shard's copy of the route table: filter → shards.
+    routes: SubscriptionTrie<RouteKey, ()>,
+    /// Round-robin position per shared filter, for publishes from here.
+    shared_rr: HashMap<TopicFilter, usize, crate::hash::FastState>,
+}
+
+/// Where one message goes, as [`RouteTable::targets`] found it.
+#[derive(Debug)]
+pub(super) struct Targets {
+    /// Shards below 64 with a plain subscriber (by index).
+    pub(super) shards: [bool; 64],
+    /// Shards from 64 on with a plain subscriber.
+    pub(super) wide: Vec<ShardId>,
+    /// One pick per shared filter: the filter and the shard whose turn it is.
+    pub(super) shared: Vec<(TopicFilter, ShardId)>,
+}
+
+impl RouteTable {
+    /// Counts a local subscriber of `filter`; `true` for the first one
+    /// (the route to this shard appears then).
+    pub(super) fn count_local(&mut self, filter: &TopicFilter, here: ShardId) -> bool {
+        let n = self.local_filters.entry(filter.clone()).or_insert(0);
+        *n += 1;
+        if *n != 1 {
+            return false;
+        }
+        self.add_route(filter, here);
+        true
+    }
+
+    /// One local subscriber of `filter` less; `true` when it was the last
+    /// (the route to this shard is gone then).
+    pub(super) fn uncount_local(&mut self, filter: &TopicFilter, here: ShardId) -> bool {
+        let Some(n) = self.local_filters.get_mut(filter) else {
+            return false;
+        };
+        *n -= 1;
+        if *n != 0 {
+            return false;
+        }
+        self.local_filters.remove(filter);
+        self.remove_route(filter, here);
+        true
+    }
+
+    /// Shard `from` has subscribers of `filter`.
+    pub(super) fn add_route(&mut self, filter: &TopicFilter, from: ShardId) {
+        let key = RouteKey {
+            shard: from,
+            shared: filter.is_shared().then(|| filter.clone()),
+        };
+        self.routes.insert(filter.matching_filter(), key, ());
+    }
+
+    /// Shard `from` has no subscriber of `filter` any more.
+    pub(super) fn remove_route(&mut self, filter: &TopicFilter, from: ShardId) {
+        let key = RouteKey {
+            shard: from,
+            shared: filter.is_shared().then(|| filter.clone()),
+        };
+        self.routes.remove(filter.matching_filter(), &key);
+        if filter.is_shared() && self.routes.subscriber_count(filter.matching_filter()) == 0 {
+            self.shared_rr.remove(filter);
+        }
+    }
+
+    /// Makes a subscription of `cid` findable when routing: the trie for a
+    /// plain filter, the group's members for a shared one (`existed`: the
+    /// session already had it, so it is a member already).
+    pub(super) fn index(
+        &mut self,
+        cid: &ClientId,
+        filter: &TopicFilter,
+        sub: Subscription,
+        existed: bool,
+    ) {
+        if filter.is_shared() {
+            if !existed {
+                self.shared
+                    .entry(filter.clone())
+                    .or_default()
+                    .members
+                    .push(cid.clone());
+            }
+        } else {
+            self.subs.insert(filter.matching_filter(), cid.clone(), sub);
+        }
+    }
+
+    /// The opposite of [`RouteTable::index`].
+    pub(super) fn unindex(&mut self, cid: &ClientId, filter: &TopicFilter) {
+        if filter.is_shared() {
+            if let Some(g) = self.shared.get_mut(filter) {
+                g.members.retain(|m| m != cid);
+                if g.members.is_empty() {
+                    self.shared.remove(filter);
+                }
+            }
+        } else {
+            self.subs.remove(filter.matching_filter(), cid);
+        }
+    }
+
+    /// The shards a message on `topic` goes to, with this shard's
+    /// round-robin pick for each shared filter (which advances).
+    pub(super) fn targets(&mut self, topic: &TopicName) -> Targets {
+        let mut t = Targets {
+            shards: [false; 64],
+            wide: Vec::new(),
+            shared: Vec::new(),
+        };
+        let mut shared: Vec<(TopicFilter, ShardId)> = Vec::new();
+        self.routes
+            .for_each_match(topic, |key, _| match &key.shared {
+                None if key.shard.get() < 64 => t.shards[key.shard.get()] = true,
+                None => t.wide.push(key.shard),
+                Some(f) => shared.push((f.clone(), key.shard)),
+            });
+        if !shared.is_empty() {
+            shared.sort();
+            let mut i = 0;
+            while i < shared.len() {
+                let j = i + shared[i..]
+                    .iter()
+                    .take_while(|(f, _)| *f == shared[i].0)
+                    .count();
+                let rr = self.shared_rr.entry(shared[i].0.clone()).or_insert(0);
+                let target = shared[i + *rr % (j - i)].1;
+                *rr = rr.wrapping_add(1);
+                t.shared.push((shared[i].0.clone(), target));
+                i = j;
+            }
+        }
+        t
+    }
+
+    /// Calls `f` with every local plain subscription matching `topic`.
+    pub(super) fn for_each_local(
+        &self,
+        topic: &TopicName,
+        f: impl FnMut(&ClientId, &Subscription),
+    ) {
+        self.subs.for_each_match(topic, f);
+    }
+
+    /// The local members of shared filter `filter`.
+    pub(super) fn group_mut(&mut self, filter: &TopicFilter) -> Option<&mut SharedGroup> {
+        self.shared.get_mut(filter)
+    }
+
+    /// Gives back the room of maps that once held many more entries.
+    pub(super) fn release_memory(&mut self) {
+        shrink_if_sparse(&mut self.local_filters);
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct RouteKey {
@@ -49,12 +222,9 @@ impl ShardCore {
     /// Counts a local subscriber of `filter`; the first one is announced to
     /// every shard (returns `true` then).
     pub(super) fn add_local_filter(&mut self, filter: &TopicFilter, token: Option<u64>) -> bool {
-        let n = self.local_filters.entry(filter.clone()).or_insert(0);
-        *n += 1;
-        if *n != 1 {
+        if !self.routes.count_local(filter, self.id) {
             return false;
         }
-        self.route_add(filter, self.id);
         for s in 0..self.shards {
             if s != self.id.get() {
                 let from = self.id;
@@ -127,13 +297,7 @@ impl ShardCore {
     }
 
     pub(super) fn remove_local_filter(&mut self, filter: &TopicFilter) {
-        let Some(n) = self.local_filters.get_mut(filter) else {
-            return;
-        };
-        *n -= 1;
-        if *n == 0 {
-            self.local_filters.remove(filter);
-            self.route_remove(filter, self.id);
+        if self.routes.uncount_local(filter, self.id) {
             for s in 0..self.shards {
                 if s != self.id.get() {
                     let msg = ShardMsg::RouteRemove {
@@ -143,25 +307,6 @@ impl ShardCore {
                     self.outbox[s].push(msg);
                 }
             }
-        }
-    }
-
-    pub(super) fn route_add(&mut self, filter: &TopicFilter, from: ShardId) {
-        let key = RouteKey {
-            shard: from,
-            shared: filter.is_shared().then(|| filter.clone()),
-        };
-        self.routes.insert(filter.matching_filter(), key, ());
-    }
-
-    pub(super) fn route_remove(&mut self, filter: &TopicFilter, from: ShardId) {
-        let key = RouteKey {
-            shard: from,
-            shared: filter.is_shared().then(|| filter.clone()),
-        };
-        self.routes.remove(filter.matching_filter(), &key);
-        if filter.is_shared() && self.routes.subscriber_count(filter.matching_filter()) == 0 {
-            self.shared_rr.remove(filter);
         }
     }
 }

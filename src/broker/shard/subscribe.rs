@@ -69,7 +69,7 @@ impl ShardCore {
                     sub: entry,
                 });
             }
-            self.index_subscription(cid, &filter, entry, existed);
+            self.routes.index(cid, &filter, entry, existed);
             if !filter.is_shared() {
                 let send = match options.retain_handling {
                     RetainHandling::SendAtSubscribe => true,
@@ -112,29 +112,6 @@ impl ShardCore {
             self.send(conn_id, p);
         }
         self.send_retained(now, cid, retained_for);
-    }
-
-    /// Makes a subscription of `cid` findable when routing: the trie for a
-    /// plain filter, the group's members for a shared one (`existed`: the
-    /// session already had it, so it is a member already).
-    pub(super) fn index_subscription(
-        &mut self,
-        cid: &ClientId,
-        filter: &TopicFilter,
-        sub: Subscription,
-        existed: bool,
-    ) {
-        if filter.is_shared() {
-            if !existed {
-                self.shared
-                    .entry(filter.clone())
-                    .or_default()
-                    .members
-                    .push(cid.clone());
-            }
-        } else {
-            self.subs.insert(filter.matching_filter(), cid.clone(), sub);
-        }
     }
 
     /// Sends the retained messages matching new subscriptions
@@ -210,16 +187,7 @@ impl ShardCore {
         if session.subscriptions.remove(filter).is_none() {
             return false;
         }
-        if filter.is_shared() {
-            if let Some(g) = self.shared.get_mut(filter) {
-                g.members.retain(|m| m != cid);
-                if g.members.is_empty() {
-                    self.shared.remove(filter);
-                }
-            }
-        } else {
-            self.subs.remove(filter.matching_filter(), cid);
-        }
+        self.routes.unindex(cid, filter);
         self.remove_local_filter(filter);
         true
     }
