@@ -6,7 +6,9 @@
 //!
 //! Lives on the home shard of its client identifier, and only there.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use super::{ConnId, Limit, Message, QueueBudget};
@@ -117,6 +119,35 @@ struct RetainedBatch {
     messages: VecDeque<Arc<Message>>,
 }
 
+/// A shard's totals of in-flight and queued messages over all its
+/// sessions, kept as they change so that `ShardCore::stats` is O(1), not
+/// O(sessions). Shared by the sessions of one shard (one core: `Rc`, `Cell`).
+#[derive(Debug, Default)]
+pub(crate) struct Gauges {
+    inflight: Cell<u64>,
+    queued: Cell<u64>,
+}
+
+impl Gauges {
+    /// Messages in flight over the sessions sharing this.
+    pub(crate) fn inflight(&self) -> u64 {
+        self.inflight.get()
+    }
+
+    /// Messages queued over the sessions sharing this.
+    pub(crate) fn queued(&self) -> u64 {
+        self.queued.get()
+    }
+
+    fn add(cell: &Cell<u64>, n: usize) {
+        cell.set(cell.get() + n as u64);
+    }
+
+    fn sub(cell: &Cell<u64>, n: usize) {
+        cell.set(cell.get().saturating_sub(n as u64));
+    }
+}
+
 /// The session of one client identifier.
 #[derive(Debug)]
 pub struct Session {
@@ -165,6 +196,8 @@ pub struct Session {
     pub(crate) store_seq: u64,
     /// When the client went away; `None` while connected.
     pub(crate) disconnected_at: Option<std::time::Instant>,
+    /// The shard's totals `inflight` and `queue` count into.
+    gauges: Rc<Gauges>,
 }
 
 impl Session {
@@ -194,7 +227,19 @@ impl Session {
             stored: false,
             store_seq: 1,
             disconnected_at: None,
+            gauges: Rc::default(),
         }
+    }
+
+    /// Counts this session's in-flight and queued messages in `gauges` (the
+    /// shard's) from now on, instead of its own.
+    pub(crate) fn share_gauges(&mut self, gauges: Rc<Gauges>) {
+        let (inflight, queued) = (self.inflight.len(), self.queue.len());
+        Gauges::sub(&self.gauges.inflight, inflight);
+        Gauges::sub(&self.gauges.queued, queued);
+        Gauges::add(&gauges.inflight, inflight);
+        Gauges::add(&gauges.queued, queued);
+        self.gauges = gauges;
     }
 
     /// The client identifier.
@@ -232,6 +277,7 @@ impl Session {
             };
         }
         self.queue.push_back(d);
+        Gauges::add(&self.gauges.queued, 1);
         Ok(())
     }
 
@@ -327,6 +373,7 @@ impl Session {
     pub(crate) fn push_stored(&mut self, d: Delivery) {
         self.queued_bytes += queue_cost(&d.msg);
         self.queue.push_back(d);
+        Gauges::add(&self.gauges.queued, 1);
     }
 
     /// Bytes ([`queue_cost`]) of the stored deliveries queued.
@@ -367,6 +414,7 @@ impl Session {
                 taken.push(d);
             }
         }
+        Gauges::sub(&self.gauges.queued, taken.len());
         if !taken.is_empty() {
             // The stored ones taken give their bytes back to the budget.
             self.recount_queued_bytes();
@@ -420,6 +468,7 @@ impl Session {
             }
         }
         self.queue.push_back(delivery);
+        Gauges::add(&self.gauges.queued, 1);
     }
 
     /// Recovery: an inbound QoS 2 packet id awaiting PUBREL.
@@ -437,12 +486,14 @@ impl Session {
     /// A QoS 0 delivery at the front needs no slot and gets no packet id.
     pub(crate) fn start_next(&mut self, window: usize) -> Option<(Option<PacketId>, Delivery)> {
         if self.queue.front()?.qos == QoS::AtMostOnce {
+            Gauges::sub(&self.gauges.queued, 1);
             return self.queue.pop_front().map(|d| (None, d));
         }
         if self.inflight.len() >= window {
             return None;
         }
         let d = self.queue.pop_front()?;
+        Gauges::sub(&self.gauges.queued, 1);
         if d.store.is_some() {
             let cost = queue_cost(&d.msg);
             self.queued_bytes = self.queued_bytes.saturating_sub(cost);
@@ -464,7 +515,7 @@ impl Session {
     fn push_inflight(&mut self, packet_id: PacketId, delivery: Delivery, stage: Stage) {
         self.seq += 1;
         self.inflight_by_id.insert(packet_id, self.seq);
-        self.inflight.insert(
+        let replaced = self.inflight.insert(
             self.seq,
             Inflight {
                 packet_id,
@@ -472,13 +523,18 @@ impl Session {
                 stage,
             },
         );
+        if replaced.is_none() {
+            Gauges::add(&self.gauges.inflight, 1);
+        }
     }
 
     /// Puts back a delivery that could not be sent after [`Session::start_next`]
     /// (e.g. too large for the client): forgets its packet identifier.
     pub(crate) fn abandon(&mut self, packet_id: PacketId) {
         if let Some(seq) = self.inflight_by_id.remove(&packet_id) {
-            self.inflight.remove(&seq);
+            if self.inflight.remove(&seq).is_some() {
+                Gauges::sub(&self.gauges.inflight, 1);
+            }
         }
     }
 
@@ -541,7 +597,9 @@ impl Session {
             return None;
         }
         self.inflight_by_id.remove(&packet_id);
-        self.inflight.remove(&seq).map(|f| f.delivery)
+        let f = self.inflight.remove(&seq)?;
+        Gauges::sub(&self.gauges.inflight, 1);
+        Some(f.delivery)
     }
 
     /// The in-flight messages in send order, for resending on reconnect
@@ -575,6 +633,8 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        Gauges::sub(&self.gauges.inflight, self.inflight.len());
+        Gauges::sub(&self.gauges.queued, self.queue.len());
         if let Some(b) = &self.budget {
             b.give(self.queued_bytes);
         }

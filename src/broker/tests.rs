@@ -142,6 +142,15 @@ impl Cluster {
                 }
             }
             if !progress {
+                // Every test checks the kept gauges against a recount.
+                for core in &self.cores {
+                    let s = core.stats();
+                    assert_eq!(
+                        (s.connections, s.subscriptions, s.inflight, s.queued),
+                        core.recounted_gauges(),
+                        "stats() gauges (connections, subscriptions, inflight, queued)"
+                    );
+                }
                 return;
             }
         }

@@ -75,6 +75,7 @@ impl ShardCore {
         let session = self.sessions.entry(client_id.clone()).or_insert_with(|| {
             let mut s = Session::new(client_id.clone(), c.protocol);
             s.budget = self.config.queue_budget.clone();
+            s.share_gauges(self.gauges.clone());
             Box::new(s)
         });
         session.version = c.protocol;
@@ -90,7 +91,7 @@ impl ShardCore {
         let Some(conn) = self.conns.get_mut(&conn_id) else {
             return;
         };
-        conn.state = ConnState::Connected;
+        conn.set_state(ConnState::Connected, &mut self.stats.connections);
         conn.client_id = Some(client_id.clone());
         conn.version = c.protocol;
         conn.keep_alive = Duration::from_secs(u64::from(keep_alive));
@@ -205,7 +206,7 @@ impl ShardCore {
         }
         let with_will = d.reason == ReasonCode::DISCONNECT_WITH_WILL;
         conn.client_id = None;
-        conn.state = ConnState::Closing;
+        conn.set_state(ConnState::Closing, &mut self.stats.connections);
         self.events
             .push_back(IoEvent::Close(conn_id, CloseReason::ClientDisconnect));
         self.detach(now, cid, conn_id, with_will);

@@ -42,6 +42,23 @@ pub(super) struct Conn {
     pub(super) identity: Identity,
 }
 
+impl Conn {
+    /// Moves to `state`, keeping `connected` (the shard's gauge of
+    /// connections in `ConnState::Connected`) in step.
+    pub(super) fn set_state(&mut self, state: ConnState, connected: &mut u64) {
+        let (was, is) = (
+            self.state == ConnState::Connected,
+            state == ConnState::Connected,
+        );
+        if is && !was {
+            *connected += 1;
+        } else if was && !is {
+            *connected = connected.saturating_sub(1);
+        }
+        self.state = state;
+    }
+}
+
 /// A PUBACK or PUBREC like `packet`, with reason 0x97 (quota exceeded).
 pub(super) fn quota_exceeded(packet: &Packet) -> Packet {
     let rc = ReasonCode::QUOTA_EXCEEDED;
@@ -327,7 +344,7 @@ impl ShardCore {
         }
         let connected = conn.state == ConnState::Connected;
         let v5 = conn.version.is_v5();
-        conn.state = ConnState::Closing;
+        conn.set_state(ConnState::Closing, &mut self.stats.connections);
         let rc = match reason {
             CloseReason::ProtocolError(rc) => Some(rc),
             CloseReason::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),

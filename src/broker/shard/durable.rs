@@ -187,6 +187,7 @@ impl ShardCore {
         for r in sessions {
             let cid = r.client_id;
             let mut s = Session::new(cid.clone(), r.session.protocol);
+            s.share_gauges(self.gauges.clone());
             s.budget = self.config.queue_budget.clone();
             s.expiry_interval = r.session.expiry_interval;
             s.will = r.session.will.map(Box::new);
@@ -198,7 +199,9 @@ impl ShardCore {
             for (filter, sub) in r.subscriptions {
                 self.routes.index(&cid, &filter, sub, false);
                 self.routes.count_local(&filter, self.id);
-                s.subscriptions.insert(filter, sub);
+                if s.subscriptions.insert(filter, sub).is_none() {
+                    self.stats.subscriptions += 1;
+                }
             }
             for e in r.queue {
                 s.store_seq = s.store_seq.max(e.seq + 1);

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::alias::{AliasPlan, OutboundAliases};
 use super::persist::{OutState, QueueImage, Restored, SessionImage, StoreOp};
-use super::session::{Delivery, Dropped, Rec, Stage, StoreRef, StoredBounds, Subscription};
+use super::session::{Delivery, Dropped, Gauges, Rec, Stage, StoreRef, StoredBounds, Subscription};
 use super::{
     home_shard, Authorizer, ConnId, Identity, Limit, Message, QueueBudget, RetainedStore, Session,
     ShardId, ShardMsg, ShardStats,
@@ -221,7 +221,11 @@ pub struct ShardCore {
     outbox: Vec<Vec<ShardMsg>>,
     events: VecDeque<IoEvent>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Counters, and the gauges `connections` and `subscriptions`, kept as
+    /// things change (see [`ShardCore::stats`]).
     stats: ShardStats,
+    /// In-flight and queued messages over the sessions, which count into it.
+    gauges: std::rc::Rc<Gauges>,
     /// On shard 0: latest counters from every shard.
     sys_stats: Vec<ShardStats>,
     started: Instant,
@@ -256,6 +260,7 @@ impl ShardCore {
             events: VecDeque::new(),
             timers: BinaryHeap::new(),
             stats: ShardStats::default(),
+            gauges: std::rc::Rc::default(),
             sys_stats: vec![ShardStats::default(); shards],
             started: now,
             scratch: HashMap::default(),
@@ -418,9 +423,10 @@ impl ShardCore {
     /// The socket closed (EOF, error, or after an [`IoEvent::Close`]).
     pub fn handle_closed(&mut self, now: Instant, conn_id: ConnId) {
         self.store.begin_input();
-        let Some(conn) = self.conns.remove(&conn_id) else {
+        let Some(mut conn) = self.conns.remove(&conn_id) else {
             return;
         };
+        conn.set_state(ConnState::Closing, &mut self.stats.connections);
         if let Some(cid) = conn.client_id {
             // Closed without a DISCONNECT from the client: abnormal.
             self.detach(now, &cid, conn_id, true);
@@ -441,7 +447,7 @@ impl ShardCore {
                 continue;
             }
             let notify = conn.state == ConnState::Connected && conn.version.is_v5();
-            conn.state = ConnState::Closing;
+            conn.set_state(ConnState::Closing, &mut self.stats.connections);
             let cid = conn.client_id.take();
             if notify {
                 let d = Disconnect::new(ReasonCode::SERVER_SHUTTING_DOWN);

@@ -4,25 +4,37 @@
 use super::*;
 
 impl ShardCore {
-    /// Current counters.
-    /// Gauges are computed by walking the connections and sessions, so call
-    /// this about once a second, not per packet.
+    /// Current counters and gauges: O(1), every gauge is kept as it
+    /// changes (connections as they enter and leave
+    /// `ConnState::Connected`, subscriptions as sessions gain and lose
+    /// them, in-flight and queued messages in the sessions' shared
+    /// [`Gauges`]).
     pub fn stats(&self) -> ShardStats {
         let mut s = self.stats;
-        (s.subscriptions, s.inflight, s.queued) = (0, 0, 0);
-        s.connections = self
+        s.sessions = self.sessions.len() as u64;
+        s.inflight = self.gauges.inflight();
+        s.queued = self.gauges.queued();
+        s.retained = self.retained.len() as u64;
+        s
+    }
+
+    /// The gauges `(connections, subscriptions, inflight, queued)` counted
+    /// by walking every connection and session: what [`ShardCore::stats`]
+    /// must report (tests).
+    #[cfg(test)]
+    pub(crate) fn recounted_gauges(&self) -> (u64, u64, u64, u64) {
+        let connections = self
             .conns
             .values()
             .filter(|c| c.state == ConnState::Connected)
             .count() as u64;
-        s.sessions = self.sessions.len() as u64;
+        let (mut subscriptions, mut inflight, mut queued) = (0, 0, 0);
         for session in self.sessions.values() {
-            s.subscriptions += session.subscriptions.len() as u64;
-            s.inflight += session.inflight_len() as u64;
-            s.queued += session.queued_len() as u64;
+            subscriptions += session.subscriptions.len() as u64;
+            inflight += session.inflight_len() as u64;
+            queued += session.queued_len() as u64;
         }
-        s.retained = self.retained.len() as u64;
-        s
+        (connections, subscriptions, inflight, queued)
     }
 
     /// Shard 0 publishes the `$SYS` topics, retained, from every shard's

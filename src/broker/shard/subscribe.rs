@@ -62,6 +62,9 @@ impl ShardCore {
                 .subscriptions
                 .insert(filter.clone(), entry)
                 .is_some();
+            if !existed {
+                self.stats.subscriptions += 1;
+            }
             if session.stored {
                 self.store.ops.push(StoreOp::PutSubscription {
                     client_id: cid.clone(),
@@ -187,6 +190,7 @@ impl ShardCore {
         if session.subscriptions.remove(filter).is_none() {
             return false;
         }
+        self.stats.subscriptions -= 1;
         self.routes.unindex(cid, filter);
         self.remove_local_filter(filter);
         true
