@@ -46,6 +46,32 @@ impl fmt::Display for PacketId {
     }
 }
 
+/// Identifier of a stored message, unique within its shard's column family
+/// and allocated in increasing order by the shard that stores it (the core
+/// allocates it, the storage keys the message by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct MessageId(pub u64);
+
+impl MessageId {
+    /// The identifier after this one.
+    pub const fn next(self) -> Self {
+        Self(self.0.wrapping_add(1))
+    }
+}
+
+/// Number of a shard's storage batch (`ShardCore::poll_store`), from 1 and
+/// increasing; output that depends on a batch waits until the runtime
+/// reports it written (`ShardCore::handle_stored`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BatchId(pub u64);
+
+impl BatchId {
+    /// The batch after this one.
+    pub const fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+}
+
 /// An MQTT client identifier, as sent in CONNECT or assigned by the server.
 ///
 /// Hashes and borrows as `str`, so maps keyed by it can be searched with a

@@ -25,4 +25,4 @@ pub mod topic;
 pub mod trie;
 
 pub use bytestr::ByteStr;
-pub use ids::{ClientId, PacketId};
+pub use ids::{BatchId, ClientId, MessageId, PacketId};

@@ -164,7 +164,7 @@ fn instant_of(at_ms: u64, now: Instant, now_ms: u64) -> Instant {
 /// One shard's stored state in the core's terms.
 fn restore_shard(st: ShardState, now: Instant, now_ms: u64) -> Restored {
     let mut messages: HashMap<MessageId, Arc<Message>> = HashMap::new();
-    let next_message_id = st.next_message_id().0;
+    let next_message_id = st.next_message_id();
     let mut sessions = Vec::with_capacity(st.clients.len());
     for (client_id, c) in st.clients {
         let queue = c
@@ -177,7 +177,7 @@ fn restore_shard(st: ShardState, now: Instant, now_ms: u64) -> Restored {
                     .clone();
                 RestoredEntry {
                     seq,
-                    message_id: q.entry.message.0,
+                    message_id: q.entry.message,
                     msg,
                     qos: q.entry.qos,
                     retain: q.entry.retain,
@@ -262,10 +262,10 @@ pub fn to_write_batch(ops: Vec<StoreOp>, now: Instant, now_ms: u64) -> WriteBatc
                 b.delete_subscription(client_id, filter);
             }
             StoreOp::PutMessage { id, msg } => {
-                b.put_message(MessageId(id), stored(&msg));
+                b.put_message(id, stored(&msg));
             }
             StoreOp::DeleteMessage(id) => {
-                b.delete_message(MessageId(id));
+                b.delete_message(id);
             }
             StoreOp::PutQueueEntry {
                 client_id,
@@ -302,7 +302,7 @@ pub fn to_write_batch(ops: Vec<StoreOp>, now: Instant, now_ms: u64) -> WriteBatc
 
 fn queue_entry(e: QueueImage) -> QueueEntry {
     QueueEntry {
-        message: MessageId(e.message),
+        message: e.message,
         qos: e.qos,
         retain: e.retain,
         subscription_ids: e.sub_ids,

@@ -24,7 +24,7 @@ use super::session::Subscription;
 use super::{Message, ShardId};
 use crate::codec::{LastWill, ProtocolVersion, QoS};
 use crate::topic::{TopicFilter, TopicName};
-use crate::{ClientId, PacketId};
+use crate::{ClientId, MessageId, PacketId};
 
 /// Where an outbound QoS 1/2 message is in its flow to one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,7 +58,7 @@ pub struct SessionImage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueImage {
     /// The shard's id of the stored message.
-    pub message: u64,
+    pub message: MessageId,
     /// QoS of this delivery.
     pub qos: QoS,
     /// RETAIN flag to send.
@@ -102,12 +102,12 @@ pub enum StoreOp {
     /// to it).
     PutMessage {
         /// The shard's id for it.
-        id: u64,
+        id: MessageId,
         /// The message.
         msg: Arc<Message>,
     },
     /// Delete a message no queue entry refers to any more.
-    DeleteMessage(u64),
+    DeleteMessage(MessageId),
     /// Create or update a queue entry.
     PutQueueEntry {
         /// The client.
@@ -150,7 +150,7 @@ pub struct RestoredEntry {
     /// Its position in the client's queue.
     pub seq: u64,
     /// The shard's id of the stored message.
-    pub message_id: u64,
+    pub message_id: MessageId,
     /// The message (one `Arc` per stored message).
     pub msg: Arc<Message>,
     /// QoS of this delivery.
@@ -191,7 +191,7 @@ pub struct Restored {
     /// it, so routes exist before the first publish.
     pub routes: Vec<(TopicFilter, ShardId)>,
     /// The first message id this shard may use.
-    pub next_message_id: u64,
+    pub next_message_id: MessageId,
     /// Wills of sessions of this shard that expired while the broker was
     /// down: published at start.
     pub expired_wills: Vec<(ClientId, LastWill)>,

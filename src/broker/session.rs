@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::{ConnId, Limit, Message, QueueBudget};
 use crate::codec::{LastWill, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::topic::TopicFilter;
-use crate::{ClientId, PacketId};
+use crate::{ClientId, MessageId, PacketId};
 
 /// One subscription of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub(crate) struct Delivery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StoreRef {
     /// The shard's id of the stored message.
-    pub(crate) msg_id: u64,
+    pub(crate) msg_id: MessageId,
     /// The queue entry's position in the session's queue.
     pub(crate) seq: u64,
 }

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use super::*;
 use crate::codec::*;
 use crate::topic::{TopicFilter, TopicName};
-use crate::{ByteStr, PacketId};
+use crate::{ByteStr, MessageId, PacketId};
 
 struct Cluster {
     cores: Vec<ShardCore>,
@@ -19,7 +19,7 @@ struct Cluster {
     inbox: HashMap<(usize, ConnId), BytesMut>,
     closed: HashSet<(usize, ConnId)>,
     /// Storage batches taken from each shard, in order.
-    batches: Vec<Vec<(u64, Vec<persist::StoreOp>)>>,
+    batches: Vec<Vec<(crate::BatchId, Vec<persist::StoreOp>)>>,
     /// Leave storage batches unwritten until [`Cluster::write_store`].
     hold_store: bool,
 }
@@ -1596,7 +1596,7 @@ fn restored_session_resends_in_flight_with_same_ids_then_its_queue() {
     let m3 = message("t", b"three", QoS::AtLeastOnce);
     let entry = |seq, id: u64, msg: &Arc<Message>, state| RestoredEntry {
         seq,
-        message_id: id,
+        message_id: MessageId(id),
         msg: msg.clone(),
         qos: msg.qos,
         retain: false,
@@ -1628,7 +1628,7 @@ fn restored_session_resends_in_flight_with_same_ids_then_its_queue() {
         }],
         retained: vec![],
         routes: vec![],
-        next_message_id: 13,
+        next_message_id: MessageId(13),
         expired_wills: vec![],
     };
     cl.cores[0].restore(now, restored);
@@ -1664,10 +1664,13 @@ fn restored_session_resends_in_flight_with_same_ids_then_its_queue() {
     // The live subscription routes new messages; new message ids follow the restored ones.
     let p = cl.connect(V3_1_1, "p2");
     cl.publish(&p, "t", b"four", QoS::AtLeastOnce, 1);
-    assert!(cl
-        .store_ops(0)
-        .iter()
-        .any(|o| matches!(o, StoreOp::PutMessage { id: 13, .. })));
+    assert!(cl.store_ops(0).iter().any(|o| matches!(
+        o,
+        StoreOp::PutMessage {
+            id: MessageId(13),
+            ..
+        }
+    )));
 }
 
 #[test]

@@ -14,17 +14,9 @@ use vmqtt::codec::{LastWill, ProtocolVersion, PublishProperties, QoS, Subscripti
 use vmqtt::topic::{TopicFilter, TopicName};
 use vmqtt::{ClientId, PacketId};
 
-/// Identifier of a stored message, unique within its shard's column family
-/// and allocated in increasing order by the shard that stores it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MessageId(pub u64);
-
-impl MessageId {
-    /// The identifier after this one.
-    pub const fn next(self) -> Self {
-        Self(self.0.wrapping_add(1))
-    }
-}
+/// The core's id of a stored message: one name for it in the core, the
+/// storage and the records.
+pub use vmqtt::MessageId;
 
 /// A session: what survives of a client identifier between connections,
 /// apart from its subscriptions, queue and inbound QoS 2 state (their own

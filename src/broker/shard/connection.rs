@@ -22,7 +22,7 @@ pub(super) struct Conn {
     pub(super) out: BytesMut,
     /// Output held back until storage batches are written: `(offset,
     /// batch)` = the bytes of `out` from `offset` on wait for `batch`.
-    pub(super) gates: VecDeque<(usize, u64)>,
+    pub(super) gates: VecDeque<(usize, BatchId)>,
     pub(super) woken: bool,
     pub(super) aliases_in: HashMap<u16, TopicName, crate::hash::FastState>,
     /// Topic aliases towards the client (none until CONNECT allows them).

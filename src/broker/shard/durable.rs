@@ -10,33 +10,33 @@ pub(super) struct Store {
     /// Changes not yet taken by [`ShardCore::poll_store`].
     pub(super) ops: Vec<StoreOp>,
     /// The number the next batch gets (from 1).
-    pub(super) next_batch: u64,
+    pub(super) next_batch: BatchId,
     /// The last batch taken.
-    pub(super) taken: u64,
+    pub(super) taken: BatchId,
     /// The last batch written.
-    pub(super) durable: u64,
+    pub(super) durable: BatchId,
     /// The next stored message id.
-    pub(super) next_msg_id: u64,
+    pub(super) next_msg_id: MessageId,
     /// Queue entries referring to each stored message.
-    pub(super) refs: HashMap<u64, u32, crate::hash::FastState>,
+    pub(super) refs: HashMap<MessageId, u32, crate::hash::FastState>,
     /// The message stored last, so that one routed to many sessions of
     /// this shard is stored once.
-    pub(super) last: Option<(Arc<Message>, u64)>,
+    pub(super) last: Option<(Arc<Message>, MessageId)>,
     /// Acknowledgements to other shards held until storage caught up:
     /// `(batch, shard, token)`.
-    pub(super) held_acks: VecDeque<(u64, ShardId, ShardMsg)>,
+    pub(super) held_acks: VecDeque<(BatchId, ShardId, ShardMsg)>,
     /// Connections with output held back.
     pub(super) gated: HashSet<ConnId, crate::hash::FastState>,
     /// `ops.len()` when the current input (packet, shard message, timer)
     /// began: ops past it are this input's own changes.
     pub(super) mark: usize,
     /// While replies held in a [`Pending`] go out: the batch they wait for.
-    pub(super) replying_after: Option<u64>,
+    pub(super) replying_after: Option<BatchId>,
 }
 
 impl Store {
     /// The batch that output produced now must wait for, if any.
-    pub(super) fn barrier(&self) -> Option<u64> {
+    pub(super) fn barrier(&self) -> Option<BatchId> {
         if !self.ops.is_empty() {
             Some(self.next_batch)
         } else if self.taken > self.durable {
@@ -55,7 +55,7 @@ impl Store {
     /// the one its own changes go into, if it made any. Clean sessions wait
     /// only for this (and for what a [`Pending`] reply waited for), so a
     /// stalled log (a full disk) holds no traffic that needs no storage.
-    pub(super) fn own_barrier(&self) -> Option<u64> {
+    pub(super) fn own_barrier(&self) -> Option<BatchId> {
         let own = (self.ops.len() > self.mark).then_some(self.next_batch);
         let pending = self.replying_after.filter(|b| *b > self.durable);
         own.max(pending)
@@ -63,12 +63,12 @@ impl Store {
 
     /// One more queue entry refers to `msg`; returns its id, storing it
     /// first if needed.
-    pub(super) fn retain(&mut self, msg: &Arc<Message>) -> u64 {
+    pub(super) fn retain(&mut self, msg: &Arc<Message>) -> MessageId {
         let id = match &self.last {
             Some((m, id)) if Arc::ptr_eq(m, msg) => *id,
             _ => {
                 let id = self.next_msg_id;
-                self.next_msg_id += 1;
+                self.next_msg_id = id.next();
                 self.ops.push(StoreOp::PutMessage {
                     id,
                     msg: msg.clone(),
@@ -82,7 +82,7 @@ impl Store {
     }
 
     /// One queue entry less refers to message `id`; the last one deletes it.
-    pub(super) fn release(&mut self, id: u64) {
+    pub(super) fn release(&mut self, id: MessageId) {
         let Some(n) = self.refs.get_mut(&id) else {
             return;
         };
@@ -126,7 +126,7 @@ impl ShardCore {
     /// Storage batch `batch` (from [`ShardCore::poll_store`]) and every
     /// earlier one are written: releases the output and acknowledgements
     /// that waited for them.
-    pub fn handle_stored(&mut self, batch: u64) {
+    pub fn handle_stored(&mut self, batch: BatchId) {
         let store = &mut self.store;
         if batch <= store.durable {
             return;
@@ -255,12 +255,12 @@ impl ShardCore {
     /// The next batch of storage changes, numbered in increasing order; write
     /// it, then report it with [`ShardCore::handle_stored`]. Changes made
     /// while a batch is being written gather in the next one (group commit).
-    pub fn poll_store(&mut self) -> Option<(u64, Vec<StoreOp>)> {
+    pub fn poll_store(&mut self) -> Option<(BatchId, Vec<StoreOp>)> {
         if self.store.ops.is_empty() {
             return None;
         }
         let batch = self.store.next_batch;
-        self.store.next_batch += 1;
+        self.store.next_batch = batch.next();
         self.store.taken = batch;
         self.store.mark = 0;
         Some((batch, std::mem::take(&mut self.store.ops)))

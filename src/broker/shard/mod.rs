@@ -21,7 +21,7 @@ use crate::codec::{
 };
 use crate::topic::{TopicFilter, TopicName};
 use crate::trie::SubscriptionTrie;
-use crate::{ByteStr, ClientId, PacketId};
+use crate::{BatchId, ByteStr, ClientId, MessageId, PacketId};
 
 mod connect;
 mod connection;
@@ -267,8 +267,8 @@ impl ShardCore {
             next_token: 0,
             pending: HashMap::default(),
             store: Store {
-                next_batch: 1,
-                next_msg_id: 1,
+                next_batch: BatchId(1),
+                next_msg_id: MessageId(1),
                 ..Store::default()
             },
             outcome: Outcome::default(),

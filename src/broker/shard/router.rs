@@ -210,7 +210,7 @@ pub(super) struct Pending {
     pub(super) refused: bool,
     /// The storage batch the replies also wait for (the changes the
     /// request made on this shard), if any.
-    pub(super) after: Option<u64>,
+    pub(super) after: Option<BatchId>,
     pub(super) conn: ConnId,
     pub(super) client: ClientId,
     pub(super) replies: Vec<Packet>,

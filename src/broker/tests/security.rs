@@ -594,7 +594,7 @@ fn restored_session_is_rechecked_when_it_reconnects() {
     let mb = message("b/1", b"revoked", QoS::AtLeastOnce);
     let entry = |seq, id: u64, msg: &Arc<Message>| RestoredEntry {
         seq,
-        message_id: id,
+        message_id: crate::MessageId(id),
         msg: msg.clone(),
         qos: msg.qos,
         retain: false,
@@ -618,7 +618,7 @@ fn restored_session_is_rechecked_when_it_reconnects() {
             queue: vec![entry(1, 10, &mb), entry(2, 11, &ma)],
             inbound_qos2: vec![],
         }],
-        next_message_id: 12,
+        next_message_id: crate::MessageId(12),
         ..Restored::default()
     };
     cl.cores[0].restore(now, restored);
@@ -633,7 +633,9 @@ fn restored_session_is_rechecked_when_it_reconnects() {
     assert!(ops
         .iter()
         .any(|o| matches!(o, StoreOp::DeleteQueueEntry { seq: 1, .. })));
-    assert!(ops.iter().any(|o| matches!(o, StoreOp::DeleteMessage(10))));
+    assert!(ops
+        .iter()
+        .any(|o| matches!(o, StoreOp::DeleteMessage(crate::MessageId(10)))));
     // New messages on b/ are not delivered (nor queued) any more.
     let p = cl.connect(V5, "p");
     cl.publish(&p, "b/2", b"x", QoS::AtLeastOnce, 1);
