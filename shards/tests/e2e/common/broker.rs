@@ -163,6 +163,16 @@ impl BrokerConfig {
     }
 }
 
+/// Runs `vmqtt-shard check-config FILE` to its end: its status and output.
+pub fn check_config(file: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vmqtt-shard"))
+        .arg("check-config")
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run check-config")
+}
+
 /// Raises this process's soft open-files limit to its hard limit, once. The
 /// broker inherits it, so connection-count tests are not capped at 1024.
 pub fn raise_nofile_limit() {
