@@ -63,7 +63,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,52 +170,6 @@ impl Qos1Stream {
         let sent = self.publisher.await.expect("publisher");
         let got = self.subscriber.await.expect("subscriber");
         (sent, got)
-    }
-}
-
-/// The broker's resident set size, sampled every 20 ms until dropped; the
-/// peak is kept.
-struct RssSampler {
-    peak: Arc<AtomicU64>,
-    done: Arc<AtomicBool>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl RssSampler {
-    fn start(b: &Broker) -> RssSampler {
-        let peak = Arc::new(AtomicU64::new(b.rss_kib()));
-        let done = Arc::new(AtomicBool::new(false));
-        let status = format!("/proc/{}/status", b.pid());
-        let task = {
-            let (peak, done) = (peak.clone(), done.clone());
-            tokio::spawn(async move {
-                while !done.load(Ordering::Relaxed) {
-                    if let Some(kib) = std::fs::read_to_string(&status).ok().and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("VmRSS:"))
-                            .and_then(|v| v.split_whitespace().next())
-                            .and_then(|v| v.parse::<u64>().ok())
-                    }) {
-                        peak.fetch_max(kib, Ordering::Relaxed);
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-        };
-        RssSampler {
-            peak,
-            done,
-            task: Some(task),
-        }
-    }
-
-    /// Stops sampling; returns the peak in KiB.
-    async fn peak(mut self) -> u64 {
-        self.done.store(true, Ordering::Relaxed);
-        if let Some(t) = self.task.take() {
-            t.await.expect("RSS sampler");
-        }
-        self.peak.load(Ordering::Relaxed)
     }
 }
 
@@ -1106,7 +1060,7 @@ async fn oversized_packets_refused_without_allocating() {
 
     // 256 MB announced, then silence: 16 connections of each kind at once.
     let huge = [0xff, 0xff, 0xff, 0x7f];
-    let rss = RssSampler::start(&b);
+    let rss = RssSampler::start(&b, Duration::from_millis(20));
     let baseline = b.rss_kib();
     let mut silent = Vec::new();
     for i in 0..16 {
@@ -1225,7 +1179,7 @@ async fn many_never_reading_clients_bounded() {
         n
     });
 
-    let rss = RssSampler::start(&b);
+    let rss = RssSampler::start(&b, Duration::from_millis(20));
     let baseline = b.rss_kib();
     let mut publ = Raw::v311(port, &pub_id).await;
     // Pipelined in windows of 50: send 50, wait for their PUBACKs, pause

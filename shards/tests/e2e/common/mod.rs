@@ -13,7 +13,7 @@ pub mod raw;
 pub mod shard;
 pub mod wire;
 
-pub use broker::{Broker, BrokerConfig, BrokerKind};
+pub use broker::{Broker, BrokerConfig, BrokerKind, RssSampler};
 pub use clients::{MqttClient, QoS5, V4, V5};
 pub use raw::{connect_packet, publish, text, topic, will, Raw, QUIET, WAIT};
 pub use shard::{home_shard, ids_on_different_shards, Placement, SHARDS};
