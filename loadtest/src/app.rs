@@ -24,11 +24,10 @@ use crate::hub::{Hub, MemberEvent, Releaser};
 use crate::plan::{RunConfig, Scenario};
 use crate::report::{self, Report};
 use crate::runner::{run_core, Control, CoreSpec, Part, TickData};
-use crate::sys;
 
 /// Where each executor runs.
 fn placements(c: &Common) -> anyhow::Result<Vec<Placement>> {
-    let allowed = sys::allowed_cpus().context("reading the CPU affinity mask")?;
+    let allowed = vmqtt_os::allowed_cpus().context("reading the CPU affinity mask")?;
     if c.no_pin {
         return Ok((0..c.cores.max(1)).map(|_| Placement::Unbound).collect());
     }
@@ -62,7 +61,7 @@ pub fn executor_count(c: &Common) -> anyhow::Result<usize> {
 
 /// Warns when the open-file limit is below what this process needs.
 fn check_files(cfg: &RunConfig) {
-    match sys::raise_nofile_limit() {
+    match vmqtt_os::raise_nofile_limit() {
         Ok((soft, hard)) => {
             let mine = cfg.total_connections().div_ceil(cfg.share.1 as u64) + 64;
             if mine > soft {
@@ -84,7 +83,7 @@ fn start_executors(
     tx: &mpsc::Sender<MemberEvent>,
 ) -> anyhow::Result<Vec<glommio::ExecutorJoinHandle<()>>> {
     let mut io_memory = common.io_memory.max(64 * 1024);
-    if let Ok(Some(memlock)) = sys::memlock_limit() {
+    if let Ok(Some(memlock)) = vmqtt_os::memlock_limit() {
         let fit = (memlock / 4 / cfg.cores.max(1) as u64) as usize;
         io_memory = io_memory.min(fit.max(64 * 1024));
     }

@@ -24,8 +24,6 @@ use vmqtt::codec::{
 use vmqtt::topic::TopicFilter;
 use vmqtt::{ByteStr, PacketId};
 
-use crate::sys;
-
 /// Largest packet the generator accepts from a broker.
 pub const MAX_PACKET: u32 = 16 * 1024 * 1024;
 
@@ -151,7 +149,7 @@ fn start_connect(opts: &ConnectOpts) -> Result<Socket, ClientError> {
     if let Some(ip) = opts.source {
         // Best effort: without it each source address has one ephemeral
         // range shared by all destinations, which is still fine.
-        let _ = sys::set_bind_address_no_port(socket.as_raw_fd());
+        let _ = vmqtt_os::set_bind_address_no_port(socket.as_raw_fd());
         let local = SocketAddr::V4(SocketAddrV4::new(ip, 0));
         socket
             .bind(&local.into())

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use crate::plan::{RunConfig, Scenario};
 use crate::report::{self, BrokerReport, Inputs, Report, RssPoint, SeriesPoint};
 use crate::runner::{Part, TickData};
-use crate::sys;
 
 /// What a member tells the hub.
 #[derive(Debug)]
@@ -77,12 +76,12 @@ struct Probe {
 
 impl Probe {
     fn rss(&mut self, label: &str, connections: u64) {
-        match sys::rss_bytes(self.pid) {
+        match vmqtt_os::rss_bytes(self.pid) {
             Ok(rss_bytes) => self.rss.push(RssPoint {
                 label: label.into(),
                 connections,
                 rss_bytes,
-                cpu_seconds: sys::cpu_seconds(self.pid).ok(),
+                cpu_seconds: vmqtt_os::cpu_seconds(self.pid).ok(),
             }),
             Err(e) => eprintln!("broker pid {}: cannot read memory: {e}", self.pid),
         }
@@ -90,7 +89,7 @@ impl Probe {
 
     /// CPU seconds since the previous call.
     fn cpu_delta(&mut self) -> Option<f64> {
-        let now = sys::cpu_seconds(self.pid).ok()?;
+        let now = vmqtt_os::cpu_seconds(self.pid).ok()?;
         let d = self.last_cpu.map(|l| now - l);
         self.last_cpu = Some(now);
         d
@@ -98,7 +97,7 @@ impl Probe {
 
     /// Run-queue wait seconds since the previous call.
     fn wait_delta(&mut self) -> Option<f64> {
-        let now = sys::sched_wait_seconds(self.pid).ok()?;
+        let now = vmqtt_os::sched_wait_seconds(self.pid).ok()?;
         let d = self.last_wait.map(|l| now - l);
         self.last_wait = Some(now);
         d
@@ -313,7 +312,7 @@ impl Hub {
     }
 
     fn barrier_reached(&mut self, n: u32, connected: u64, rel: &mut dyn Releaser) {
-        let now = sys::mono_ns;
+        let now = vmqtt_os::mono_ns;
         match &self.cfg.scenario {
             Scenario::PubSub(p) => match n {
                 0 => {
@@ -370,7 +369,7 @@ impl Hub {
         let (Some(from), Scenario::PubSub(p)) = (self.drain_from, &self.cfg.scenario) else {
             return;
         };
-        let now = sys::mono_ns();
+        let now = vmqtt_os::mono_ns();
         if let Some(live) = &self.live {
             let r = live.received();
             if r != self.last_received.0 {
@@ -402,7 +401,7 @@ impl Hub {
                 point.broker_cpu_pct = Some(cpu * 100.0);
             }
             point.broker_wait_pct = probe.wait_delta().map(|w| w * 100.0);
-            point.broker_rss_bytes = sys::rss_bytes(probe.pid).ok();
+            point.broker_rss_bytes = vmqtt_os::rss_bytes(probe.pid).ok();
         }
         if !self.quiet {
             let pubsub = matches!(self.cfg.scenario, Scenario::PubSub(_));

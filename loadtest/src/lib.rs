@@ -27,5 +27,4 @@ pub mod plot;
 pub mod report;
 pub mod runner;
 pub mod sync;
-pub mod sys;
 pub mod track;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use vmqtt::codec::{Disconnect, Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode};
 use vmqtt::topic::TopicName;
 use vmqtt::{ByteStr, PacketId};
+use vmqtt_os::mono_ns;
 
 use crate::client::{is_timeout, read_into, ClientError, Conn, ConnectOpts};
 use crate::hist::Hist;
@@ -30,7 +31,6 @@ use crate::hub::MemberEvent;
 use crate::payload::{self, Stamp};
 use crate::plan::{ConnPlan, ConnSpec, PubSubPlan, Role, RunConfig, Scenario};
 use crate::sync::{Gate, Notify};
-use crate::sys::mono_ns;
 use crate::track::{ReceiverStreams, SeqSet, Tracking};
 
 /// Most barriers a run uses (start, one per conn step, end).

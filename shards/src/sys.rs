@@ -1,7 +1,8 @@
-//! Operating-system facts and settings: the CPUs this process may run on,
-//! file-descriptor and locked-memory limits, signals, listening sockets
+//! The broker's own operating-system settings: signals, listening sockets
 //! (binding them, ending them at shutdown, and who holds an address), file
-//! locks.
+//! locks. The facts it shares with the load generator (the CPUs this process
+//! may run on, file-descriptor and locked-memory limits) are `vmqtt-os`'s,
+//! re-exported here.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,60 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The CPUs in this process's affinity mask (as set by `taskset` or a
-/// cgroup cpuset), in increasing order.
-pub fn allowed_cpus() -> io::Result<Vec<usize>> {
-    // SAFETY: `cpu_set_t` is plain data; zeroed is a valid empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the pointer and size describe `set`, which outlives the call.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `CPU_ISSET` reads `set` within its size (cpu < max).
-    Ok((0..max)
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect())
-}
-
-/// Raises the soft limit on open files to the hard limit; returns
-/// `(soft, hard)` after the change.
-pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid out-pointer for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let want = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: `want` is a valid rlimit for the call.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
-        }
-    }
-    Ok((lim.rlim_cur, lim.rlim_max))
-}
-
-/// The soft limit on locked memory, in bytes (`None` for unlimited).
-pub fn memlock_limit() -> io::Result<Option<u64>> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid out-pointer for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur))
-}
+pub use vmqtt_os::{allowed_cpus, memlock_limit, raise_nofile_limit};
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and the threads
 /// it spawns afterwards), so that [`wait_for_signal`] receives them.

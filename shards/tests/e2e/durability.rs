@@ -26,7 +26,9 @@ use vmqtt::broker::ShardId;
 use vmqtt::codec::LastWill;
 use vmqtt::PacketId;
 
-use crate::common::raw::{pid, RecvError};
+use crate::common::http::free_port;
+use crate::common::process::exit_within;
+use crate::common::raw::{persistent, pid, RecvError};
 use crate::common::shard::id_on_shard;
 use crate::common::*;
 
@@ -50,19 +52,6 @@ const SETTLE: Duration = Duration::from_secs(1);
 const STOP: Duration = Duration::from_secs(20);
 /// How long a broker may take to refuse a data directory and exit.
 const REFUSE: Duration = Duration::from_secs(30);
-
-/// CONNECT of a persistent session: 3.1.1 clean session 0; v5 session
-/// expiry `expiry`, clean start only on the `first` connection.
-fn persistent(version: ProtocolVersion, id: &str, first: bool, expiry: u32) -> Connect {
-    let mut c = connect_packet(version, id);
-    if version.is_v5() {
-        c.clean_start = first;
-        c.properties.session_expiry_interval = Some(expiry);
-    } else {
-        c.clean_start = false;
-    }
-    c
-}
 
 /// `"{source}:{seq}"`, the payload of every numbered message here.
 fn numbered(source: &str, seq: u64) -> Bytes {
@@ -1438,14 +1427,6 @@ async fn emptied_wal_is_refused_saying_what_is_wrong() {
 
 // ------------------------------------------------- restarts and the port
 
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
 /// Spawns `vmqtt-shard --cores 2 --listen 127.0.0.1:port --data-dir data`
 /// with its output to `log`.
 fn spawn_broker(port: u16, data: &Path, log: &Path) -> std::process::Child {
@@ -1461,23 +1442,6 @@ fn spawn_broker(port: u16, data: &Path, log: &Path) -> std::process::Child {
         .stderr(out)
         .spawn()
         .expect("spawn vmqtt-shard")
-}
-
-/// Waits for `child` to exit, up to `within`; kills it after.
-fn wait_exit(
-    child: &mut std::process::Child,
-    within: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(s) = child.try_wait().expect("wait") {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
 }
 
 /// SIGTERM and at once a new broker on the same port and data directory,
@@ -1528,7 +1492,7 @@ async fn restart_right_after_a_clean_stop_always_works() {
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
         }
-        let status = wait_exit(&mut child, STOP).expect("the broker exits after SIGTERM");
+        let status = exit_within(&mut child, STOP).expect("the broker exits after SIGTERM");
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(
             status.success(),
@@ -1554,7 +1518,7 @@ async fn a_foreign_listener_is_named_in_the_refusal() {
     let port = foreign.local_addr().expect("local_addr").port();
     let log = dir.path().join("refused.log");
     let mut child = spawn_broker(port, &dir.path().join("data"), &log);
-    let status = wait_exit(&mut child, REFUSE).expect("the broker exits");
+    let status = exit_within(&mut child, REFUSE).expect("the broker exits");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     eprintln!("[{test}] {status}: {}", text.trim());
     assert!(!status.success(), "the broker must refuse a taken port");

@@ -3,54 +3,11 @@
 //! message, unless `VMQTT_REQUIRE_EXTERNAL_CLIENTS` is set (CI), in which case
 //! they fail it. `scripts/install-test-deps.sh` installs them.
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::io::Write as _;
+use std::process::{Command, Stdio};
 
+use crate::common::process::{line_within, lines_of, run_paho, runs, sub_messages, wait_exit};
 use crate::common::*;
-
-/// Whether `cmd` runs (`cmd --help` or similar exits at all).
-fn runs(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-/// Waits for `child` to exit within `within`; kills it and fails otherwise.
-fn wait_exit(child: &mut Child, what: &str, within: Duration) -> ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Lines of a child's stdout, read on a thread.
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let out = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
 
 /// mosquitto_sub and mosquitto_pub exchange QoS 1 messages across shards for
 /// every pair of protocol versions (3.1.1 and 5), and a retained message.
@@ -88,14 +45,8 @@ fn mosquitto_clients_exchange_across_shards() {
             .expect("spawn mosquitto_sub");
         let lines = lines_of(&mut sub);
         // Wait until subscribed.
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(l) if l.contains("received SUBACK") => break,
-                Ok(_) => {}
-                Err(_) => panic!("{what}: mosquitto_sub got no SUBACK"),
-            }
+        if !line_within(&lines, "received SUBACK", WAIT) {
+            panic!("{what}: mosquitto_sub got no SUBACK");
         }
         let mut publ = Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &port, "-i", &pub_id, "-t", &topic])
@@ -112,10 +63,7 @@ fn mosquitto_clients_exchange_across_shards() {
         let st = wait_exit(&mut publ, "mosquitto_pub", WAIT * 2);
         assert!(st.success(), "{what}: mosquitto_pub exited with {st}");
         let st = wait_exit(&mut sub, "mosquitto_sub", WAIT * 2);
-        let payloads: Vec<String> = lines
-            .try_iter()
-            .filter(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed"))
-            .collect();
+        let payloads = sub_messages(&lines);
         assert!(
             st.success(),
             "{what}: mosquitto_sub exited with {st}; payloads {payloads:?}"
@@ -209,68 +157,24 @@ fn mosquitto_clients_exchange_across_shards() {
     }
 }
 
-/// Whether `python3` can import paho-mqtt 2.x.
-fn have_paho() -> bool {
-    Command::new("python3")
-        .args([
-            "-c",
-            "import sys, paho.mqtt; sys.exit(0 if paho.mqtt.__version__.startswith('2.') else 1)",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn python_script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("python")
-        .join(name)
-}
-
-fn run_paho(test: &str, protocol: &str) {
-    if skip_missing_external(test, "python3 with paho-mqtt 2.x", have_paho()) {
-        return;
-    }
-    let b = Broker::start(test);
-    let (a, c) = ids_on_different_shards(test);
-    let script = python_script("paho_e2e.py");
-    let mut child = Command::new("python3")
-        .arg(&script)
-        .args(["--port", &b.port().to_string(), "--protocol", protocol])
-        .args([
-            "--id-a",
-            &a,
-            "--id-b",
-            &c,
-            "--prefix",
-            &format!("paho/{protocol}"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn python3 {}: {e}", script.display()));
-    let status = wait_exit(&mut child, "paho_e2e.py", Duration::from_secs(60));
-    let out = child.wait_with_output().expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}{stderr}");
-    assert!(
-        status.success(),
-        "paho_e2e.py --protocol {protocol} failed ({status}):\n{stdout}\n{stderr}"
-    );
-}
-
 /// paho-mqtt 2.x, MQTT 5: QoS 1/2, retained, will, properties.
 #[test]
 fn paho_python_v5() {
-    run_paho("paho_python_v5", "v5");
+    run_paho(
+        "paho_python_v5",
+        "paho_e2e.py",
+        ("--protocol", "v5"),
+        "paho/v5",
+    );
 }
 
 /// paho-mqtt 2.x, MQTT 3.1.1: QoS 1/2, retained, will.
 #[test]
 fn paho_python_v311() {
-    run_paho("paho_python_v311", "v311");
+    run_paho(
+        "paho_python_v311",
+        "paho_e2e.py",
+        ("--protocol", "v311"),
+        "paho/v311",
+    );
 }

@@ -63,15 +63,17 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::common::http::{free_port, scrape, series_sum};
 use crate::common::raw::filter;
 use crate::common::raw::RecvError;
+use crate::common::wire::{cat, connect_frame, frame, props, s, Rng};
 use crate::common::*;
 
 // ------------------------------------------------------------------ helpers
@@ -103,60 +105,6 @@ pub async fn assert_still_serves(b: &mut Broker, test: &str) {
     b.assert_alive();
 }
 
-/// A frame: first byte, remaining length (a variable byte integer), body.
-fn frame(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
-/// A two-byte length prefix and the bytes (an MQTT string or binary field).
-fn s(bytes: &[u8]) -> Vec<u8> {
-    let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(bytes);
-    out
-}
-
-/// The parts, concatenated.
-fn cat(parts: &[&[u8]]) -> Vec<u8> {
-    parts.concat()
-}
-
-/// A v5 property block: its length (one byte: test blocks are short) and
-/// the properties.
-fn props(p: &[u8]) -> Vec<u8> {
-    assert!(p.len() < 128, "test property blocks are short");
-    cat(&[&[p.len() as u8], p])
-}
-
-/// A CONNECT: protocol name, level, flags, keep alive 60, v5 properties
-/// (when `props` is `Some`), then `payload`.
-fn connect_frame(
-    name: &[u8],
-    level: u8,
-    flags: u8,
-    props_: Option<&[u8]>,
-    payload: &[u8],
-) -> Vec<u8> {
-    let p = props_.map(props).unwrap_or_default();
-    frame(
-        0x10,
-        &cat(&[&s(name), &[level, flags], &60u16.to_be_bytes(), &p, payload]),
-    )
-}
-
 /// A packet encoded for `version`.
 fn encode(p: &Packet, version: ProtocolVersion) -> Vec<u8> {
     let mut buf = BytesMut::new();
@@ -171,61 +119,57 @@ fn connect_with_keepalive(version: ProtocolVersion, id: &str, keep_alive: u16) -
     c
 }
 
-/// A small deterministic PRNG (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
+/// A steady QoS 1 stream of sequence numbers from `publ` to `sub` (already
+/// subscribed to its topic), one every `pace`, while a test misbehaves on
+/// other connections.
+struct Qos1Stream {
+    stop: Arc<AtomicBool>,
+    publisher: tokio::task::JoinHandle<u32>,
+    subscriber: tokio::task::JoinHandle<Vec<u32>>,
 }
 
-/// The broker's resident set size, sampled every 20 ms until dropped; the
-/// peak is kept.
-struct RssSampler {
-    peak: Arc<AtomicU64>,
-    done: Arc<AtomicBool>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl RssSampler {
-    fn start(b: &Broker) -> RssSampler {
-        let peak = Arc::new(AtomicU64::new(b.rss_kib()));
-        let done = Arc::new(AtomicBool::new(false));
-        let status = format!("/proc/{}/status", b.pid());
-        let task = {
-            let (peak, done) = (peak.clone(), done.clone());
+impl Qos1Stream {
+    fn start(mut publ: Raw, mut sub: Raw, topic: &str, pace: Duration) -> Qos1Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let topic = topic.to_owned();
+        let publisher = {
+            let stop = stop.clone();
             tokio::spawn(async move {
-                while !done.load(Ordering::Relaxed) {
-                    if let Some(kib) = std::fs::read_to_string(&status).ok().and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("VmRSS:"))
-                            .and_then(|v| v.split_whitespace().next())
-                            .and_then(|v| v.parse::<u64>().ok())
-                    }) {
-                        peak.fetch_max(kib, Ordering::Relaxed);
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                let mut sent = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    publ.publish_ok(&topic, &sent.to_string(), QoS::AtLeastOnce, false)
+                        .await;
+                    sent += 1;
+                    tokio::time::sleep(pace).await;
                 }
+                publ.publish_ok(&topic, "end", QoS::AtLeastOnce, false)
+                    .await;
+                sent
             })
         };
-        RssSampler {
-            peak,
-            done,
-            task: Some(task),
+        let subscriber = tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let p = sub.recv_publish_acked().await;
+                if text(&p) == "end" {
+                    return got;
+                }
+                got.push(text(&p).parse::<u32>().expect("a sequence number"));
+            }
+        });
+        Qos1Stream {
+            stop,
+            publisher,
+            subscriber,
         }
     }
 
-    /// Stops sampling; returns the peak in KiB.
-    async fn peak(mut self) -> u64 {
-        self.done.store(true, Ordering::Relaxed);
-        if let Some(t) = self.task.take() {
-            t.await.expect("RSS sampler");
-        }
-        self.peak.load(Ordering::Relaxed)
+    /// Stops the stream: how many were sent, and the numbers received.
+    async fn finish(self) -> (u32, Vec<u32>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.publisher.await.expect("publisher");
+        let got = self.subscriber.await.expect("subscriber");
+        (sent, got)
     }
 }
 
@@ -775,7 +719,7 @@ async fn slowloris_connects_closed_after_connect_timeout() {
     let (pub_id, sub_id) = ids_on_different_shards(test);
     let mut sub = Raw::v5(port, &sub_id).await;
     sub.subscribe("slow/t", QoS::AtLeastOnce).await;
-    let mut publ = Raw::v5(port, &pub_id).await;
+    let publ = Raw::v5(port, &pub_id).await;
 
     // A CONNECT of 100 bytes: at one byte per 300 ms, never done in time.
     let long_id = "s".repeat(86);
@@ -788,32 +732,7 @@ async fn slowloris_connects_closed_after_connect_timeout() {
         .map(|_| tokio::spawn(dribble(port, connect.clone())))
         .collect();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut sent = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                publ.publish_ok("slow/t", &sent.to_string(), QoS::AtLeastOnce, false)
-                    .await;
-                sent += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            publ.publish_ok("slow/t", "end", QoS::AtLeastOnce, false)
-                .await;
-            sent
-        })
-    };
-    let subscriber = tokio::spawn(async move {
-        let mut got = Vec::new();
-        loop {
-            let p = sub.recv_publish_acked().await;
-            if text(&p) == "end" {
-                return got;
-            }
-            got.push(text(&p).parse::<u32>().expect("a sequence number"));
-        }
-    });
+    let stream = Qos1Stream::start(publ, sub, "slow/t", Duration::from_millis(20));
 
     let mut closed_after = Vec::with_capacity(SLOWLORIS);
     for (i, t) in slow.into_iter().enumerate() {
@@ -822,9 +741,7 @@ async fn slowloris_connects_closed_after_connect_timeout() {
             Err(e) => panic!("slow connection {i}: {e}"),
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let sent = publisher.await.expect("publisher");
-    let got = subscriber.await.expect("subscriber");
+    let (sent, got) = stream.finish().await;
     closed_after.sort();
     eprintln!(
         "[{test}] {SLOWLORIS} slow connections closed after {:?}..{:?}; {sent} QoS 1 messages meanwhile",
@@ -1024,34 +941,9 @@ async fn connect_flood_loses_no_message() {
     let (pub_id, sub_id) = ids_on_different_shards(test);
     let mut sub = Raw::v5(port, &sub_id).await;
     sub.subscribe("flood/stream", QoS::AtLeastOnce).await;
-    let mut publ = Raw::v311(port, &pub_id).await;
+    let publ = Raw::v311(port, &pub_id).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut sent = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                publ.publish_ok("flood/stream", &sent.to_string(), QoS::AtLeastOnce, false)
-                    .await;
-                sent += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            publ.publish_ok("flood/stream", "end", QoS::AtLeastOnce, false)
-                .await;
-            sent
-        })
-    };
-    let subscriber = tokio::spawn(async move {
-        let mut got = Vec::new();
-        loop {
-            let p = sub.recv_publish_acked().await;
-            if text(&p) == "end" {
-                return got;
-            }
-            got.push(text(&p).parse::<u32>().expect("a sequence number"));
-        }
-    });
+    let stream = Qos1Stream::start(publ, sub, "flood/stream", Duration::from_millis(5));
 
     let start = Instant::now();
     let threads: Vec<_> = (0..FLOOD_THREADS)
@@ -1066,9 +958,7 @@ async fn connect_flood_loses_no_message() {
     .await
     .expect("join the flood threads");
     let flood_time = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let sent = publisher.await.expect("publisher");
-    let got = subscriber.await.expect("subscriber");
+    let (sent, got) = stream.finish().await;
 
     let opened: usize = tallies.iter().map(|t| t.opened).sum();
     let connacks: usize = tallies.iter().map(|t| t.connacks).sum();
@@ -1170,7 +1060,7 @@ async fn oversized_packets_refused_without_allocating() {
 
     // 256 MB announced, then silence: 16 connections of each kind at once.
     let huge = [0xff, 0xff, 0xff, 0x7f];
-    let rss = RssSampler::start(&b);
+    let rss = RssSampler::start(&b, Duration::from_millis(20));
     let baseline = b.rss_kib();
     let mut silent = Vec::new();
     for i in 0..16 {
@@ -1289,7 +1179,7 @@ async fn many_never_reading_clients_bounded() {
         n
     });
 
-    let rss = RssSampler::start(&b);
+    let rss = RssSampler::start(&b, Duration::from_millis(20));
     let baseline = b.rss_kib();
     let mut publ = Raw::v311(port, &pub_id).await;
     // Pipelined in windows of 50: send 50, wait for their PUBACKs, pause
@@ -1356,32 +1246,6 @@ async fn many_never_reading_clients_bounded() {
 
 // ------------------------------------------------------------------- limits
 
-/// A port nobody listens on right now (for the HTTP endpoint).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// `GET /metrics` of the broker's HTTP endpoint: the body.
-fn scrape(http: u16) -> String {
-    let mut s = StdTcpStream::connect(("127.0.0.1", http)).expect("connect to the HTTP endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read response");
-    assert!(text.starts_with("HTTP/1.1 200"), "GET /metrics: {text}");
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
 /// Every limit's name in `vmqtt_limit_hits_total{limit="…"}`.
 const LIMITS: [&str; 10] = [
     "connections",
@@ -1400,12 +1264,9 @@ const LIMITS: [&str; 10] = [
 /// shards reported it.
 fn limit_hits(body: &str, limit: &str) -> (u64, usize) {
     let label = format!("limit=\"{limit}\"");
-    let values: Vec<u64> = body
-        .lines()
-        .filter(|l| l.starts_with("vmqtt_limit_hits_total{") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (values.iter().sum(), values.len())
+    series_sum(body, |s| {
+        s.starts_with("vmqtt_limit_hits_total{") && s.contains(&label)
+    })
 }
 
 /// Waits (shards report about once a second) until every `(limit, n)` of
@@ -1473,6 +1334,49 @@ async fn attempt(port: u16, version: ProtocolVersion, id: &str) -> Attempt {
     }
 }
 
+/// `n` attempts (`attempt`) with ids `{prefix}-{i}`, the `i`th in
+/// `version(i)`: the connections served, and how many were closed.
+async fn attempts(
+    port: u16,
+    n: usize,
+    prefix: &str,
+    version: impl Fn(usize) -> ProtocolVersion,
+) -> (Vec<Box<Raw>>, u64) {
+    let mut accepted = Vec::new();
+    let mut closed = 0u64;
+    for i in 0..n {
+        match attempt(port, version(i), &format!("{prefix}-{i}")).await {
+            Attempt::Accepted(c) => accepted.push(c),
+            Attempt::Closed => closed += 1,
+        }
+    }
+    (accepted, closed)
+}
+
+/// v5 for even `i`, 3.1.1 for odd.
+fn alternate(i: usize) -> ProtocolVersion {
+    if i % 2 == 0 {
+        V5P
+    } else {
+        V311
+    }
+}
+
+/// Waits until a connection `id` is served again (the broker has seen the
+/// earlier ones close), then closes it.
+async fn served_again(port: u16, id: &str) {
+    eventually("a connection served again", WAIT, || async move {
+        match attempt(port, V5P, id).await {
+            Attempt::Accepted(c) => {
+                c.disconnect().await;
+                Some(())
+            }
+            Attempt::Closed => None,
+        }
+    })
+    .await;
+}
+
 /// `max_connections = 5` per shard (two shards): of 20 connections, at most
 /// 10 are served (at least 5: one shard gets 10 or more), the others are
 /// closed without an answer and counted; closing the served ones makes room
@@ -1492,15 +1396,7 @@ async fn limit_max_connections_per_shard() {
             ..Default::default()
         },
     );
-    let mut accepted = Vec::new();
-    let mut closed = 0u64;
-    for i in 0..20 {
-        let version = if i % 2 == 0 { V5P } else { V311 };
-        match attempt(b.port(), version, &format!("maxconn-{i}")).await {
-            Attempt::Accepted(c) => accepted.push(c),
-            Attempt::Closed => closed += 1,
-        }
-    }
+    let (mut accepted, closed) = attempts(b.port(), 20, "maxconn", alternate).await;
     assert!(
         (5..=10).contains(&accepted.len()),
         "{} of 20 connections served with max_connections = 5 on each of 2 shards",
@@ -1514,17 +1410,7 @@ async fn limit_max_connections_per_shard() {
         c.disconnect().await;
     }
     // The places are given back when the broker has seen the closes.
-    let port = b.port();
-    eventually("a connection served again", WAIT, || async move {
-        match attempt(port, V5P, "maxconn-again").await {
-            Attempt::Accepted(c) => {
-                c.disconnect().await;
-                Some(())
-            }
-            Attempt::Closed => None,
-        }
-    })
-    .await;
+    served_again(b.port(), "maxconn-again").await;
     assert_still_serves(&mut b, test).await;
 }
 
@@ -1545,15 +1431,7 @@ async fn limit_max_connections_per_process() {
             ..Default::default()
         },
     );
-    let mut accepted = Vec::new();
-    let mut closed = 0u64;
-    for i in 0..12 {
-        let version = if i % 2 == 0 { V5P } else { V311 };
-        match attempt(b.port(), version, &format!("maxproc-{i}")).await {
-            Attempt::Accepted(c) => accepted.push(c),
-            Attempt::Closed => closed += 1,
-        }
-    }
+    let (mut accepted, closed) = attempts(b.port(), 12, "maxproc", alternate).await;
     assert_eq!(
         accepted.len(),
         6,
@@ -1566,17 +1444,7 @@ async fn limit_max_connections_per_process() {
     for c in accepted {
         c.disconnect().await;
     }
-    let port = b.port();
-    eventually("a connection served again", WAIT, || async move {
-        match attempt(port, V5P, "maxproc-again").await {
-            Attempt::Accepted(c) => {
-                c.disconnect().await;
-                Some(())
-            }
-            Attempt::Closed => None,
-        }
-    })
-    .await;
+    served_again(b.port(), "maxproc-again").await;
     assert_still_serves(&mut b, test).await;
 }
 
@@ -1600,14 +1468,7 @@ async fn limit_max_connect_rate() {
         },
     );
     let start = Instant::now();
-    let mut accepted = Vec::new();
-    let mut closed = 0u64;
-    for i in 0..40 {
-        match attempt(b.port(), V311, &format!("rate-{i}")).await {
-            Attempt::Accepted(c) => accepted.push(c),
-            Attempt::Closed => closed += 1,
-        }
-    }
+    let (accepted, closed) = attempts(b.port(), 40, "rate", |_| V311).await;
     let secs = start.elapsed().as_secs_f64();
     let allowed = (2.0 * 5.0 * (1.0 + secs)).ceil() as usize;
     assert!(

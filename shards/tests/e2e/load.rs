@@ -2,8 +2,6 @@
 //! memory stays bounded; the publisher and a fast subscriber are not held
 //! back), and a storm of connections opened and dropped at once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -55,27 +53,7 @@ async fn slow_consumer_does_not_grow_broker_or_block_others() {
     fast.subscribe("flood/end", QoS::AtLeastOnce).await;
 
     let baseline = b.rss_kib();
-    let peak = Arc::new(AtomicU64::new(baseline));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        let status = format!("/proc/{}/status", b.pid());
-        tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) {
-                if let Ok(s) = std::fs::read_to_string(&status) {
-                    if let Some(kib) = s
-                        .lines()
-                        .find_map(|l| l.strip_prefix("VmRSS:"))
-                        .and_then(|v| v.split_whitespace().next())
-                        .and_then(|v| v.parse::<u64>().ok())
-                    {
-                        peak.fetch_max(kib, Ordering::Relaxed);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let rss = RssSampler::start(&b, Duration::from_millis(50));
 
     // The fast subscriber counts flood messages until the end marker.
     let reader = tokio::spawn(async move {
@@ -119,9 +97,7 @@ async fn slow_consumer_does_not_grow_broker_or_block_others() {
         .await
         .expect("the fast subscriber did not get the end marker within 60 s")
         .expect("reader task");
-    done.store(true, Ordering::Relaxed);
-    sampler.await.unwrap();
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = rss.peak().await;
     eprintln!(
         "[{test}] flood {} MiB in {publish_time:?}; fast subscriber got {fast_got}/{FLOOD_COUNT}; broker RSS {baseline} KiB -> peak {peak} KiB",
         (FLOOD_COUNT * FLOOD_PAYLOAD) >> 20

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::common::wire::{connect_frame, Rng};
 use crate::common::*;
 
 /// PINGREQ with a non-zero flag nibble: Mosquitto 2.0.11 answers it with a
@@ -266,21 +267,6 @@ async fn protocol_errors_after_connect() {
     }
 }
 
-/// A CONNECT header: fixed header, "MQTT"/level, flags, keep alive 60,
-/// then `rest` (v5 properties, client id...).
-fn connect_bytes(name: &[u8], level: u8, flags: u8, rest: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    body.extend_from_slice(name);
-    body.push(level);
-    body.push(flags);
-    body.extend_from_slice(&60u16.to_be_bytes());
-    body.extend_from_slice(rest);
-    let mut out = vec![0x10, body.len() as u8];
-    out.extend_from_slice(&body);
-    out
-}
-
 /// Bad CONNECTs: the connection is closed; anything sent before the close is
 /// a CONNACK with a failure code (3.1.1: 0x01 for an unknown level).
 #[tokio::test]
@@ -291,26 +277,27 @@ async fn bad_connect_closes_connection() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "v3.1.1 CONNECT with the reserved flag set",
-            connect_bytes(b"MQTT", 4, 0x03, &[0x00, 0x01, b'r']),
+            connect_frame(b"MQTT", 4, 0x03, None, &[0x00, 0x01, b'r']),
         ),
         (
             "v5 CONNECT with the reserved flag set",
-            connect_bytes(b"MQTT", 5, 0x03, &[0x00, 0x00, 0x01, b'r']),
+            connect_frame(b"MQTT", 5, 0x03, None, &[0x00, 0x00, 0x01, b'r']),
         ),
         (
             "unknown protocol level 6",
-            connect_bytes(b"MQTT", 6, 0x02, &[0x00, 0x00, 0x01, b'l']),
+            connect_frame(b"MQTT", 6, 0x02, None, &[0x00, 0x00, 0x01, b'l']),
         ),
         (
             "unknown protocol name",
-            connect_bytes(b"MQTX", 4, 0x02, &[0x00, 0x01, b'n']),
+            connect_frame(b"MQTX", 4, 0x02, None, &[0x00, 0x01, b'n']),
         ),
         (
             "will QoS 3",
-            connect_bytes(
+            connect_frame(
                 b"MQTT",
                 4,
                 0x02 | 0x04 | 0x18,
+                None,
                 &[0x00, 0x01, b'w', 0x00, 0x01, b't', 0x00, 0x00],
             ),
         ),
@@ -375,18 +362,6 @@ async fn no_connect_closed_after_connect_timeout() {
         );
     }
     by.check().await;
-}
-
-/// A small deterministic PRNG (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 /// 100 connections send random bytes (half of them after a valid CONNECT),

@@ -2,52 +2,13 @@
 //! run, DISCONNECT 0x8B on SIGTERM, and configuration errors that name the
 //! key and the line.
 
-use std::io::{Read, Write};
-use std::net::TcpStream as StdTcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::broker::check_config;
+use crate::common::http::{free_port, http_get, metric};
 use crate::common::*;
 use vmqtt::codec::ProtocolVersion;
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// `GET path` over plain HTTP/1.1; returns (status code, body).
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = StdTcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read response");
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// Sum of a metric over its `shard` labels, and how many shards reported it.
-fn metric(body: &str, name: &str) -> (u64, usize) {
-    let prefix = format!("{name}{{shard=\"");
-    let values: Vec<u64> = body
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (values.iter().sum(), values.len())
-}
 
 #[tokio::test]
 async fn metrics_scraped_while_clients_run() {
@@ -134,11 +95,7 @@ fn config_typo_names_the_key_and_line() {
     std::fs::write(&file, "[mqtt]\nmax_inflight = 10\nrecieve_maximum = 5\n").expect("write");
     let exe = env!("CARGO_BIN_EXE_vmqtt-shard");
 
-    let out = Command::new(exe)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .expect("run");
+    let out = check_config(&file);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -172,11 +129,7 @@ fn config_typo_names_the_key_and_line() {
     );
 
     std::fs::write(&file, "[mqtt]\nreceive_maximum = 0\n").expect("write");
-    let out = Command::new(exe)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .expect("run");
+    let out = check_config(&file);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("mqtt.receive_maximum = 0") && err.contains("between 1 and 65535"),
@@ -184,11 +137,7 @@ fn config_typo_names_the_key_and_line() {
     );
 
     std::fs::write(&file, "[mqtt]\nreceive_maximum = 5\n").expect("write");
-    let out = Command::new(exe)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .expect("run");
+    let out = check_config(&file);
     assert!(
         out.status.success(),
         "{}",

@@ -35,6 +35,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use vmqtt::codec::{ConnAck, SubAck, Subscribe};
 
+use crate::common::broker::check_config;
+use crate::common::http::{free_port, labelled, scrape};
+use crate::common::process::{runs, sub_messages, wait_exit};
 use crate::common::raw::filter;
 use crate::common::shard::id_on_shard;
 use crate::common::*;
@@ -273,14 +276,6 @@ fn tls_toml(port: u16, pki: &Pki, certs: ClientCerts) -> String {
     s
 }
 
-/// A port nobody listens on right now (for a TLS listener or HTTP).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 // ---------------------------------------------------------------------------
 // MQTT helpers.
 
@@ -354,39 +349,6 @@ async fn subscribe_rc(c: &mut Raw, f: &str) -> u8 {
 
 // ---------------------------------------------------------------------------
 // Metrics.
-
-/// `GET /metrics`: the body.
-fn scrape(http: u16) -> String {
-    let mut s = StdTcpStream::connect(("127.0.0.1", http)).expect("connect to the HTTP endpoint");
-    s.set_read_timeout(Some(WAIT)).expect("read timeout");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send the request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read the response");
-    assert!(text.starts_with("HTTP/1.1 200"), "GET /metrics: {text}");
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
-/// The sum over shards of `name{shard=..,label="value"}`, and how many
-/// shards reported it.
-fn labelled(body: &str, name: &str, label: &str, value: &str) -> (u64, usize) {
-    let prefix = format!("{name}{{shard=\"");
-    let tail = format!(",{label}=\"{value}\"}}");
-    let values: Vec<u64> = body
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| {
-            let (series, v) = l.rsplit_once(' ')?;
-            series.ends_with(&tail).then(|| v.parse().ok())?
-        })
-        .collect();
-    (values.iter().sum(), values.len())
-}
 
 /// Polls `/metrics` (shards publish about once a second) until every
 /// `(name, label, value, want)` sums to `want` over the shards; fails at
@@ -570,37 +532,14 @@ async fn relay(mut plain: TcpStream, mut tcp: TcpStream, mut tls: ClientConnecti
 /// Whether mosquitto_pub and mosquitto_sub run; skips (or fails, in CI) the
 /// test if not.
 fn skip_without_mosquitto_clients(test: &str) -> bool {
-    let runs = |cmd: &str| {
-        Command::new(cmd)
-            .arg("--help")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    };
-    let have = runs("mosquitto_pub") && runs("mosquitto_sub") && runs("stdbuf");
+    let have = runs("mosquitto_pub", &["--help"])
+        && runs("mosquitto_sub", &["--help"])
+        && runs("stdbuf", &["--help"]);
     skip_missing_external(
         test,
         "mosquitto_pub/mosquitto_sub (Debian: mosquitto-clients)",
         have,
     )
-}
-
-/// Waits for `child` to exit within `within`; kills it and fails otherwise.
-fn wait_exit(child: &mut Child, what: &str, within: Duration) -> ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Runs a mosquitto client to its end (bounded): its output, stdout and
@@ -702,11 +641,7 @@ impl Sub {
         let st = wait_exit(&mut self.child, &self.what, WAIT * 4);
         // The reader threads end with the pipes.
         std::thread::sleep(Duration::from_millis(50));
-        let lines: Vec<String> = self
-            .lines
-            .try_iter()
-            .filter(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed"))
-            .collect();
+        let lines = sub_messages(&self.lines);
         assert!(
             st.success(),
             "{} exited with {st}; printed {lines:?}",
@@ -2056,12 +1991,7 @@ fn tls_broken_config_refused() {
         ),
     ];
     for (what, file, named) in cases {
-        let out = Command::new(BIN)
-            .arg("check-config")
-            .arg(&file)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run check-config");
+        let out = check_config(&file);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -2081,11 +2011,7 @@ fn tls_broken_config_refused() {
         "good.toml",
         &config(&section(&pki.server_crt, &pki.server_key, Some(&pki.ca))),
     );
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&good)
-        .output()
-        .expect("run check-config");
+    let out = check_config(&good);
     assert!(
         out.status.success(),
         "check-config of a good TLS configuration: {}",

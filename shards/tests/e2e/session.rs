@@ -2,21 +2,8 @@
 //! messages queued while offline, clean session / clean start, v5 session
 //! expiry.
 
+use crate::common::raw::persistent;
 use crate::common::*;
-
-/// CONNECT for a persistent session: 3.1.1 clean session 0, or v5 session
-/// expiry 60 s with clean start 1 on the `first` connection (a fresh
-/// session), 0 on later ones (resume).
-fn persistent(version: ProtocolVersion, id: &str, first: bool) -> Connect {
-    let mut c = connect_packet(version, id);
-    if version.is_v5() {
-        c.clean_start = first;
-        c.properties.session_expiry_interval = Some(60);
-    } else {
-        c.clean_start = false;
-    }
-    c
-}
 
 /// A persistent subscriber gets a QoS 1 (and a QoS 2) message, does not
 /// acknowledge it and drops the connection; on reconnect it gets the same
@@ -28,7 +15,7 @@ async fn resend_with_dup(test: &str, version: ProtocolVersion, placement: Placem
     let (pub_id, sub_id) = placement.ids(test);
     // The subscriber's will tells the publisher when the broker has seen the
     // connection drop, so that "m3" is really published while it is offline.
-    let mut first = persistent(version, &sub_id, true);
+    let mut first = persistent(version, &sub_id, true, 60);
     first.will = Some(will("dup/gone", "dropped", QoS::AtMostOnce, false));
     let (mut sub, ack) = Raw::connect_ok(b.port(), first).await;
     assert!(!ack.session_present);
@@ -58,7 +45,7 @@ async fn resend_with_dup(test: &str, version: ProtocolVersion, placement: Placem
     publ.publish_ok("dup/q1", "m3", QoS::AtLeastOnce, false)
         .await;
 
-    let (mut sub, ack) = Raw::connect_ok(b.port(), persistent(version, &sub_id, false)).await;
+    let (mut sub, ack) = Raw::connect_ok(b.port(), persistent(version, &sub_id, false, 60)).await;
     assert!(
         ack.session_present,
         "the persistent session must be present"
@@ -120,7 +107,7 @@ async fn qos2_pubrel_resent_after_reconnect() {
     for version in [V311, V5P] {
         let sub_id = format!("{sub_id}-{version:?}");
         let t = format!("pubrel/{version:?}");
-        let (mut sub, _) = Raw::connect_ok(b.port(), persistent(version, &sub_id, true)).await;
+        let (mut sub, _) = Raw::connect_ok(b.port(), persistent(version, &sub_id, true, 60)).await;
         sub.subscribe(&t, QoS::ExactlyOnce).await;
         let mut publ = Raw::v5(b.port(), &format!("{pub_id}-{version:?}")).await;
         publ.publish_ok(&t, "q2", QoS::ExactlyOnce, false).await;
@@ -134,7 +121,8 @@ async fn qos2_pubrel_resent_after_reconnect() {
         .await;
         sub.drop_abruptly();
 
-        let (mut sub, ack) = Raw::connect_ok(b.port(), persistent(version, &sub_id, false)).await;
+        let (mut sub, ack) =
+            Raw::connect_ok(b.port(), persistent(version, &sub_id, false, 60)).await;
         assert!(ack.session_present);
         let again = sub
             .wait_for("resent PUBREL", WAIT, |pk| match pk {
@@ -161,7 +149,7 @@ async fn offline_messages_delivered_on_reconnect() {
         let (pub_id, sub_id) = ids_on_different_shards(&format!("{test}-{version:?}"));
         let t1 = format!("offline/{version:?}/q1");
         let t2 = format!("offline/{version:?}/q2");
-        let (mut sub, _) = Raw::connect_ok(b.port(), persistent(version, &sub_id, true)).await;
+        let (mut sub, _) = Raw::connect_ok(b.port(), persistent(version, &sub_id, true, 60)).await;
         sub.subscribe(&t1, QoS::AtLeastOnce).await;
         sub.subscribe(&t2, QoS::ExactlyOnce).await;
         sub.disconnect().await;
@@ -176,7 +164,8 @@ async fn offline_messages_delivered_on_reconnect() {
                 .await;
         }
 
-        let (mut sub, ack) = Raw::connect_ok(b.port(), persistent(version, &sub_id, false)).await;
+        let (mut sub, ack) =
+            Raw::connect_ok(b.port(), persistent(version, &sub_id, false, 60)).await;
         assert!(ack.session_present, "{version:?}: session present");
         let (mut a, mut bb) = (Vec::new(), Vec::new());
         for _ in 0..15 {
@@ -266,14 +255,14 @@ async fn clean_start_discards_persistent_session() {
         reconnect.clean_start = true;
         assert_subscription_gone(
             &b,
-            persistent(version, &id, true),
+            persistent(version, &id, true, 60),
             reconnect,
             &pub_id,
             &format!("{t}/a"),
         )
         .await;
         // And the clean session, once ended, left nothing behind either.
-        let mut again = persistent(version, &id, false);
+        let mut again = persistent(version, &id, false, 60);
         if version.is_v5() {
             again.properties.session_expiry_interval = None;
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use vmqtt::ByteStr;
 
+use crate::common::process::{line_within, lines_of, run_paho, runs, sub_messages, wait_exit};
 use crate::common::*;
 
 fn bs(s: &str) -> ByteStr {
@@ -776,87 +777,13 @@ async fn v5_topic_alias_server_to_client_switch() {
     );
 }
 
-/// Whether `cmd` runs at all.
-fn runs(cmd: &str, args: &[&str]) -> bool {
-    std::process::Command::new(cmd)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok()
-}
-
-/// Waits for `child` to exit within `within`; kills it and fails otherwise.
-fn wait_exit(
-    child: &mut std::process::Child,
-    what: &str,
-    within: Duration,
-) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return s;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Whether `python3` can import paho-mqtt 2.x.
-fn have_paho() -> bool {
-    std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sys, paho.mqtt; sys.exit(0 if paho.mqtt.__version__.startswith('2.') else 1)",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Runs `shards/tests/python/paho_v5.py --check CHECK` against a new broker.
-fn run_paho_v5(test: &str, check: &str) {
-    if skip_missing_external(test, "python3 with paho-mqtt 2.x", have_paho()) {
-        return;
-    }
-    let b = Broker::start(test);
-    let (a, c) = ids_on_different_shards(test);
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("python")
-        .join("paho_v5.py");
-    let mut child = std::process::Command::new("python3")
-        .arg(&script)
-        .args(["--port", &b.port().to_string(), "--check", check])
-        .args(["--id-a", &a, "--id-b", &c, "--prefix", test])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn python3 {}: {e}", script.display()));
-    let status = wait_exit(&mut child, "paho_v5.py", Duration::from_secs(60));
-    let out = child.wait_with_output().expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}{stderr}");
-    assert!(
-        status.success(),
-        "paho_v5.py --check {check} failed ({status}):\n{stdout}\n{stderr}"
-    );
-}
-
 /// paho-mqtt 2.x: the steps of Paho 5.0 test_session_expiry (Session Expiry
 /// Interval 1 in CONNECT, 5 in DISCONNECT: still there after 3 s), twice in
 /// a row.
 #[test]
 fn paho_python_v5_disconnect_session_expiry() {
-    run_paho_v5("paho_python_v5_disconnect_session_expiry", "session-expiry");
+    let test = "paho_python_v5_disconnect_session_expiry";
+    run_paho(test, "paho_v5.py", ("--check", "session-expiry"), test);
 }
 
 /// paho-mqtt 2.x with Topic Alias Maximum 2: the broker's aliases resolve to
@@ -867,7 +794,7 @@ fn paho_python_v5_server_topic_alias() {
     if skip_on_mosquitto(test, "Mosquitto sends no topic aliases") {
         return;
     }
-    run_paho_v5(test, "topic-alias");
+    run_paho(test, "paho_v5.py", ("--check", "topic-alias"), test);
 }
 
 /// `mosquitto_sub -V mqttv5 -D connect topic-alias-maximum 10` (libmosquitto
@@ -900,34 +827,16 @@ async fn mosquitto_sub_v5_with_server_topic_aliases() {
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("spawn mosquitto_sub");
-    let out = sub.stdout.take().expect("piped stdout");
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(l) if l.contains("received SUBACK") => break,
-            Ok(_) => {}
-            Err(_) => panic!("mosquitto_sub got no SUBACK"),
-        }
+    let lines = lines_of(&mut sub);
+    if !line_within(&lines, "received SUBACK", WAIT) {
+        panic!("mosquitto_sub got no SUBACK");
     }
     let mut publ = Raw::v5(b.port(), &pub_id).await;
     for (t, m) in &sends {
         publ.publish_ok(t, m, QoS::AtLeastOnce, false).await;
     }
     let st = wait_exit(&mut sub, "mosquitto_sub", WAIT * 4);
-    let got: Vec<String> = lines
-        .try_iter()
-        .filter(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed"))
-        .collect();
+    let got = sub_messages(&lines);
     assert!(st.success(), "mosquitto_sub exited with {st}; got {got:?}");
     let want: Vec<String> = sends.iter().map(|(t, m)| format!("{t} {m}")).collect();
     assert_eq!(got, want);

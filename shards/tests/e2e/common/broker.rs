@@ -9,7 +9,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -163,22 +164,65 @@ impl BrokerConfig {
     }
 }
 
+/// Runs `vmqtt-shard check-config FILE` to its end: its status and output.
+pub fn check_config(file: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vmqtt-shard"))
+        .arg("check-config")
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run check-config")
+}
+
+/// The broker's resident set size in KiB, sampled every `every` until
+/// [`RssSampler::peak`]; the peak is kept.
+#[derive(Debug)]
+pub struct RssSampler {
+    peak: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    /// Starts sampling `b` (its current size is the first sample).
+    pub fn start(b: &Broker, every: Duration) -> RssSampler {
+        let peak = Arc::new(AtomicU64::new(b.rss_kib()));
+        let done = Arc::new(AtomicBool::new(false));
+        let pid = b.pid();
+        let task = {
+            let (peak, done) = (peak.clone(), done.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(bytes) = vmqtt_os::rss_bytes(pid) {
+                        peak.fetch_max(bytes / 1024, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            })
+        };
+        RssSampler {
+            peak,
+            done,
+            task: Some(task),
+        }
+    }
+
+    /// Stops sampling; returns the peak in KiB.
+    pub async fn peak(mut self) -> u64 {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.task.take() {
+            t.await.expect("RSS sampler");
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
 /// Raises this process's soft open-files limit to its hard limit, once. The
 /// broker inherits it, so connection-count tests are not capped at 1024.
 pub fn raise_nofile_limit() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: `lim` is a valid, writable rlimit for the duration of both calls.
-        unsafe {
-            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-                lim.rlim_cur = lim.rlim_max;
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            }
-        }
+        let _ = vmqtt_os::raise_nofile_limit();
     });
 }
 
@@ -424,14 +468,7 @@ impl Broker {
 
     /// The broker's resident set size in KiB (from /proc/<pid>/status).
     pub fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/<broker pid>/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS in /proc/<pid>/status")
+        vmqtt_os::rss_bytes(self.pid()).expect("VmRSS in /proc/<broker pid>/status") / 1024
     }
 
     /// Panics (with the log) if the broker process has exited.

@@ -1,14 +1,19 @@
 //! The end-to-end harness: start a broker (vmqtt or Mosquitto), pick client
-//! ids on given shards, talk to it with raw packets or with rumqttc.
+//! ids on given shards, talk to it with raw packets or with rumqttc, scrape
+//! its HTTP endpoint (`http`), run other programs against it (`process`),
+//! write bytes by hand (`wire`).
 
 #![allow(dead_code)]
 
 pub mod broker;
 pub mod clients;
+pub mod http;
+pub mod process;
 pub mod raw;
 pub mod shard;
+pub mod wire;
 
-pub use broker::{Broker, BrokerConfig, BrokerKind};
+pub use broker::{Broker, BrokerConfig, BrokerKind, RssSampler};
 pub use clients::{MqttClient, QoS5, V4, V5};
 pub use raw::{connect_packet, publish, text, topic, will, Raw, QUIET, WAIT};
 pub use shard::{home_shard, ids_on_different_shards, Placement, SHARDS};

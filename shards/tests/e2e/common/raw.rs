@@ -55,6 +55,19 @@ pub fn connect_packet(version: ProtocolVersion, client_id: &str) -> Connect {
     Connect::new(version, client_id)
 }
 
+/// CONNECT of a persistent session: 3.1.1 clean session 0; v5 session
+/// expiry `expiry`, clean start only on the `first` connection.
+pub fn persistent(version: ProtocolVersion, id: &str, first: bool, expiry: u32) -> Connect {
+    let mut c = connect_packet(version, id);
+    if version.is_v5() {
+        c.clean_start = first;
+        c.properties.session_expiry_interval = Some(expiry);
+    } else {
+        c.clean_start = false;
+    }
+    c
+}
+
 /// A will message.
 pub fn will(t: &str, payload: &str, qos: QoS, retain: bool) -> LastWill {
     LastWill {

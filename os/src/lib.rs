@@ -1,25 +1,20 @@
-//! Operating-system facts: the monotonic clock, CPU affinity, resource
-//! limits, and what `/proc` says about the broker process.
+//! Operating-system facts shared by the broker (`vmqtt-shard`), its
+//! end-to-end tests and the load generator (`vmqtt-loadtest`): the CPUs this
+//! process may run on, its file and locked-memory limits, the monotonic
+//! clock, a socket option for many source ports, and what `/proc` says
+//! about a process (resident memory, CPU time, run-queue wait).
+//!
+//! What only the broker needs (signals, its listening sockets, who holds an
+//! address, file locks) stays in `shards/src/sys.rs`. The sans-IO core
+//! (`vmqtt`) uses none of this.
 
 use std::io;
 use std::os::fd::RawFd;
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock stamped into payloads, the
-/// same in every process of the machine.
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on
-    // Linux, so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The CPUs in this process's affinity mask, in increasing order.
+/// The CPUs in this process's affinity mask (as set by `taskset` or a
+/// cgroup cpuset), in increasing order.
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
-    // SAFETY: `cpu_set_t` is plain data; all-zero is a valid empty set.
+    // SAFETY: `cpu_set_t` is plain data; zeroed is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: the pointer and size describe `set`, which outlives the call.
     let rc =
@@ -58,7 +53,7 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     Ok((lim.rlim_cur, lim.rlim_max))
 }
 
-/// The soft limit on locked memory in bytes (`None`: unlimited).
+/// The soft limit on locked memory, in bytes (`None` for unlimited).
 pub fn memlock_limit() -> io::Result<Option<u64>> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -69,6 +64,19 @@ pub fn memlock_limit() -> io::Result<Option<u64>> {
         return Err(io::Error::last_os_error());
     }
     Ok((lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur))
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock stamped into payloads, the
+/// same in every process of the machine.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on
+    // Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Sets `IP_BIND_ADDRESS_NO_PORT` on `fd`: a socket bound to a source
