@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::ShardId;
+use super::{GroupMsg, ShardId};
 use crate::codec::{PublishProperties, QoS};
 use crate::topic::{TopicFilter, TopicName};
 use crate::ClientId;
@@ -194,15 +194,30 @@ pub enum ShardMsg {
         /// The token to answer with.
         token: u64,
     },
-    /// Deliver to one member, on this shard, of the shared subscription
-    /// `filter` (`$share/{group}/{filter}`).
+    /// To the home shard of the shared subscription `filter`
+    /// (`$share/{group}/{filter}`): a message for one of its members.
     SharedPublish {
         /// The full shared filter.
         filter: TopicFilter,
         /// The message.
         msg: Arc<Message>,
-        /// If set, answer [`ShardMsg::Ack`] with the token to the shard once
-        /// the delivery is stored.
+        /// If set, the shard and token to answer [`ShardMsg::Ack`] to once
+        /// the member that takes it has stored it (or the group queued it).
+        ack: Option<(ShardId, u64)>,
+    },
+    /// To a group's home shard: a member joined, left, connected,
+    /// disconnected, finished messages or handed some back.
+    Group(GroupMsg),
+    /// From a group's home shard: deliver `msg` to member `client`, a
+    /// session on this shard.
+    GroupDeliver {
+        /// The full shared filter.
+        filter: TopicFilter,
+        /// The member.
+        client: ClientId,
+        /// The message.
+        msg: Arc<Message>,
+        /// As in [`ShardMsg::SharedPublish`]: answered once stored.
         ack: Option<(ShardId, u64)>,
     },
     /// Update the retained replica: store, or delete for an empty payload.

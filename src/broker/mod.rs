@@ -28,7 +28,8 @@ pub use message::{Limit, Message, ShardMsg, ShardStats};
 pub use retain::RetainedStore;
 pub use session::{Session, Subscription};
 pub use shard::{
-    shrink_if_sparse, CloseReason, CoreConfig, IoEvent, ShardCore, LIMITED_LOG_INTERVAL,
+    glob_match, shrink_if_sparse, CloseReason, CoreConfig, GroupInfo, GroupMsg, IoEvent,
+    MemberState, ShardCore, SharedConfig, Strategy, LIMITED_LOG_INTERVAL,
 };
 
 /// Index of a shard (one per core), `0..shards`.

@@ -38,6 +38,9 @@ pub(crate) struct Delivery {
     pub(crate) sub_ids: Vec<u32>,
     /// Where this delivery is stored, for a persistent session's QoS 1/2.
     pub(crate) store: Option<StoreRef>,
+    /// The shared subscription (full filter) whose group sent it: its home
+    /// shard counts it against the member's window until it is finished.
+    pub(crate) group: Option<TopicFilter>,
 }
 
 /// A delivery's place in durable storage: the shard's stored message and
@@ -422,6 +425,35 @@ impl Session {
         taken
     }
 
+    /// Takes the in-flight deliveries for which `keep` is false out of
+    /// flight (their packet ids become free): a shared subscription's
+    /// messages handed back to the group when the connection dropped.
+    pub(crate) fn take_inflight_unless(
+        &mut self,
+        mut keep: impl FnMut(&Inflight) -> bool,
+    ) -> Vec<Delivery> {
+        let seqs: Vec<u64> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| !keep(f))
+            .map(|(seq, _)| *seq)
+            .collect();
+        let mut taken = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(f) = self.inflight.remove(&seq) {
+                self.inflight_by_id.remove(&f.packet_id);
+                Gauges::sub(&self.gauges.inflight, 1);
+                taken.push(f.delivery);
+            }
+        }
+        taken
+    }
+
+    /// The queued (not yet sent) deliveries, in order.
+    pub(crate) fn queued(&self) -> impl Iterator<Item = &Delivery> {
+        self.queue.iter()
+    }
+
     /// Forgets where the deliveries are stored (the session's stored
     /// record was deleted), returning what they referred to.
     pub(crate) fn clear_store_refs(&mut self) -> Vec<StoreRef> {
@@ -664,6 +696,7 @@ mod tests {
             retain: false,
             sub_ids: vec![],
             store: None,
+            group: None,
         }
     }
 

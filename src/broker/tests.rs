@@ -151,6 +151,23 @@ impl Cluster {
                         "stats() gauges (connections, subscriptions, inflight, queued)"
                     );
                 }
+                // Every group's home counts exactly what each member holds
+                // unfinished (its prefetch window).
+                for core in &self.cores {
+                    for g in core.groups() {
+                        for (cid, _, outstanding) in &g.member_inflight {
+                            let home = home_shard(cid.as_str(), self.cores.len()).get();
+                            let held = self.cores[home].recounted_outstanding(cid, &g.filter);
+                            assert_eq!(
+                                held,
+                                Some(*outstanding),
+                                "{} of {}: held by its session vs counted at the home",
+                                cid.as_str(),
+                                g.filter.as_str()
+                            );
+                        }
+                    }
+                }
                 return;
             }
         }
@@ -2128,3 +2145,5 @@ fn outbound_topic_alias_for_retained_messages() {
         ]
     );
 }
+
+mod groups;

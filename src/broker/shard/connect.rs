@@ -136,6 +136,7 @@ impl ShardCore {
         self.send(conn_id, &Packet::ConnAck(ack));
         self.resend_inflight(now, conn_id, &client_id);
         self.pump(now, &client_id);
+        self.group_member_online(now, &client_id);
     }
 
     /// Why a CONNECT is refused, if it is: credentials the I/O layer
@@ -228,6 +229,7 @@ impl ShardCore {
         let generation = session.generation;
         let expiry = session.expiry_interval;
         let will = session.will.take().filter(|_| abnormal);
+        self.group_member_offline(now, cid);
         if expiry == 0 {
             if let Some(w) = will {
                 self.publish_will(now, cid, *w);

@@ -99,8 +99,13 @@ impl ShardCore {
                     .sessions
                     .get_mut(&cid)
                     .and_then(|s| s.puback(r.packet_id));
-                if let Some(sr) = done.and_then(|d| d.store) {
-                    self.store.dequeue(&cid, sr);
+                if let Some(d) = done {
+                    if let Some(sr) = d.store {
+                        self.store.dequeue(&cid, sr);
+                    }
+                    // A failure code drops the message: no other member
+                    // gets it [MQTT-4.8.2-6].
+                    self.group_done(now, &cid, &d);
                 }
                 self.pump(now, &cid);
             }
@@ -122,6 +127,7 @@ impl ShardCore {
                         if let Some(sr) = d.store {
                             self.store.dequeue(&cid, sr);
                         }
+                        self.group_done(now, &cid, &d);
                         false
                     }
                 };
@@ -162,8 +168,11 @@ impl ShardCore {
                     .sessions
                     .get_mut(&cid)
                     .and_then(|s| s.pubcomp(r.packet_id));
-                if let Some(sr) = done.and_then(|d| d.store) {
-                    self.store.dequeue(&cid, sr);
+                if let Some(d) = done {
+                    if let Some(sr) = d.store {
+                        self.store.dequeue(&cid, sr);
+                    }
+                    self.group_done(now, &cid, &d);
                 }
                 self.pump(now, &cid);
             }

@@ -25,6 +25,9 @@ pub(super) struct Store {
     /// Acknowledgements to other shards held until storage caught up:
     /// `(batch, shard, token)`.
     pub(super) held_acks: VecDeque<(BatchId, ShardId, ShardMsg)>,
+    /// Held acknowledgements to this shard itself, released by storage:
+    /// applied at the end of [`ShardCore::handle_stored`].
+    pub(super) loopback: Vec<ShardMsg>,
     /// Connections with output held back.
     pub(super) gated: HashSet<ConnId, crate::hash::FastState>,
     /// `ops.len()` when the current input (packet, shard message, timer)
@@ -137,7 +140,9 @@ impl ShardCore {
             let Some((_, to, ack)) = store.held_acks.pop_front() else {
                 break;
             };
-            if let Some(q) = self.outbox.get_mut(to.get()) {
+            if to == self.id {
+                store.loopback.push(ack);
+            } else if let Some(q) = self.outbox.get_mut(to.get()) {
                 q.push(ack);
             }
         }
@@ -158,6 +163,18 @@ impl ShardCore {
                 self.events.push_back(IoEvent::Wake(id));
             }
         }
+        // Only publishes' acknowledgements come back here, and their
+        // replies carry no retained messages: no clock is needed.
+        for ack in std::mem::take(&mut self.store.loopback) {
+            if let ShardMsg::Ack {
+                token,
+                delivered,
+                refused,
+            } = ack
+            {
+                self.handle_ack(self.started, token, delivered, refused);
+            }
+        }
     }
 
     /// Restores the durable state read at start: retained messages, routes
@@ -168,6 +185,7 @@ impl ShardCore {
     /// `expired_wills` are the wills of sessions that expired while the
     /// broker was down; they are published now.
     pub fn restore(&mut self, now: Instant, restored: Restored) {
+        self.clock = now;
         let Restored {
             sessions,
             retained,
@@ -197,7 +215,7 @@ impl ShardCore {
             let at = r.session.disconnected_at.unwrap_or(now);
             s.disconnected_at = Some(at);
             for (filter, sub) in r.subscriptions {
-                self.routes.index(&cid, &filter, sub, false);
+                self.routes.index(&cid, &filter, sub);
                 self.routes.count_local(&filter, self.id);
                 if s.subscriptions.insert(filter, sub).is_none() {
                     self.stats.subscriptions += 1;
@@ -215,6 +233,7 @@ impl ShardCore {
                         msg_id: e.message_id,
                         seq: e.seq,
                     }),
+                    group: None,
                 };
                 match e.state {
                     OutState::Queued => s.restore_queued(d),
@@ -226,6 +245,12 @@ impl ShardCore {
             for id in r.inbound_qos2 {
                 s.restore_incoming_qos2(id);
             }
+            let shared: Vec<TopicFilter> = s
+                .subscriptions
+                .keys()
+                .filter(|f| f.is_shared())
+                .cloned()
+                .collect();
             // Timers as if the connection ended at `at`.
             if let Some(w) = &s.will {
                 let delay = w.properties.will_delay_interval.unwrap_or(0);
@@ -243,6 +268,9 @@ impl ShardCore {
             self.sessions.insert(cid.clone(), Box::new(s));
             if was_connected {
                 self.store_session(&cid);
+            }
+            for filter in &shared {
+                self.group_join(now, &cid, filter);
             }
         }
         for (cid, will) in expired_wills {

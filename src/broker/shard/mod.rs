@@ -26,8 +26,10 @@ use crate::{BatchId, ByteStr, ClientId, MessageId, PacketId};
 mod connect;
 mod connection;
 mod durable;
+mod groups;
 mod publish;
 mod router;
+mod shared;
 mod stats;
 mod subscribe;
 mod timers;
@@ -35,6 +37,8 @@ mod timers;
 use connect::peek_connect_level;
 use connection::{outbound_publish, quota_exceeded, Conn, ConnState};
 use durable::Store;
+pub use groups::{glob_match, GroupInfo, GroupMsg, MemberState, SharedConfig, Strategy};
+use groups::{group_home, Dispatch, GroupTable, Offer};
 use publish::Outcome;
 use router::{Agg, Pending, RouteTable, Targets};
 use subscribe::same_authorizer;
@@ -109,6 +113,8 @@ pub struct CoreConfig {
     /// New connections accepted per second by this shard; 0 = no limit.
     /// Enforced by the I/O layer.
     pub max_connect_rate: u32,
+    /// Shared subscriptions: strategies, redelivery, the groups' queues.
+    pub shared: SharedConfig,
 }
 
 impl Default for CoreConfig {
@@ -138,6 +144,7 @@ impl Default for CoreConfig {
             authorizer: None,
             max_connections: 0,
             max_connect_rate: 0,
+            shared: SharedConfig::default(),
         }
     }
 }
@@ -217,6 +224,15 @@ pub struct ShardCore {
     sessions: HashMap<ClientId, Box<Session>, crate::hash::FastState>,
     /// Local subscriptions and every shard's routes.
     routes: RouteTable,
+    /// The shared-subscription groups whose home is this shard.
+    groups: GroupTable,
+    /// Reports for groups whose home is this shard, applied in order by
+    /// [`ShardCore::tell_group_home`] (never recursively).
+    group_local: VecDeque<GroupMsg>,
+    group_flushing: bool,
+    /// The time of the latest input, for the few paths that change groups
+    /// without being handed the time (an unsubscribe).
+    clock: Instant,
     retained: RetainedStore,
     outbox: Vec<Vec<ShardMsg>>,
     events: VecDeque<IoEvent>,
@@ -255,6 +271,12 @@ impl ShardCore {
             generations: 1,
             sessions: HashMap::default(),
             routes: RouteTable::default(),
+            groups: GroupTable::with_seed(
+                (config.instance ^ ((id.get() as u64) << 48)).wrapping_add(0x9e37_79b9),
+            ),
+            group_local: VecDeque::new(),
+            group_flushing: false,
+            clock: now,
             retained: RetainedStore::new(),
             outbox: (0..shards).map(|_| Vec::new()).collect(),
             events: VecDeque::new(),
@@ -305,6 +327,7 @@ impl ShardCore {
             queue_budget,
             ..config
         };
+        self.groups.reconfigure(&self.config.shared);
         if acl_changed {
             self.recheck_subscriptions();
         }
@@ -349,6 +372,7 @@ impl ShardCore {
     /// checked: `identity` is what its CONNECT is answered with (refused) or
     /// what the ACL sees (user name).
     pub fn handle_open_as(&mut self, now: Instant, identity: Identity) -> ConnId {
+        self.clock = now;
         self.next_conn += 1;
         let id = ConnId(self.next_conn);
         self.conns.insert(
@@ -384,6 +408,7 @@ impl ShardCore {
     /// Bytes read from a connection: decodes and handles every complete
     /// packet in `buf`, leaving a partial one there.
     pub fn handle_bytes(&mut self, now: Instant, conn_id: ConnId, buf: &mut BytesMut) {
+        self.clock = now;
         loop {
             self.store.begin_input();
             let (version, max_packet, state) = match self.conns.get(&conn_id) {
@@ -422,6 +447,7 @@ impl ShardCore {
 
     /// The socket closed (EOF, error, or after an [`IoEvent::Close`]).
     pub fn handle_closed(&mut self, now: Instant, conn_id: ConnId) {
+        self.clock = now;
         self.store.begin_input();
         let Some(mut conn) = self.conns.remove(&conn_id) else {
             return;
@@ -437,6 +463,7 @@ impl ShardCore {
     /// first get DISCONNECT 0x8B (Server shutting down). Wills are not
     /// published: the client did nothing wrong, and the server is going away.
     pub fn handle_shutdown(&mut self, now: Instant) {
+        self.clock = now;
         self.store.begin_input();
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
@@ -470,24 +497,34 @@ impl ShardCore {
 
     /// One message from another shard.
     pub fn handle_shard_msg(&mut self, now: Instant, msg: ShardMsg) {
+        self.clock = now;
         self.store.begin_input();
         self.outcome = Outcome::default();
         match msg {
             ShardMsg::Publish(m) => self.deliver_local(now, &m),
             ShardMsg::PublishAcked { msg, from, token } => {
                 self.deliver_local(now, &msg);
-                self.ack(from, Some(token));
+                self.ack(now, from, Some(token));
             }
             ShardMsg::SharedPublish { filter, msg, ack } => {
-                self.deliver_shared(now, &filter, &msg);
+                self.group_publish(now, &filter, msg, ack);
+            }
+            ShardMsg::Group(m) => self.tell_group_home(now, m),
+            ShardMsg::GroupDeliver {
+                filter,
+                client,
+                msg,
+                ack,
+            } => {
+                self.deliver_group(now, &filter, &client, msg);
                 if let Some((from, token)) = ack {
-                    self.ack(from, Some(token));
+                    self.ack(now, from, Some(token));
                 }
             }
             ShardMsg::Retain { msg, from, token } => {
                 self.store_retained(&msg);
                 self.retained.apply(msg);
-                self.ack(from, token);
+                self.ack(now, from, token);
             }
             ShardMsg::RouteAdd {
                 filter,
@@ -495,7 +532,7 @@ impl ShardCore {
                 token,
             } => {
                 self.routes.add_route(&filter, from);
-                self.ack(from, token);
+                self.ack(now, from, token);
             }
             ShardMsg::Ack {
                 token,
@@ -513,6 +550,7 @@ impl ShardCore {
 
     /// Handles every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = now;
         while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
                 break;
@@ -539,6 +577,7 @@ impl ShardCore {
     /// the session queue for the next write.
     /// Output that waits for storage stays (see [`ShardCore::poll_store`]).
     pub fn take_output(&mut self, now: Instant, conn_id: ConnId) -> Option<BytesMut> {
+        self.clock = now;
         self.store.begin_input();
         let conn = self.conns.get_mut(&conn_id)?;
         conn.woken = false;

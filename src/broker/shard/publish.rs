@@ -317,18 +317,8 @@ impl ShardCore {
                 self.stats.forwarded += 1;
             }
         }
-        for (filter, target) in shared {
-            if target == self.id {
-                self.deliver_shared(now, &filter, &msg);
-            } else if let Some(q) = self.outbox.get_mut(target.get()) {
-                acked += usize::from(ack.is_some());
-                q.push(ShardMsg::SharedPublish {
-                    filter,
-                    msg: msg.clone(),
-                    ack: ack.map(|t| (self.id, t)),
-                });
-                self.stats.forwarded += 1;
-            }
+        for filter in shared {
+            acked += self.route_to_group(now, filter, &msg, ack);
         }
         (matched, acked)
     }
@@ -359,54 +349,11 @@ impl ShardCore {
                 retain: msg.retain && agg.retain_as_published,
                 sub_ids: agg.ids,
                 store: None,
+                group: None,
             };
             self.deliver(now, &cid, d);
         }
         self.scratch = scratch;
-    }
-
-    /// Delivers to one local member of a shared subscription, round robin,
-    /// preferring connected members.
-    pub(super) fn deliver_shared(
-        &mut self,
-        now: Instant,
-        filter: &TopicFilter,
-        msg: &Arc<Message>,
-    ) {
-        let Some(group) = self.routes.group_mut(filter) else {
-            return;
-        };
-        let n = group.members.len();
-        if n == 0 {
-            return;
-        }
-        let start = group.next;
-        let pick = (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| {
-                self.sessions
-                    .get(&group.members[i])
-                    .is_some_and(|s| s.conn.is_some())
-            })
-            .unwrap_or(start % n);
-        group.next = pick + 1;
-        let cid = group.members[pick].clone();
-        let Some(sub) = self
-            .sessions
-            .get(&cid)
-            .and_then(|s| s.subscriptions.get(filter))
-            .copied()
-        else {
-            return;
-        };
-        let d = Delivery {
-            msg: msg.clone(),
-            qos: msg.qos.min(sub.options.qos),
-            retain: msg.retain && sub.options.retain_as_published,
-            sub_ids: sub.id.into_iter().collect(),
-            store: None,
-        };
-        self.deliver(now, &cid, d);
     }
 
     pub(super) fn deliver(&mut self, now: Instant, cid: &ClientId, d: Delivery) {
@@ -422,6 +369,7 @@ impl ShardCore {
                 session.dropped += 1;
                 self.stats.messages_dropped += 1;
                 self.stats.dropped_by_qos[0] += 1;
+                self.group_done(now, cid, &d);
                 return;
             };
             let direct = session.queued_len() == 0
@@ -441,6 +389,7 @@ impl ShardCore {
                         self.count_drop(cid, QoS::AtMostOnce);
                     }
                 }
+                self.group_done(now, cid, &d);
                 return;
             }
         }
@@ -487,6 +436,7 @@ impl ShardCore {
                 self.stats.dropped_by_qos[d.qos as usize] += 1;
                 self.outcome.refused += 1;
                 self.note_limited(now, cid, limit, 1);
+                self.group_done(now, cid, &d);
                 return;
             }
             let seq = session.store_seq;
@@ -515,6 +465,7 @@ impl ShardCore {
                 self.stats.messages_dropped += 1;
                 self.stats.dropped_by_qos[d.qos as usize] += 1;
                 self.note_limited(now, cid, Limit::Queued, 1);
+                self.group_done(now, cid, &d);
             }
         }
     }
@@ -549,6 +500,7 @@ impl ShardCore {
                         sub_ids: sub.id.into_iter().collect(),
                         msg: m,
                         store: None,
+                        group: None,
                     };
                     // The queue is empty: this one always fits.
                     self.enqueue_delivery_bounded(now, cid, d, usize::MAX);
@@ -580,6 +532,10 @@ impl ShardCore {
                     self.store.dequeue(cid, r);
                 }
                 self.count_drop(cid, d.qos);
+                self.group_done(now, cid, &d);
+            } else if id.is_none() {
+                // Sent at QoS 0: finished.
+                self.group_done(now, cid, &d);
             }
         }
     }

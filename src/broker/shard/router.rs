@@ -14,16 +14,13 @@ use super::*;
 /// will plug in.
 #[derive(Debug, Default)]
 pub(super) struct RouteTable {
-    /// Non-shared subscriptions of local sessions.
+    /// Non-shared subscriptions of local sessions (shared ones are
+    /// members of their group, kept by its home shard's `GroupTable`).
     subs: SubscriptionTrie<ClientId, Subscription>,
-    /// Shared subscriptions with members on this shard, by full filter.
-    shared: HashMap<TopicFilter, SharedGroup, crate::hash::FastState>,
     /// Local subscriber count per full filter (route announcements).
     local_filters: HashMap<TopicFilter, usize, crate::hash::FastState>,
     /// This shard's copy of the route table: filter → shards.
     routes: SubscriptionTrie<RouteKey, ()>,
-    /// Round-robin position per shared filter, for publishes from here.
-    shared_rr: HashMap<TopicFilter, usize, crate::hash::FastState>,
 }
 
 /// Where one message goes, as [`RouteTable::targets`] found it.
@@ -33,8 +30,8 @@ pub(super) struct Targets {
     pub(super) shards: [bool; 64],
     /// Shards from 64 on with a plain subscriber.
     pub(super) wide: Vec<ShardId>,
-    /// One pick per shared filter: the filter and the shard whose turn it is.
-    pub(super) shared: Vec<(TopicFilter, ShardId)>,
+    /// The shared filters (groups) that match, once each.
+    pub(super) shared: Vec<TopicFilter>,
 }
 
 impl RouteTable {
@@ -81,77 +78,40 @@ impl RouteTable {
             shared: filter.is_shared().then(|| filter.clone()),
         };
         self.routes.remove(filter.matching_filter(), &key);
-        if filter.is_shared() && self.routes.subscriber_count(filter.matching_filter()) == 0 {
-            self.shared_rr.remove(filter);
-        }
     }
 
-    /// Makes a subscription of `cid` findable when routing: the trie for a
-    /// plain filter, the group's members for a shared one (`existed`: the
-    /// session already had it, so it is a member already).
-    pub(super) fn index(
-        &mut self,
-        cid: &ClientId,
-        filter: &TopicFilter,
-        sub: Subscription,
-        existed: bool,
-    ) {
-        if filter.is_shared() {
-            if !existed {
-                self.shared
-                    .entry(filter.clone())
-                    .or_default()
-                    .members
-                    .push(cid.clone());
-            }
-        } else {
+    /// Makes a plain subscription of `cid` findable when routing (a
+    /// shared one is found through its group's home shard).
+    pub(super) fn index(&mut self, cid: &ClientId, filter: &TopicFilter, sub: Subscription) {
+        if !filter.is_shared() {
             self.subs.insert(filter.matching_filter(), cid.clone(), sub);
         }
     }
 
     /// The opposite of [`RouteTable::index`].
     pub(super) fn unindex(&mut self, cid: &ClientId, filter: &TopicFilter) {
-        if filter.is_shared() {
-            if let Some(g) = self.shared.get_mut(filter) {
-                g.members.retain(|m| m != cid);
-                if g.members.is_empty() {
-                    self.shared.remove(filter);
-                }
-            }
-        } else {
+        if !filter.is_shared() {
             self.subs.remove(filter.matching_filter(), cid);
         }
     }
 
-    /// The shards a message on `topic` goes to, with this shard's
-    /// round-robin pick for each shared filter (which advances).
-    pub(super) fn targets(&mut self, topic: &TopicName) -> Targets {
+    /// The shards a message on `topic` goes to, and the shared groups
+    /// (once each, whatever the number of shards with members).
+    pub(super) fn targets(&self, topic: &TopicName) -> Targets {
         let mut t = Targets {
             shards: [false; 64],
             wide: Vec::new(),
             shared: Vec::new(),
         };
-        let mut shared: Vec<(TopicFilter, ShardId)> = Vec::new();
         self.routes
             .for_each_match(topic, |key, _| match &key.shared {
                 None if key.shard.get() < 64 => t.shards[key.shard.get()] = true,
                 None => t.wide.push(key.shard),
-                Some(f) => shared.push((f.clone(), key.shard)),
+                Some(f) => t.shared.push(f.clone()),
             });
-        if !shared.is_empty() {
-            shared.sort();
-            let mut i = 0;
-            while i < shared.len() {
-                let j = i + shared[i..]
-                    .iter()
-                    .take_while(|(f, _)| *f == shared[i].0)
-                    .count();
-                let rr = self.shared_rr.entry(shared[i].0.clone()).or_insert(0);
-                let target = shared[i + *rr % (j - i)].1;
-                *rr = rr.wrapping_add(1);
-                t.shared.push((shared[i].0.clone(), target));
-                i = j;
-            }
+        if t.shared.len() > 1 {
+            t.shared.sort();
+            t.shared.dedup();
         }
         t
     }
@@ -165,11 +125,6 @@ impl RouteTable {
         self.subs.for_each_match(topic, f);
     }
 
-    /// The local members of shared filter `filter`.
-    pub(super) fn group_mut(&mut self, filter: &TopicFilter) -> Option<&mut SharedGroup> {
-        self.shared.get_mut(filter)
-    }
-
     /// Gives back the room of maps that once held many more entries.
     pub(super) fn release_memory(&mut self) {
         shrink_if_sparse(&mut self.local_filters);
@@ -181,12 +136,6 @@ pub(super) struct RouteKey {
     pub(super) shard: ShardId,
     /// For a shared subscription, its full filter.
     pub(super) shared: Option<TopicFilter>,
-}
-
-#[derive(Debug, Default)]
-pub(super) struct SharedGroup {
-    pub(super) members: Vec<ClientId>,
-    pub(super) next: usize,
 }
 
 #[derive(Debug, Default)]
@@ -244,16 +193,21 @@ impl ShardCore {
     }
 
     /// Answers a `RouteAdd`, `Retain` or forwarded publish that asked for
-    /// it. Held until the storage changes it caused here are written.
-    pub(super) fn ack(&mut self, to: ShardId, token: Option<u64>) {
+    /// it. Held until the storage changes it caused here are written. An
+    /// answer to this shard itself (a group's member here took a message
+    /// published here, through the group's home) is applied at once.
+    pub(super) fn ack(&mut self, now: Instant, to: ShardId, token: Option<u64>) {
         let Some(token) = token else { return };
+        let (delivered, refused) = (self.outcome.delivered > 0, self.outcome.refused > 0);
         let ack = ShardMsg::Ack {
             token,
-            delivered: self.outcome.delivered > 0,
-            refused: self.outcome.refused > 0,
+            delivered,
+            refused,
         };
         if let Some(batch) = self.store.own_barrier() {
             self.store.held_acks.push_back((batch, to, ack));
+        } else if to == self.id {
+            self.handle_ack(now, token, delivered, refused);
         } else if let Some(q) = self.outbox.get_mut(to.get()) {
             q.push(ack);
         }

@@ -72,7 +72,12 @@ impl ShardCore {
                     sub: entry,
                 });
             }
-            self.routes.index(cid, &filter, entry, existed);
+            self.routes.index(cid, &filter, entry);
+            if filter.is_shared() && !existed {
+                // Before the route announcement: the home knows the member
+                // before any shard routes a message to the group for it.
+                self.group_join(now, cid, &filter);
+            }
             if !filter.is_shared() {
                 let send = match options.retain_handling {
                     RetainHandling::SendAtSubscribe => true,
@@ -193,6 +198,9 @@ impl ShardCore {
         self.stats.subscriptions -= 1;
         self.routes.unindex(cid, filter);
         self.remove_local_filter(filter);
+        if filter.is_shared() {
+            self.group_leave(self.clock, cid, filter);
+        }
         true
     }
 }
@@ -292,6 +300,7 @@ impl ShardCore {
                 self.store.dequeue(cid, r);
             }
             self.count_drop(cid, d.qos);
+            self.group_done(self.clock, cid, &d);
         }
         revoked.len()
     }
