@@ -83,6 +83,9 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[auth]`: anonymous access, the password file and the ACL file.
     pub auth: AuthConfig,
+    /// `[shared_subscriptions]`: how `$share/{group}/…` groups pick
+    /// members, redeliver and queue.
+    pub shared_subscriptions: SharedSubscriptionsConfig,
     /// `[shards.N]` tables: overrides of `[mqtt]` keys and of the per-shard
     /// `[storage]` keys for shard `N` (numbered from 0).
     /// [`Config::mqtt_for_shard`] and [`Config::storage_for_shard`] apply
@@ -117,6 +120,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
+            shared_subscriptions: SharedSubscriptionsConfig::default(),
             shards: BTreeMap::new(),
             source: ConfigSource::default(),
         }
@@ -627,6 +631,63 @@ pub enum Anonymous {
     Loopback,
     /// `"allow"`: anyone may connect without credentials.
     Allow,
+}
+
+/// How a shared-subscription group picks the member that takes a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupStrategy {
+    /// In turn over the members that can take it, across the whole group.
+    #[default]
+    RoundRobin,
+    /// Any member that can take it, at random.
+    Random,
+    /// One member until it leaves or disconnects: the group's order kept.
+    Sticky,
+    /// By the publisher's client id: one publisher, one member, in order.
+    HashClient,
+    /// By topic: one topic, one member, in order.
+    HashTopic,
+    /// The member with the most free room in its window.
+    LeastInflight,
+}
+
+/// One `[[shared_subscriptions.groups]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRule {
+    /// Group names it applies to; `*` matches any run of characters.
+    pub pattern: String,
+    /// Their strategy.
+    pub strategy: GroupStrategy,
+}
+
+/// `[shared_subscriptions]`: consumer groups (`$share/{group}/{filter}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedSubscriptionsConfig {
+    /// The strategy of a group no rule names. Default round_robin.
+    pub strategy: GroupStrategy,
+    /// QoS 1 messages in flight to a member whose connection drops go to
+    /// another member at once. Default true.
+    pub redeliver_on_disconnect: bool,
+    /// Messages a group holds while no member can take them (none
+    /// connected, or every window full); more are dropped and counted.
+    /// Default 10000.
+    pub max_pending: u64,
+    /// Per-group strategies by group-name pattern, first match wins.
+    pub groups: Vec<GroupRule>,
+}
+
+impl Default for SharedSubscriptionsConfig {
+    fn default() -> Self {
+        SharedSubscriptionsConfig {
+            strategy: GroupStrategy::RoundRobin,
+            redeliver_on_disconnect: true,
+            max_pending: 10_000,
+            groups: Vec::new(),
+        }
+    }
 }
 
 /// `[auth]`: authentication and authorization, and how password checks

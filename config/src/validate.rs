@@ -151,6 +151,30 @@ const RULES: &[(&str, Rule)] = &[
     ("auth.verify_queue", int(1, 1_000_000, "checks")),
     ("auth.credential_cache_size", int(0, 100_000_000, "entries")),
     (
+        "shared_subscriptions",
+        Rule::Text("a table of [shared_subscriptions] settings"),
+    ),
+    (
+        "shared_subscriptions.strategy",
+        Rule::OneOf(&[
+            "round_robin",
+            "random",
+            "sticky",
+            "hash_client",
+            "hash_topic",
+            "least_inflight",
+        ]),
+    ),
+    ("shared_subscriptions.redeliver_on_disconnect", Rule::Bool),
+    (
+        "shared_subscriptions.max_pending",
+        int(0, 100_000_000, "messages"),
+    ),
+    (
+        "shared_subscriptions.groups",
+        Rule::Text("an array of tables { pattern = \"name-*\", strategy = \"...\" }"),
+    ),
+    (
         "auth.credential_cache_seconds",
         int(1, 86_400 * 365, "seconds"),
     ),
@@ -371,6 +395,17 @@ impl Config {
         }
         for (key, n) in self.tasks.numbers() {
             self.check(&format!("tasks.{key}"), n)?;
+        }
+        let shared = &self.shared_subscriptions;
+        self.check("shared_subscriptions.max_pending", shared.max_pending)?;
+        for rule in &shared.groups {
+            if rule.pattern.is_empty() || rule.pattern.contains(['/', '+', '#']) {
+                return Err(self.invalid(
+                    "shared_subscriptions.groups",
+                    format!("{:?}", rule.pattern),
+                    "a pattern is a group name (no '/', '+' or '#'), '*' matching any run of characters",
+                ));
+            }
         }
         for (shard, overrides) in &self.shards {
             for (key, n) in overrides.numbers() {

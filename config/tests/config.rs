@@ -164,7 +164,15 @@ fn every_setting_is_in_the_default_file_with_a_comment() {
     // already ensures it; this guards the walk above).
     for key in parsed.source.keys() {
         let is_table = [
-            "mqtt", "runtime", "log", "http", "storage", "tasks", "tls", "auth",
+            "mqtt",
+            "runtime",
+            "log",
+            "http",
+            "storage",
+            "tasks",
+            "tls",
+            "auth",
+            "shared_subscriptions",
         ]
         .contains(&key);
         assert!(
@@ -384,7 +392,8 @@ fn unknown_keys_everywhere() {
     assert_eq!(
         err.to_string(),
         "unknown key `database` at vmqtt.toml line 2: allowed keys at the top level are listen, \
-         data_dir, cores, mqtt, runtime, log, http, storage, tasks, tls, auth, shards"
+         data_dir, cores, mqtt, runtime, log, http, storage, tasks, tls, auth, \
+         shared_subscriptions, shards"
     );
     let err = parse_err("cores = 1\n[storage]\npath = \"x\"\n");
     assert_eq!(
@@ -1118,4 +1127,47 @@ fn tls_and_auth_mistakes_are_named() {
         e,
         "mqtt.max_topic_levels = 0 at vmqtt.toml line 2: must be between 1 and 65535 (levels)"
     );
+}
+
+#[test]
+fn shared_subscriptions_take_a_default_strategy_and_rules_by_group_name() {
+    let text = r#"
+[shared_subscriptions]
+strategy = "least_inflight"
+redeliver_on_disconnect = false
+max_pending = 50
+
+[[shared_subscriptions.groups]]
+pattern = "ordered-*"
+strategy = "sticky"
+"#;
+    let c = Config::from_toml_str(text, "t.toml").unwrap();
+    let s = &c.shared_subscriptions;
+    assert_eq!(s.strategy, vmqtt_config::GroupStrategy::LeastInflight);
+    assert!(!s.redeliver_on_disconnect);
+    assert_eq!(s.max_pending, 50);
+    assert_eq!(s.groups[0].pattern, "ordered-*");
+    assert_eq!(s.groups[0].strategy, vmqtt_config::GroupStrategy::Sticky);
+}
+
+#[test]
+fn a_bad_shared_subscriptions_section_is_refused_clearly() {
+    let bad_strategy = "[shared_subscriptions]\nstrategy = \"fastest\"\n";
+    let e = Config::from_toml_str(bad_strategy, "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("strategy") && e.contains("least_inflight"),
+        "{e}"
+    );
+    let bad_pattern = "[[shared_subscriptions.groups]]\npattern = \"a/b\"\nstrategy = \"random\"\n";
+    let e = Config::from_toml_str(bad_pattern, "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("shared_subscriptions.groups"), "{e}");
+    let big = "[shared_subscriptions]\nmax_pending = 1000000000\n";
+    let e = Config::from_toml_str(big, "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_pending"), "{e}");
 }

@@ -8,14 +8,14 @@
 use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{spawn_local, timer};
 use tracing::{debug, warn};
-use vmqtt::broker::{Limit, ShardStats};
+use vmqtt::broker::{GroupInfo, Limit, ShardStats};
 
 /// One shard's published counters. Written by that shard only.
 #[derive(Debug, Default)]
@@ -30,6 +30,27 @@ pub struct ShardSlot {
     store_sum_us: AtomicU64,
     /// Series with a label of their own ([`LABELLED`]), values in label order.
     labelled: [[AtomicU64; Limit::COUNT]; LABELLED.len()],
+    /// The shared-subscription groups whose home is this shard (a lock:
+    /// a list, replaced once a second, read by the endpoint).
+    groups: Mutex<Vec<GroupInfo>>,
+}
+
+/// (name, type, help, value) of one per-group series.
+type GroupSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&GroupInfo) -> u64,
+);
+
+/// Members listed per group in `vmqtt_group_member_inflight`, at most.
+const GROUP_MEMBERS_LISTED: usize = 100;
+
+/// `s` as a Prometheus label value.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// (name, help, label, label values) of the counters with a label beside
@@ -206,6 +227,65 @@ impl Metrics {
         }
     }
 
+    /// Shard `shard` publishes the groups whose home it is.
+    pub fn publish_groups(&self, shard: usize, groups: Vec<GroupInfo>) {
+        if let Some(slot) = self.shards.get(shard) {
+            *slot.groups.lock().unwrap_or_else(|e| e.into_inner()) = groups;
+        }
+    }
+
+    /// The groups' series: members, pending, dispatched, redelivered,
+    /// dropped per group, and each member's unfinished messages.
+    fn render_groups(&self, out: &mut String) {
+        let mut all: Vec<GroupInfo> = Vec::new();
+        for slot in &self.shards {
+            all.extend(
+                slot.groups
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned(),
+            );
+        }
+        let series: [GroupSeries; 6] = [
+            ("vmqtt_group_members", "gauge", "Members of a shared-subscription group.", |g| u64::from(g.members)),
+            ("vmqtt_group_members_online", "gauge", "Connected members of a group.", |g| u64::from(g.online)),
+            ("vmqtt_group_pending", "gauge", "Messages a group holds because no member can take them.", |g| g.pending),
+            ("vmqtt_group_dispatched_total", "counter", "Messages a group sent to its members.", |g| g.dispatched),
+            ("vmqtt_group_redelivered_total", "counter", "Messages in flight to a member that dropped, sent to another member (at least once: possible duplicates).", |g| g.redelivered),
+            ("vmqtt_group_dropped_total", "counter", "Messages a group dropped: its queue full, QoS 0 with no member connected, the group gone.", |g| g.dropped),
+        ];
+        for (name, kind, help, value) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for g in &all {
+                let group = label(g.filter.share_group().unwrap_or(""));
+                let filter = label(g.filter.matching_filter());
+                let strategy = g.strategy.as_str();
+                let _ = writeln!(
+                    out,
+                    "{name}{{group=\"{group}\",filter=\"{filter}\",strategy=\"{strategy}\"}} {}",
+                    value(g)
+                );
+            }
+        }
+        let name = "vmqtt_group_member_inflight";
+        let _ = writeln!(
+            out,
+            "# HELP {name} A member's unfinished QoS 1/2 messages of its group (its prefetch used), at most {GROUP_MEMBERS_LISTED} members per group.\n# TYPE {name} gauge"
+        );
+        for g in &all {
+            let group = label(g.filter.share_group().unwrap_or(""));
+            let filter = label(g.filter.matching_filter());
+            for (client, online, n) in g.member_inflight.iter().take(GROUP_MEMBERS_LISTED) {
+                let client = label(client.as_str());
+                let _ = writeln!(
+                    out,
+                    "{name}{{group=\"{group}\",filter=\"{filter}\",client=\"{client}\",online=\"{online}\"}} {n}"
+                );
+            }
+        }
+    }
+
     /// Shard `shard` wrote a storage batch in `took` (from hand-off to the
     /// blocking thread until it returned).
     pub fn observe_store_write(&self, shard: usize, took: Duration) {
@@ -296,6 +376,7 @@ impl Metrics {
             let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
             let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {total}");
         }
+        self.render_groups(&mut out);
         out
     }
 }

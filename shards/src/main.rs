@@ -30,7 +30,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter};
 
-use vmqtt::broker::{Authorizer, CoreConfig, QueueBudget};
+use vmqtt::broker::{Authorizer, CoreConfig, QueueBudget, SharedConfig, Strategy};
 use vmqtt_config::{Config, Durability, LogFormat, MqttConfig};
 
 /// mimalloc: see shards/Cargo.toml for why.
@@ -178,6 +178,30 @@ fn core_config(
         authorizer,
         max_connections: m.max_connections,
         max_connect_rate: m.max_connect_rate,
+        shared: SharedConfig::default(),
+    }
+}
+
+/// `[shared_subscriptions]` as the core takes it.
+fn shared_config(c: &vmqtt_config::SharedSubscriptionsConfig) -> SharedConfig {
+    use vmqtt_config::GroupStrategy as G;
+    let strategy = |s: G| match s {
+        G::RoundRobin => Strategy::RoundRobin,
+        G::Random => Strategy::Random,
+        G::Sticky => Strategy::Sticky,
+        G::HashClient => Strategy::HashClient,
+        G::HashTopic => Strategy::HashTopic,
+        G::LeastInflight => Strategy::LeastInflight,
+    };
+    SharedConfig {
+        strategy: strategy(c.strategy),
+        rules: c
+            .groups
+            .iter()
+            .map(|r| (r.pattern.clone(), strategy(r.strategy)))
+            .collect(),
+        redeliver_on_disconnect: c.redeliver_on_disconnect,
+        max_pending: usize::try_from(c.max_pending).unwrap_or(usize::MAX),
     }
 }
 
@@ -288,7 +312,10 @@ fn reload(
             );
         }
         // (persistence is fixed for the life of a core: ignored here.)
-        let _ = tx.send(core_config(&next, instance, false, security.acl.clone()));
+        let _ = tx.send(CoreConfig {
+            shared: shared_config(&new.shared_subscriptions),
+            ..core_config(&next, instance, false, security.acl.clone())
+        });
     }
     *current = new;
 }
@@ -474,6 +501,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             core: CoreConfig {
                 // One budget for every shard's persistent queues.
                 queue_budget: Some(queue_budget.clone()),
+                shared: shared_config(&config.shared_subscriptions),
                 ..core_config(
                     &config.mqtt_for_shard(index),
                     instance,

@@ -602,6 +602,7 @@ async fn timer_loop(
         if published.elapsed() >= Duration::from_secs(1) {
             published = Instant::now();
             metrics.publish(shard.index, &shard.core.borrow().stats());
+            metrics.publish_groups(shard.index, shard.core.borrow().groups());
             shard.core.borrow_mut().release_memory();
             vmqtt::broker::shrink_if_sparse(&mut shard.conns.borrow_mut());
             // SAFETY: mi_collect only walks and purges the calling thread's

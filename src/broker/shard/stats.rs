@@ -195,4 +195,45 @@ impl ShardCore {
             self.publish(now, msg);
         }
     }
+
+    /// The groups whose home is this shard publish their `$SYS` topics,
+    /// retained: `$SYS/broker/groups/{group}/{filter}/{value}`, the filter
+    /// with `+` and `#` written `%2B` and `%23` (not allowed in a topic
+    /// name) and `%` as `%25`.
+    pub(super) fn publish_group_sys(&mut self, now: Instant) {
+        for g in self.groups.info() {
+            let group = g.filter.share_group().unwrap_or("");
+            let filter = g
+                .filter
+                .matching_filter()
+                .replace('%', "%25")
+                .replace('+', "%2B")
+                .replace('#', "%23");
+            let values: [(&str, String); 7] = [
+                ("strategy", g.strategy.as_str().to_owned()),
+                ("members", g.members.to_string()),
+                ("online", g.online.to_string()),
+                ("pending", g.pending.to_string()),
+                ("dispatched", g.dispatched.to_string()),
+                ("redelivered", g.redelivered.to_string()),
+                ("dropped", g.dropped.to_string()),
+            ];
+            for (name, value) in values {
+                let topic = format!("$SYS/broker/groups/{group}/{filter}/{name}");
+                let Ok(topic) = TopicName::new(ByteStr::from(topic)) else {
+                    continue;
+                };
+                let msg = Arc::new(Message {
+                    topic,
+                    payload: Bytes::from(value),
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                    properties: PublishProperties::default(),
+                    expires_at: None,
+                    origin: None,
+                });
+                self.publish(now, msg);
+            }
+        }
+    }
 }

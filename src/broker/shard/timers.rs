@@ -71,6 +71,7 @@ impl ShardCore {
                     .push(Reverse((now + self.config.sys_interval, Timer::Sys)));
                 let stats = self.stats();
                 self.stats.store_write_max_us = 0;
+                self.publish_group_sys(now);
                 if self.id.get() == 0 {
                     self.sys_stats[0] = stats;
                     self.publish_sys(now);

@@ -437,3 +437,33 @@ fn a_group_whose_last_member_leaves_is_gone_with_its_queue() {
     cl.run();
     assert!(cl.cores.iter().all(|c| c.groups().is_empty()));
 }
+
+#[test]
+fn groups_publish_their_state_under_sys() {
+    let mut cl = Cluster::with_config(2, with_strategy(Strategy::LeastInflight, false));
+    let w = members(&mut cl, 2, 1);
+    let p = cl.connect(V5, &id_on("p", 0, 2));
+    for i in 0..3u16 {
+        cl.publish(&p, "jobs/x", b"j", QoS::AtLeastOnce, i + 1);
+    }
+    let _ = w;
+    let watcher = cl.connect(V5, "watcher");
+    cl.subscribe(&watcher, "$SYS/broker/groups/#", q(QoS::AtMostOnce));
+    cl.recv(&watcher);
+    cl.advance(Duration::from_secs(11));
+    let got: HashMap<String, Bytes> = cl
+        .publishes(&watcher)
+        .into_iter()
+        .map(|m| (m.topic.as_str().to_owned(), m.payload))
+        .collect();
+    let at = |k: &str| {
+        got.get(&format!("$SYS/broker/groups/g/jobs/%2B/{k}"))
+            .cloned()
+            .unwrap_or_else(|| panic!("{k} missing in {:?}", got.keys()))
+    };
+    assert_eq!(at("strategy"), "least_inflight");
+    assert_eq!(at("members"), "2");
+    assert_eq!(at("online"), "2");
+    assert_eq!(at("pending"), "1");
+    assert_eq!(at("dispatched"), "2");
+}
