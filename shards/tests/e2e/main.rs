@@ -40,6 +40,7 @@ mod connect;
 mod durability;
 mod external;
 mod full_disk;
+mod groups;
 mod hostile;
 mod keepalive;
 mod load;
