@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -73,7 +72,7 @@ pub(super) async fn accept_loop(
     let tls = tls.map(Rc::new);
     loop {
         match listener.accept().await {
-            Ok(_) | Err(_) if shard.stop.load(Ordering::Relaxed) => return,
+            Ok(_) | Err(_) if shard.stopping.get() => return,
             Ok(stream) => {
                 // Limits first, before a byte is read: over any of them the
                 // socket is closed at once (and the limit counted).

@@ -12,19 +12,21 @@
 //!   (TLS handshake, CONNECT, credentials) and the handoff to its home shard.
 //! - `conn.rs`: a served connection's reader and writer tasks and its reads.
 //! - `mesh.rs`: the channel mesh between shards (batches and handoffs).
+//! - `control.rs`: the main thread's messages to the shards (reload, stop)
+//!   and their acknowledgements.
 //!
 //! The storage task is beside the rest of storage, in `store/writer.rs`.
 //!
 //! [`ShardCore`]: vmqtt::broker::ShardCore
 
 mod conn;
+mod control;
 mod listener;
 mod mesh;
 mod shard;
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 
 use bytes::BytesMut;
@@ -35,6 +37,7 @@ use vmqtt_storage::RocksStorage;
 use crate::gate::{Budget, BudgetSlot, Gate};
 use crate::http::Metrics;
 
+pub use control::{Control, ControlReceiver, Controller};
 pub use shard::run;
 pub(crate) use shard::Shard;
 
@@ -86,16 +89,14 @@ pub struct ShardSpec {
     pub core: CoreConfig,
     /// The channel mesh shared by all shards.
     pub mesh: MeshBuilder<MeshMsg, Full>,
-    /// Set by the main thread to stop.
-    pub stop: Arc<AtomicBool>,
+    /// Messages from the main thread: reloads and the stop.
+    pub control: ControlReceiver,
     /// Start-up result, sent once listeners are bound.
     pub ready: mpsc::Sender<Result<usize, String>>,
     /// Counters published for the HTTP endpoint.
     pub metrics: Arc<Metrics>,
     /// The HTTP endpoint's address, for the one shard that serves it.
     pub http: Option<SocketAddr>,
-    /// New settings from a configuration reload (SIGHUP).
-    pub reconfigure: mpsc::Receiver<CoreConfig>,
     /// Durable storage, unless `durability = "off"` for this shard.
     pub storage: Option<ShardStorage>,
     /// CPU shares of the task queues (`[tasks]`).

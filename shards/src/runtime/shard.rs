@@ -1,21 +1,23 @@
 //! One shard's executor-local state and life: its task queues, acting on what
-//! the core produced, the run loop, the timer task and shutdown.
+//! the core produced, the run loop, the timer task, the control task (the
+//! main thread's reloads and stop) and shutdown.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::net::TcpListener;
 use glommio::{spawn_local_into, timer, Latency, Shares, TaskQueueHandle};
 use tracing::{debug, info, warn};
 
-use vmqtt::broker::{CloseReason, ConnId, CoreConfig, IoEvent, Limit, ShardCore, ShardId};
+use vmqtt::broker::{CloseReason, ConnId, IoEvent, Limit, ShardCore, ShardId};
 use vmqtt::ClientId;
 
 use super::conn::{ConnIo, CLOSE_GRACE};
+use super::control::{Ack, Control, ControlReceiver};
 use super::mesh::{self, OutQueue};
 use super::{listener, MeshMsg, ShardSpec};
 use crate::gate::{Budget, ConnectRate, Gate};
@@ -74,7 +76,8 @@ pub(crate) struct Shard {
     pub(super) outq: OutQueue,
     timer_notify: Notify,
     timer_at: Cell<Option<Instant>>,
-    pub(super) stop: Arc<AtomicBool>,
+    /// Stopping: set by the control task at [`Control::Stop`].
+    pub(super) stopping: Cell<bool>,
     /// Storage changes wait for the storage task.
     pub(crate) store_notify: Notify,
     /// The task queues.
@@ -223,7 +226,8 @@ fn log_close(shard: usize, conn: ConnId, client: Option<&ClientId>, reason: Clos
     }
 }
 
-/// Runs one shard until the stop flag is set.
+/// Runs one shard until the main thread stops it ([`Control::Stop`], or its
+/// end of the control channel closed).
 pub async fn run(spec: ShardSpec) {
     let ShardSpec {
         index,
@@ -231,11 +235,10 @@ pub async fn run(spec: ShardSpec) {
         listen,
         core,
         mesh,
-        stop,
+        control,
         ready,
         metrics,
         http,
-        reconfigure,
         storage,
         tasks,
         tls,
@@ -264,7 +267,7 @@ pub async fn run(spec: ShardSpec) {
         outq: OutQueue::default(),
         timer_notify: Notify::default(),
         timer_at: Cell::new(None),
-        stop,
+        stopping: Cell::new(false),
         store_notify: Notify::default(),
         queues: Queues::new(&tasks),
         open: Rc::new(Cell::new(0)),
@@ -326,14 +329,18 @@ pub async fn run(spec: ShardSpec) {
         );
     }
     debug!(shard = index, "running");
-    let timers = spawn_local_into(
-        timer_loop(shard.clone(), metrics.clone(), reconfigure),
+    spawn_into(q.background, timer_loop(shard.clone(), metrics.clone()));
+    let control = spawn_local_into(
+        control_loop(shard.clone(), control, metrics.clone()),
         q.background,
     );
-    match timers {
+    let stopped = match control {
         Ok(task) => task.await,
-        Err(e) => warn!(shard = index, error = %e, "starting the timer task failed"),
-    }
+        Err(e) => {
+            warn!(shard = index, error = %e, "starting the control task failed");
+            None
+        }
+    };
     metrics.set_ready(index, false);
     // The listening sockets end now, while the process lives: left to the
     // executor's teardown, their pending io_uring accepts would keep them
@@ -343,13 +350,14 @@ pub async fn run(spec: ShardSpec) {
         crate::sys::stop_listening(fd);
     }
     info!(shard = index, "shard stopped");
+    if let Some(ack) = stopped {
+        ack.done(index);
+    }
 }
 
-async fn timer_loop(
-    shard: Rc<Shard>,
-    metrics: Arc<Metrics>,
-    reconfigure: mpsc::Receiver<CoreConfig>,
-) {
+/// Fires the core's timers and, once a second, publishes the shard's
+/// metrics and gives memory back; ends when the shard stops.
+async fn timer_loop(shard: Rc<Shard>, metrics: Arc<Metrics>) {
     let tick = Duration::from_millis(200);
     let mut published = Instant::now();
     loop {
@@ -363,14 +371,13 @@ async fn timer_loop(
         let wait = next.saturating_duration_since(now);
         futures_lite::future::or(timer::sleep(wait), shard.timer_notify.wait()).await;
         shard.timer_at.set(None);
+        if shard.stopping.get() {
+            // (Shutdown is the control task's, without timers.)
+            return;
+        }
         shard.core.borrow_mut().handle_timeout(Instant::now());
         shard.after();
         glommio::yield_if_needed().await;
-        while let Ok(config) = reconfigure.try_recv() {
-            shard.core.borrow_mut().set_config(config);
-            // (A new ACL may have removed subscriptions: act on it now.)
-            shard.after();
-        }
         if published.elapsed() >= Duration::from_secs(1) {
             published = Instant::now();
             metrics.publish(shard.index, &shard.core.borrow().stats());
@@ -381,12 +388,59 @@ async fn timer_loop(
             // global allocator, as in tests, that heap is just empty).
             unsafe { libmimalloc_sys::mi_collect(false) };
         }
-        if shard.stop.load(Ordering::Relaxed) {
-            metrics.set_ready(shard.index, false);
-            shutdown(&shard).await;
-            return;
+    }
+}
+
+/// Acts on the main thread's messages as they arrive (woken by its
+/// socket, not a timer tick): new settings are applied and acknowledged at
+/// once; `Stop` shuts the shard down and hands back its acknowledgement,
+/// sent once the shard stopped listening. A closed control channel (the
+/// main thread gone) stops the shard too, with nobody to acknowledge.
+async fn control_loop(
+    shard: Rc<Shard>,
+    control: ControlReceiver,
+    metrics: Arc<Metrics>,
+) -> Option<Ack> {
+    let (queue, wake) = control.into_parts();
+    // SAFETY: `wake` is an open Unix stream socket owned by nothing else;
+    // the glommio stream takes it over.
+    let mut wake = unsafe { glommio::net::UnixStream::from_raw_fd(wake.into_raw_fd()) };
+    let mut bytes = [0u8; 64];
+    loop {
+        while let Some((what, ack)) = queue.try_next() {
+            match what {
+                Control::Reconfigure(config) => {
+                    shard.core.borrow_mut().set_config(config);
+                    // (A new ACL may have removed subscriptions: act on it now.)
+                    shard.after();
+                    ack.done(shard.index);
+                }
+                Control::Stop => {
+                    stop(&shard, &metrics).await;
+                    return Some(ack);
+                }
+            }
+        }
+        match futures_lite::AsyncReadExt::read(&mut wake, &mut bytes).await {
+            Ok(0) => {
+                warn!(shard = shard.index, "control channel closed: stopping");
+                stop(&shard, &metrics).await;
+                return None;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(shard = shard.index, error = %e, "reading the control socket failed");
+                timer::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
+}
+
+/// Stops accepting, then [`shutdown`].
+async fn stop(shard: &Rc<Shard>, metrics: &Metrics) {
+    shard.stopping.set(true);
+    metrics.set_ready(shard.index, false);
+    shutdown(shard).await;
 }
 
 /// Closes every connection (v5 clients get DISCONNECT 0x8B) and waits,
