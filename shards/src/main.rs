@@ -97,7 +97,7 @@ enum Command {
 const ADDRESS_WAIT: Duration = Duration::from_secs(3);
 
 /// Batches in flight per pair of shards. With the sender's queue
-/// (`runtime::OUTQ_LIMIT`) it bounds the memory a fast publisher can pin
+/// (`runtime::mesh::OUTQ_LIMIT`) it bounds the memory a fast publisher can pin
 /// while a slower shard catches up.
 const MESH_CAPACITY: usize = 256;
 

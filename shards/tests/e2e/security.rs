@@ -1335,7 +1335,8 @@ async fn sighup_reloads_passwords_and_acl() {
         0x86,
         "bob was deleted"
     );
-    // The ACL reaches the shards on their next tick: poll.
+    // Every shard applied the ACL before the [auth] line above was logged
+    // (polled anyway).
     let deadline = Instant::now() + WAIT * 2;
     loop {
         let mut alice = login(port, V5P, "hup-alice", "alice").await;
