@@ -17,7 +17,6 @@ mod verifier;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -98,9 +97,16 @@ enum Command {
 const ADDRESS_WAIT: Duration = Duration::from_secs(3);
 
 /// Batches in flight per pair of shards. With the sender's queue
-/// (`runtime::OUTQ_LIMIT`) it bounds the memory a fast publisher can pin
+/// (`runtime::mesh::OUTQ_LIMIT`) it bounds the memory a fast publisher can pin
 /// while a slower shard catches up.
 const MESH_CAPACITY: usize = 256;
+
+/// How long a SIGHUP waits for every shard to apply the new settings.
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a stop waits for every shard to drain: its last storage batch
+/// (10 s at most) and its connections' last bytes (2 s), with room.
+const STOP_WAIT: Duration = Duration::from_secs(20);
 
 /// The security settings loaded from the files the configuration names:
 /// what SIGHUP reloads.
@@ -226,12 +232,14 @@ fn init_logging(config: &Config) -> LogHandle {
 /// (the `[mqtt]` and `[shards.N]` settings, for new connections and from now
 /// on; the log level; `[auth]` with the password and ACL files, read again
 /// even if unchanged) and logs each changed setting that needs a restart.
+/// Reports "SIGHUP: reloaded" once every shard has acknowledged the new
+/// settings, so a connection made after that line sees them on any shard.
 fn reload(
     cli: &Cli,
     current: &mut Config,
     shards: usize,
     instance: u64,
-    to_shards: &[mpsc::Sender<CoreConfig>],
+    control: &runtime::Controller,
     log: &LogHandle,
     gate: &gate::Gate,
 ) {
@@ -297,25 +305,37 @@ fn reload(
         }
     }
     gate.replace(security.auth);
+    for index in 0..shards {
+        if current.mqtt_for_shard(index) != new.mqtt_for_shard(index) {
+            info!(
+                shard = index,
+                "SIGHUP: [mqtt] settings changed, applied live"
+            );
+        }
+    }
+    let reconfigure = |index| {
+        // (persistence is fixed for the life of a core: ignored here.)
+        let next = new.mqtt_for_shard(index);
+        runtime::Control::Reconfigure(CoreConfig {
+            shared: shared_config(&new.shared_subscriptions),
+            ..core_config(&next, instance, false, security.acl.clone())
+        })
+    };
+    let missing = control.request_all(reconfigure, RELOAD_WAIT);
     info!(
         anonymous = ?new.auth.anonymous,
         password_file = ?new.auth.password_file,
         acl_file = ?new.auth.acl_file,
         "SIGHUP: [auth] and its files reloaded, applied to new connections and from now on"
     );
-    for (index, tx) in to_shards.iter().enumerate() {
-        let (old, next) = (current.mqtt_for_shard(index), new.mqtt_for_shard(index));
-        if old != next {
-            info!(
-                shard = index,
-                "SIGHUP: [mqtt] settings changed, applied live"
-            );
-        }
-        // (persistence is fixed for the life of a core: ignored here.)
-        let _ = tx.send(CoreConfig {
-            shared: shared_config(&new.shared_subscriptions),
-            ..core_config(&next, instance, false, security.acl.clone())
-        });
+    if missing.is_empty() {
+        info!(shards, "SIGHUP: reloaded, every shard applied it");
+    } else {
+        warn!(
+            shards = ?missing,
+            wait_ms = RELOAD_WAIT.as_millis() as u64,
+            "SIGHUP: not applied by these shards in time (they apply it when they get to it)"
+        );
     }
     *current = new;
 }
@@ -473,15 +493,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let queue_budget = QueueBudget::new(config.storage.max_queued_bytes);
     let metrics = http::Metrics::new(shards, gate.counters());
-    let stop = Arc::new(AtomicBool::new(false));
+    let (control, controls) =
+        runtime::Controller::new(shards).context("creating the shards' control channels")?;
     let mesh = MeshBuilder::full(shards, MESH_CAPACITY);
     let instance = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::new();
-    let mut to_shards = Vec::new();
-    for (index, &cpu) in cpus.iter().take(shards).enumerate() {
+    for ((index, &cpu), control) in cpus.iter().take(shards).enumerate().zip(controls) {
         let durability = config.storage_for_shard(index).durability;
         let storage = match (&db, restored.get_mut(index).and_then(Option::take)) {
             (Some(db), Some(restored)) if durability != Durability::Off => {
@@ -515,15 +535,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             storage,
             tasks: config.tasks_for_shard(index),
             mesh: mesh.clone(),
-            stop: stop.clone(),
+            control,
             ready: ready_tx.clone(),
             metrics: metrics.clone(),
             http: http.filter(|_| index == 0),
-            reconfigure: {
-                let (tx, rx) = mpsc::channel();
-                to_shards.push(tx);
-                rx
-            },
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("vmqtt-shard-{index}"))
@@ -543,7 +558,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     if let Some(e) = failure {
-        stop.store(true, Ordering::Relaxed);
+        // (The shards that started see their control channel close: they
+        // stop.)
+        drop(control);
         bail!("{e}");
     }
     info!(
@@ -560,13 +577,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     loop {
         let sig = sys::wait_for_signal(&signals)?;
         if sig == libc::SIGHUP {
-            reload(&cli, &mut config, shards, instance, &to_shards, &log, &gate);
+            reload(&cli, &mut config, shards, instance, &control, &log, &gate);
             continue;
         }
         info!(signal = sig, "stopping");
         break;
     }
-    stop.store(true, Ordering::Relaxed);
+    let missing = control.request_all(|_| runtime::Control::Stop, STOP_WAIT);
+    if missing.is_empty() {
+        info!(shards, "stop acknowledged by every shard");
+    } else {
+        warn!(
+            shards = ?missing,
+            wait_ms = STOP_WAIT.as_millis() as u64,
+            "these shards did not acknowledge the stop in time"
+        );
+    }
     for h in handles {
         if h.join().is_err() {
             warn!("a shard ended with an error");

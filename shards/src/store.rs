@@ -1,7 +1,9 @@
 //! The broker's side of durable storage: opening the data directory and
 //! recovering every shard's state at start ([`open`]), and turning the
 //! core's [`StoreOp`]s into `vmqtt-storage` write batches
-//! ([`to_write_batch`]). The write loop itself is in `runtime.rs`.
+//! ([`to_write_batch`]); the write loop of each shard is in `store/writer.rs`.
+
+pub(crate) mod writer;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::broker::check_config;
 use crate::common::http::{free_port, http_get, metric};
+use crate::common::shard::{id_on_shard, ShardId};
 use crate::common::*;
 use vmqtt::codec::ProtocolVersion;
 
@@ -144,6 +145,62 @@ fn config_typo_names_the_key_and_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What vmqtt logs once every shard applied a SIGHUP reload.
+const RELOADED: &str = "SIGHUP: reloaded, every shard applied it";
+
+/// A reload is reported only once every shard applied it: right after the
+/// line, a new connection homed on each shard is granted the new
+/// `max_packet_size`, with no retry (five reloads in a row, so a report
+/// that ran ahead of a shard would show). Then SIGINT stops the broker, every
+/// shard acknowledging its stop.
+#[tokio::test]
+async fn sighup_reported_after_every_shard_applied_it() {
+    let test = "sighup_reported_after_every_shard_applied_it";
+    if skip_on_mosquitto(test, "vmqtt's reload") {
+        return;
+    }
+    let mut b = Broker::start(test);
+    let original = std::fs::read_to_string(b.config_path()).expect("read config");
+    assert!(original.contains("[mqtt]\n"), "{original}");
+    for (round, size) in [300u32, 400, 500, 600, 700].into_iter().enumerate() {
+        let text = original.replace("[mqtt]\n", &format!("[mqtt]\nmax_packet_size = {size}\n"));
+        std::fs::write(b.config_path(), text).expect("write config");
+        b.signal(libc::SIGHUP);
+        eventually("the reload reported", WAIT, || {
+            let done = b.log().matches(RELOADED).count() > round;
+            async move { done.then_some(()) }
+        })
+        .await;
+        for shard in 0..SHARDS {
+            let id = id_on_shard(&format!("{test}-{round}"), ShardId::new(shard as u16));
+            let (c, ack) =
+                Raw::connect_with(b.port(), connect_packet(ProtocolVersion::V5, &id)).await;
+            assert_eq!(
+                ack.properties.maximum_packet_size,
+                Some(size),
+                "round {round}: shard {shard} did not have the reloaded setting"
+            );
+            c.disconnect().await;
+        }
+    }
+    b.signal(libc::SIGINT);
+    let log = eventually(
+        "every shard acknowledged the stop",
+        Duration::from_secs(30),
+        || {
+            let log = b.log();
+            async move {
+                log.contains("stop acknowledged by every shard")
+                    .then_some(log)
+            }
+        },
+    )
+    .await;
+    assert_eq!(log.matches("shard stopped").count(), SHARDS, "{log}");
+    assert!(!log.contains("did not acknowledge"), "{log}");
+    b.stop_gracefully(Duration::from_secs(10));
 }
 
 /// SIGHUP re-reads the file: changed `[mqtt]` limits apply to new
