@@ -22,7 +22,7 @@
 # default 19000), BENCH_SKIP_BUILD=1, BENCH_VMQTT_BIN (a vmqtt-shard binary to
 # measure instead of the one built here), BENCH_VMQTT_REV (its revision, for
 # the record), BENCH_PORT (first port to try, 18830), BENCH_ONLY=fixed (the
-# fixed-rate table only).
+# fixed-rate table only; BENCH_ONLY=shared, the consumer-group rows only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -248,13 +248,26 @@ fixed() {
     done
   done
 }
+if [ "${BENCH_ONLY:-}" != shared ]; then
 fixed fanin-q0 --shape fan-in --publishers 100 --qos 0 --rate 1000
 fixed p2p-q1 --shape p2p --publishers 100 --qos 1 --rate 300
 fixed fanout-q0 --shape fan-out --publishers 1 --subscribers 1000 --qos 0 --rate 50
 fixed light-fanin-q0 --shape fan-in --publishers 100 --qos 0 --rate 10
 fixed light-p2p-q1 --shape p2p --publishers 100 --qos 1 --rate 10
+fi
+# Consumer groups: 100 publishers -> $share/g/... with 10 members, QoS 1.
+fixed shared-q1 --shape shared --publishers 100 --subscribers 10 --qos 1 --rate 100
+if [ "${BENCH_ONLY:-}" = shared ]; then
+  for b in vmqtt mosquitto; do
+    section "QoS 1 shared subscription, 100 publishers -> group of 10, open loop ($b)"
+    for k in $(seq 1 "$REPEATS"); do
+      run "shared-q1-$b-r$k" "$b" pubsub --shape shared --publishers 100 --subscribers 10 \
+        --qos 1 --inflight 16 --rate 0 --warmup 1 --duration "$SECS"
+    done
+  done
+fi
 
-if [ "${BENCH_ONLY:-}" != fixed ]; then
+if [ "${BENCH_ONLY:-}" != fixed ] && [ "${BENCH_ONLY:-}" != shared ]; then
 # ---- throughput, by rate sweep
 for b in vmqtt mosquitto; do
   section "QoS 0 fan-in, 10 publishers -> 1 subscriber ($b)"
@@ -419,6 +432,8 @@ row("QoS 0 fan-in msgs/s (10 → 1)", rate("fanin-q0-vmqtt-r*.json"), rate("fani
 row("QoS 0 point-to-point msgs/s (10 pairs)", rate("p2p-q0-vmqtt-r*.json"), rate("p2p-q0-mosquitto-r*.json"))
 row("QoS 1 point-to-point msgs/s (10 pairs)", rate("p2p-q1-vmqtt-r*.json"), rate("p2p-q1-mosquitto-r*.json"))
 row("QoS 0 fan-out deliveries/s (1 → 100)", rate("fanout-q0-vmqtt-r*.json"), rate("fanout-q0-mosquitto-r*.json"))
+row("QoS 1 shared msgs/s (100 → group of 10)", rate("shared-q1-vmqtt-r*.json"), rate("shared-q1-mosquitto-r*.json"))
+row("P99 latency, QoS 1 shared, open loop", p99("shared-q1-vmqtt-r*.json"), p99("shared-q1-mosquitto-r*.json"), "ms", True)
 row("P99 latency, p2p QoS 0 at 80% of own peak", p99("lat80-vmqtt-r*.json"), p99("lat80-mosquitto-r*.json"), "ms", True)
 row("P99 latency, p2p QoS 0 at 1k msgs/s", p99("latlight-vmqtt-r*.json"), p99("latlight-mosquitto-r*.json"), "ms", True)
 row("connects/s, 1 broker core", conn_rate("conn-vmqtt-r*.json"), conn_rate("conn-mosquitto-r*.json"))
@@ -445,6 +460,7 @@ for name, label in (
     ("fanout-q0", "QoS 0 fan-out, 1 publisher x 50 msg/s -> 1,000 (50k deliveries/s)"),
     ("light-fanin-q0", "light: QoS 0 fan-in, 100 x 10 msg/s (1k/s)"),
     ("light-p2p-q1", "light: QoS 1 point-to-point, 100 pairs x 10 msg/s (1k/s)"),
+    ("shared-q1", "QoS 1 shared subscription, 100 x 100 msg/s -> group of 10 (10k/s)"),
 ):
     if load(f"fx-{name}-vmqtt-r*.json"):
         print(fixed_row(name, label))

@@ -196,7 +196,7 @@ pub struct MemberState {
     /// The group's QoS 1/2 messages it holds unfinished now.
     pub outstanding: u32,
     /// Its session outlives the connection and is in the log: with storage,
-    /// messages nobody connected can take go to it (durable) rather than to
+    /// QoS 1/2 messages nobody can take now go to it (durable) rather than to
     /// the group's in-memory queue.
     pub persistent: bool,
 }
@@ -374,13 +374,19 @@ impl Group {
         }
     }
 
-    /// A member to hold `msg` while nobody connected can: with storage, a
-    /// persistent member (its session queue is durable), in turn.
+    /// A member to hold a QoS 1/2 message nobody can take now: with
+    /// storage, a persistent member (its session queue is in the log, the
+    /// group's queue is not), the connected one with the fewest unfinished
+    /// first, then the away one with the fewest.
     fn pick_persistent(&mut self) -> Option<usize> {
         let n = self.members.len();
         let i = (0..n)
             .map(|k| (self.next + k) % n)
-            .find(|&i| self.members[i].state.persistent)?;
+            .filter(|&i| self.members[i].state.persistent)
+            .min_by_key(|&i| {
+                let m = &self.members[i].state;
+                (!m.online, m.outstanding)
+            })?;
         self.next = i + 1;
         Some(i)
     }
@@ -564,7 +570,8 @@ impl GroupTable {
             group.dropped += 1;
             return Offer::Dropped;
         }
-        if !online && persistence && group.pending.is_empty() {
+        if persistence && msg.qos != QoS::AtMostOnce {
+            // An acknowledged message is never held only in memory.
             if let Some(i) = group.pick_persistent() {
                 out.push(dispatch(group, i, filter, msg, ack));
                 return Offer::Dispatched;
@@ -587,10 +594,12 @@ impl GroupTable {
         while let Some(msg) = group.pending.front().cloned() {
             let i = match group.pick(&msg, &mut self.rng) {
                 Some(i) => i,
-                None if !group.any_online() && persistence => match group.pick_persistent() {
-                    Some(i) => i,
-                    None => break,
-                },
+                None if persistence && msg.qos != QoS::AtMostOnce => {
+                    match group.pick_persistent() {
+                        Some(i) => i,
+                        None => break,
+                    }
+                }
                 None => break,
             };
             group.pending.pop_front();

@@ -467,3 +467,36 @@ fn groups_publish_their_state_under_sys() {
     assert_eq!(at("pending"), "1");
     assert_eq!(at("dispatched"), "2");
 }
+
+#[test]
+fn with_storage_a_full_group_queues_in_a_persistent_members_log_not_in_memory() {
+    let mut cl = Cluster::with_config(2, with_strategy(Strategy::RoundRobin, true));
+    let id = id_on("durable", 1, 2);
+    let mut c = Connect::new(V5, &id);
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(600);
+    c.properties.receive_maximum = Some(1);
+    let (m, _) = cl.connect_with(c);
+    cl.subscribe(&m, "$share/g/jobs/+", q(QoS::AtLeastOnce));
+    let p = cl.connect(V5, &id_on("p", 0, 2));
+    for i in 0..3u16 {
+        cl.publish(&p, "jobs/x", payload(i.into()), QoS::AtLeastOnce, i + 1);
+    }
+    let first = cl.publishes(&m);
+    assert_eq!(first.len(), 1, "its window is one");
+    assert_eq!(
+        group(&cl, "$share/g/jobs/+").pending,
+        0,
+        "nothing only in memory"
+    );
+    let queued = cl
+        .store_ops(1)
+        .into_iter()
+        .filter(|op| matches!(op, persist::StoreOp::PutQueueEntry { client_id, .. } if client_id.as_str() == id))
+        .count();
+    assert!(
+        queued >= 3,
+        "all three in the member's log: {queued} entries"
+    );
+    assert_eq!(take_and_ack(&mut cl, &m).len(), 0);
+}
