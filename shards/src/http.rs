@@ -43,6 +43,24 @@ type GroupSeries = (
     fn(&GroupInfo) -> u64,
 );
 
+/// `s` as a JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Members listed per group in `vmqtt_group_member_inflight`, at most.
 const GROUP_MEMBERS_LISTED: usize = 100;
 
@@ -232,6 +250,46 @@ impl Metrics {
         if let Some(slot) = self.shards.get(shard) {
             *slot.groups.lock().unwrap_or_else(|e| e.into_inner()) = groups;
         }
+    }
+
+    /// `GET /groups`: every consumer group with its home shard, strategy,
+    /// counters and members (each with its unfinished messages), as JSON.
+    pub fn groups_json(&self) -> String {
+        let mut out = String::from("{\"groups\":[");
+        let mut first = true;
+        for (shard, slot) in self.shards.iter().enumerate() {
+            let groups = slot.groups.lock().unwrap_or_else(|e| e.into_inner());
+            for g in groups.iter() {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                let _ = write!(
+                    out,
+                    "{{\"group\":{},\"filter\":{},\"home_shard\":{shard},\"strategy\":\"{}\",\"members\":{},\"online\":{},\"pending\":{},\"dispatched\":{},\"redelivered\":{},\"dropped\":{},\"member_list\":[",
+                    json_str(g.filter.share_group().unwrap_or("")),
+                    json_str(g.filter.matching_filter()),
+                    g.strategy.as_str(),
+                    g.members,
+                    g.online,
+                    g.pending,
+                    g.dispatched,
+                    g.redelivered,
+                    g.dropped
+                );
+                for (i, (client, online, n)) in g.member_inflight.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "," };
+                    let _ = write!(
+                        out,
+                        "{sep}{{\"client_id\":{},\"online\":{online},\"inflight\":{n}}}",
+                        json_str(client.as_str())
+                    );
+                }
+                out.push_str("]}");
+            }
+        }
+        out.push_str("]}\n");
+        out
     }
 
     /// The groups' series: members, pending, dispatched, redelivered,
@@ -425,15 +483,17 @@ async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>) {
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     debug!(method, path, "http request");
     let path = path.split('?').next().unwrap_or("");
-    let (status, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", metrics.render()),
-        ("GET", "/healthz") => ("200 OK", "ok\n".to_owned()),
-        ("GET", "/readyz") if metrics.all_ready() => ("200 OK", "ready\n".to_owned()),
-        ("GET", "/readyz") => ("503 Service Unavailable", "not ready\n".to_owned()),
-        ("GET", _) => ("404 Not Found", "not found\n".to_owned()),
-        _ => ("405 Method Not Allowed", "GET only\n".to_owned()),
+    let text = "text/plain; version=0.0.4";
+    let (status, kind, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", text, metrics.render()),
+        ("GET", "/groups") => ("200 OK", "application/json", metrics.groups_json()),
+        ("GET", "/healthz") => ("200 OK", text, "ok\n".to_owned()),
+        ("GET", "/readyz") if metrics.all_ready() => ("200 OK", text, "ready\n".to_owned()),
+        ("GET", "/readyz") => ("503 Service Unavailable", text, "not ready\n".to_owned()),
+        ("GET", _) => ("404 Not Found", text, "not found\n".to_owned()),
+        _ => ("405 Method Not Allowed", text, "GET only\n".to_owned()),
     };
-    let _ = respond(&mut stream, status, "text/plain; version=0.0.4", &body).await;
+    let _ = respond(&mut stream, status, kind, &body).await;
 }
 
 async fn respond(
@@ -454,6 +514,42 @@ async fn respond(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_render_as_series_and_json_with_escaped_names() {
+        use vmqtt::broker::Strategy;
+        use vmqtt::topic::TopicFilter;
+        use vmqtt::ClientId;
+        let m = Metrics::new(2, Arc::new(LoginCounters::default()));
+        let g = GroupInfo {
+            filter: TopicFilter::from_static("$share/jobs/a/\"q\"/#").unwrap(),
+            strategy: Strategy::LeastInflight,
+            members: 2,
+            online: 1,
+            pending: 5,
+            dispatched: 40,
+            redelivered: 3,
+            dropped: 1,
+            member_inflight: vec![
+                (ClientId::new("w\\1".into()), true, 4),
+                (ClientId::new("w2".into()), false, 0),
+            ],
+        };
+        m.publish_groups(1, vec![g]);
+        let text = m.render();
+        let labels = r#"group="jobs",filter="a/\"q\"/#",strategy="least_inflight""#;
+        assert!(text.contains(&format!("vmqtt_group_members{{{labels}}} 2\n")), "{text}");
+        assert!(text.contains(&format!("vmqtt_group_pending{{{labels}}} 5\n")));
+        assert!(text.contains(&format!("vmqtt_group_redelivered_total{{{labels}}} 3\n")));
+        assert!(text.contains(
+            r#"vmqtt_group_member_inflight{group="jobs",filter="a/\"q\"/#",client="w\\1",online="true"} 4"#
+        ));
+        let json = m.groups_json();
+        assert!(json.starts_with(r#"{"groups":[{"group":"jobs","filter":"a/\"q\"/#","home_shard":1,"strategy":"least_inflight","members":2,"online":1,"pending":5,"#), "{json}");
+        assert!(json.contains(r#"{"client_id":"w\\1","online":true,"inflight":4}"#), "{json}");
+        m.publish_groups(1, Vec::new());
+        assert_eq!(m.groups_json(), "{\"groups\":[]}\n");
+    }
 
     #[test]
     fn renders_every_series_for_every_shard() {

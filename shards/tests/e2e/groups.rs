@@ -149,6 +149,14 @@ async fn a_durable_group_loses_nothing_across_kill9() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    let (status, groups) = http_get(http, "/groups");
+    assert_eq!(status, 200);
+    assert!(
+        groups.contains(r#""group":"durable","filter":"jobs/+""#)
+            && groups.contains(&format!(r#"{{"client_id":"{member_id}","online":false,"#)),
+        "{groups}"
+    );
+
     b.kill9();
     b.restart();
 
