@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hist::{Hist, Percentiles};
 use crate::plan::{ConnPlan, PubSubPlan, Scenario};
-use crate::runner::{Counters, Part, StepTiming, TickData};
+use crate::tick::{Counters, Part, StepTiming, TickData};
 use crate::track::{Loss, Tracking};
 
 /// Version of the JSON layout.
