@@ -449,20 +449,25 @@ async fn idle_conn(c: Rc<Core>, spec: ConnSpec, permit: glommio::sync::StaticPer
     c.disconnected();
 }
 
+/// Reads more bytes into `conn`, or `None` once the run finishes first.
+async fn fill_until_finish(c: &Core, conn: &mut Conn) -> Option<Result<usize, ClientError>> {
+    or(
+        async {
+            c.finish.wait().await;
+            None
+        },
+        async { Some(conn.fill().await) },
+    )
+    .await
+}
+
 /// Keeps an idle connection alive (PINGREQ every keep-alive) until the run
 /// finishes, then disconnects.
 async fn hold_idle(c: &Core, conn: &mut Conn) {
     let ka = Duration::from_secs(u64::from(c.cfg.keepalive.max(1)));
     let _ = conn.stream.set_read_timeout(Some(ka));
     loop {
-        let read = or(
-            async {
-                c.finish.wait().await;
-                None
-            },
-            async { Some(conn.fill().await) },
-        )
-        .await;
+        let read = fill_until_finish(c, conn).await;
         match read {
             None => break,
             Some(Err(e)) if is_timeout(&e) => {
@@ -629,14 +634,7 @@ async fn subscriber(
     let mut last_write = mono_ns();
     let mut failed = false;
     loop {
-        let read = or(
-            async {
-                c.finish.wait().await;
-                None
-            },
-            async { Some(conn.fill().await) },
-        )
-        .await;
+        let read = fill_until_finish(&c, &mut conn).await;
         match read {
             None => break,
             Some(Err(e)) if is_timeout(&e) => {}
