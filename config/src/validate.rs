@@ -426,7 +426,7 @@ impl Config {
             }
         }
         let unset =
-            |p: &Option<std::path::PathBuf>| p.as_ref().map_or(true, |p| p.as_os_str().is_empty());
+            |p: &Option<std::path::PathBuf>| p.as_ref().is_none_or(|p| p.as_os_str().is_empty());
         if !tls.listen.is_empty() && (unset(&tls.cert_file) || unset(&tls.key_file)) {
             let list: Vec<String> = tls.listen.iter().map(|a| format!("\"{a}\"")).collect();
             return Err(self.invalid(

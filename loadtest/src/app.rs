@@ -20,10 +20,11 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::addr::parse_cpu_list;
 use crate::cli::{parse_share, Common};
-use crate::hub::{Hub, MemberEvent, Releaser};
+use crate::hub::{Hub, Releaser};
 use crate::plan::{RunConfig, Scenario};
 use crate::report::{self, Report};
-use crate::runner::{run_core, Control, CoreSpec, Part, TickData};
+use crate::runner::{run_core, Control, CoreSpec};
+use crate::tick::{MemberEvent, Part, TickData};
 
 /// Where each executor runs.
 fn placements(c: &Common) -> anyhow::Result<Vec<Placement>> {

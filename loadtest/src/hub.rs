@@ -20,42 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::plan::{RunConfig, Scenario};
 use crate::report::{self, BrokerReport, Inputs, Report, RssPoint, SeriesPoint};
-use crate::runner::{Part, TickData};
-
-/// What a member tells the hub.
-#[derive(Debug)]
-pub enum MemberEvent {
-    /// Reached barrier `n` with `connected` connections open.
-    Barrier {
-        /// Member index.
-        member: usize,
-        /// Barrier.
-        n: u32,
-        /// Connections open.
-        connected: u64,
-    },
-    /// One second.
-    Tick {
-        /// Member index.
-        member: usize,
-        /// Data.
-        data: Box<TickData>,
-    },
-    /// Finished.
-    Done {
-        /// Member index.
-        member: usize,
-        /// Result.
-        part: Box<Part>,
-    },
-    /// Failed (a worker process died, …).
-    Failed {
-        /// Member index.
-        member: usize,
-        /// Why.
-        error: String,
-    },
-}
+use crate::runner::Control;
+use crate::tick::{MemberEvent, Part, TickData};
 
 /// How the hub releases barriers and stops its members.
 pub trait Releaser {
@@ -124,7 +90,7 @@ pub struct Hub {
     started_unix_ms: u64,
     /// In one process: the executors' live received counter, and its last
     /// value with when it last changed.
-    live: Option<std::sync::Arc<crate::runner::Control>>,
+    live: Option<std::sync::Arc<Control>>,
     last_received: (u64, u64),
 }
 
@@ -169,7 +135,7 @@ impl Hub {
     /// Watches the executors' live received counter (one process), so the
     /// drain ends 500 ms after the last message instead of after a quiet
     /// second.
-    pub fn watch(mut self, control: std::sync::Arc<crate::runner::Control>) -> Self {
+    pub fn watch(mut self, control: std::sync::Arc<Control>) -> Self {
         self.live = Some(control);
         self
     }

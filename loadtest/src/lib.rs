@@ -10,6 +10,8 @@
 //!   [`vmqtt::codec`]); [`runner`]: one executor's connections and counters.
 //! - [`hub`]: barriers, per-second series, broker sampling; [`app`]: one
 //!   process, a worker, or the parent of workers.
+//! - [`tick`]: the plain data an executor reports (per-second ticks, step
+//!   timings, its final part) and the events that carry it to the hub.
 //! - [`payload`]: the timestamp/sequence header of every message;
 //!   [`track`]: lost/duplicate/out-of-order accounting; [`hist`]: latency
 //!   histograms; [`report`]: the JSON report, merging, the summary;
@@ -27,4 +29,5 @@ pub mod plot;
 pub mod report;
 pub mod runner;
 pub mod sync;
+pub mod tick;
 pub mod track;

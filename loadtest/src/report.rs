@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hist::{Hist, Percentiles};
 use crate::plan::{ConnPlan, PubSubPlan, Scenario};
-use crate::runner::{Counters, Part, StepTiming, TickData};
+use crate::tick::{Counters, Part, StepTiming, TickData};
 use crate::track::{Loss, Tracking};
 
 /// Version of the JSON layout.
@@ -480,13 +480,8 @@ pub fn merge(reports: Vec<Report>) -> Result<Report, String> {
                 }
             }
         }
-        if let Some(l) = r.loss {
-            loss_sum.lost += l.lost;
-            loss_sum.dropped += l.dropped;
-            loss_sum.duplicates += l.duplicates;
-            loss_sum.out_of_order += l.out_of_order;
-            loss_sum.unacked += l.unacked;
-            loss_sum.delivered_unique += l.delivered_unique;
+        if let Some(l) = &r.loss {
+            loss_sum.add(l);
         }
         if broker.is_none() {
             broker = r.broker.clone();

@@ -91,9 +91,7 @@ impl Future for GateWait<'_> {
         let mut wakers = gate.wakers.borrow_mut();
         match self.slot {
             Some(i) if i < wakers.len() => {
-                let stale = wakers[i]
-                    .as_ref()
-                    .map_or(true, |w| !w.will_wake(cx.waker()));
+                let stale = wakers[i].as_ref().is_none_or(|w| !w.will_wake(cx.waker()));
                 if stale {
                     wakers[i] = Some(cx.waker().clone());
                 }

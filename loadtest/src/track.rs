@@ -289,6 +289,18 @@ pub struct Loss {
     pub delivered_unique: u64,
 }
 
+impl Loss {
+    /// Adds another process's or run's counts into `self`.
+    pub fn add(&mut self, o: &Loss) {
+        self.lost += o.lost;
+        self.dropped += o.dropped;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        self.unacked += o.unacked;
+        self.delivered_unique += o.delivered_unique;
+    }
+}
+
 impl Tracking {
     /// Adds a connection's stream for (`receiver`, `publisher`). Sequence
     /// numbers the receiver already had from another connection count as

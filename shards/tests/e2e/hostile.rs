@@ -1355,7 +1355,7 @@ async fn attempts(
 
 /// v5 for even `i`, 3.1.1 for odd.
 fn alternate(i: usize) -> ProtocolVersion {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         V5P
     } else {
         V311
