@@ -238,7 +238,7 @@ pub fn matches(filter: &str, topic: &str) -> bool {
 
 /// Whether the level of `f` that starts at `i` is exactly the byte `c`.
 fn is_wildcard_level(f: &[u8], i: usize, c: u8) -> bool {
-    f.get(i) == Some(&c) && f.get(i + 1).map_or(true, |&n| n == b'/')
+    f.get(i) == Some(&c) && f.get(i + 1).is_none_or(|&n| n == b'/')
 }
 
 /// A validated topic name: what a PUBLISH is sent to (MQTT 5.0 §4.7).

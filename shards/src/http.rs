@@ -538,7 +538,10 @@ mod tests {
         m.publish_groups(1, vec![g]);
         let text = m.render();
         let labels = r#"group="jobs",filter="a/\"q\"/#",strategy="least_inflight""#;
-        assert!(text.contains(&format!("vmqtt_group_members{{{labels}}} 2\n")), "{text}");
+        assert!(
+            text.contains(&format!("vmqtt_group_members{{{labels}}} 2\n")),
+            "{text}"
+        );
         assert!(text.contains(&format!("vmqtt_group_pending{{{labels}}} 5\n")));
         assert!(text.contains(&format!("vmqtt_group_redelivered_total{{{labels}}} 3\n")));
         assert!(text.contains(
@@ -546,7 +549,10 @@ mod tests {
         ));
         let json = m.groups_json();
         assert!(json.starts_with(r#"{"groups":[{"group":"jobs","filter":"a/\"q\"/#","home_shard":1,"strategy":"least_inflight","members":2,"online":1,"pending":5,"#), "{json}");
-        assert!(json.contains(r#"{"client_id":"w\\1","online":true,"inflight":4}"#), "{json}");
+        assert!(
+            json.contains(r#"{"client_id":"w\\1","online":true,"inflight":4}"#),
+            "{json}"
+        );
         m.publish_groups(1, Vec::new());
         assert_eq!(m.groups_json(), "{\"groups\":[]}\n");
     }

@@ -1564,7 +1564,7 @@ async fn tls_passwords_and_certificates_with_mosquitto_clients() {
     .await;
     let bytes = raw.read_bytes_until_closed(WAIT * 3).await;
     assert!(
-        bytes.first().map_or(true, |&t| t == 0x15),
+        bytes.first().is_none_or(|&t| t == 0x15),
         "plain MQTT on the TLS port: expected nothing or a TLS alert, got {bytes:02x?}"
     );
 }

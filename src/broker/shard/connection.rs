@@ -260,7 +260,7 @@ impl ShardCore {
         };
         if let Some(batch) = barrier {
             // Whatever is said after a change waits until it is written.
-            if conn.gates.back().map_or(true, |g| g.1 != batch) {
+            if conn.gates.back().is_none_or(|g| g.1 != batch) {
                 conn.gates.push_back((conn.out.len(), batch));
             }
         }
