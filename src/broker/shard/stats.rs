@@ -180,20 +180,24 @@ impl ShardCore {
                     .map(|(t, v)| (TopicName::new(ByteStr::from(t)), v.to_string())),
             );
         for (topic, value) in items {
-            let Ok(topic) = topic else {
-                continue;
-            };
-            let msg = Arc::new(Message {
-                topic,
-                payload: Bytes::from(value),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: PublishProperties::default(),
-                expires_at: None,
-                origin: None,
-            });
-            self.publish(now, msg);
+            if let Ok(topic) = topic {
+                self.publish_sys_value(now, topic, value);
+            }
         }
+    }
+
+    /// One `$SYS` value, published retained at QoS 0.
+    fn publish_sys_value(&mut self, now: Instant, topic: TopicName, value: String) {
+        let msg = Arc::new(Message {
+            topic,
+            payload: Bytes::from(value),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: PublishProperties::default(),
+            expires_at: None,
+            origin: None,
+        });
+        self.publish(now, msg);
     }
 
     /// The groups whose home is this shard publish their `$SYS` topics,
@@ -220,19 +224,9 @@ impl ShardCore {
             ];
             for (name, value) in values {
                 let topic = format!("$SYS/broker/groups/{group}/{filter}/{name}");
-                let Ok(topic) = TopicName::new(ByteStr::from(topic)) else {
-                    continue;
-                };
-                let msg = Arc::new(Message {
-                    topic,
-                    payload: Bytes::from(value),
-                    qos: QoS::AtMostOnce,
-                    retain: true,
-                    properties: PublishProperties::default(),
-                    expires_at: None,
-                    origin: None,
-                });
-                self.publish(now, msg);
+                if let Ok(topic) = TopicName::new(ByteStr::from(topic)) {
+                    self.publish_sys_value(now, topic, value);
+                }
             }
         }
     }
