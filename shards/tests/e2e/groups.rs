@@ -6,7 +6,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::http::{free_port, http_get};
-use crate::common::process::{have_paho, python_script, wait_exit};
+use crate::common::process::{
+    have_paho, line_within, lines_of, python_script, runs, sub_messages, wait_exit,
+};
 use crate::common::raw::persistent;
 use crate::common::shard::id_on_shard;
 use crate::common::*;
@@ -84,6 +86,79 @@ fn a_killed_worker_leaves_nothing_stuck_v311() {
 #[test]
 fn least_inflight_gives_a_slow_worker_less() {
     run_scenario("least_inflight_gives_a_slow_worker_less", "v5", "slow");
+}
+
+/// mosquitto_sub members (3.1.1 and 5) of one group and mosquitto_pub: 60
+/// QoS 1 messages split 20/20/20 across three members (round_robin), none
+/// twice.
+#[test]
+fn mosquitto_clients_share_a_group() {
+    let test = "mosquitto_clients_share_a_group";
+    let have = runs("mosquitto_pub", &["--help"]) && runs("mosquitto_sub", &["--help"]);
+    if skip_missing_external(
+        test,
+        "mosquitto_pub/mosquitto_sub (mosquitto-clients)",
+        have,
+    ) {
+        return;
+    }
+    if skip_on_mosquitto(test, "vmqtt's round_robin over the whole group") {
+        return;
+    }
+    let b = Broker::start(test);
+    let port = b.port().to_string();
+    const N: usize = 60;
+    let mut subs = Vec::new();
+    for (i, v) in ["mqttv5", "mqttv311", "mqttv5"].into_iter().enumerate() {
+        let mut sub = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port])
+            .args(["-i", &format!("{test}-{i}"), "-t", "$share/mosq/work/#"])
+            .args(["-q", "1", "-V", v, "-d", "-W", "20"])
+            .args(["-C", &(N / 3).to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mosquitto_sub");
+        let lines = lines_of(&mut sub);
+        assert!(
+            line_within(&lines, "received SUBACK", WAIT),
+            "member {i} got no SUBACK"
+        );
+        subs.push((sub, lines));
+    }
+    let mut publ = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-i", &format!("{test}-pub")])
+        .args(["-t", "work/x", "-q", "1", "-V", "mqttv5", "-l"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mosquitto_pub");
+    {
+        use std::io::Write as _;
+        let mut stdin = publ.stdin.take().expect("stdin");
+        for i in 0..N {
+            writeln!(stdin, "job-{i}").expect("write to mosquitto_pub");
+        }
+    }
+    let st = wait_exit(&mut publ, "mosquitto_pub", WAIT * 2);
+    assert!(st.success(), "mosquitto_pub exited with {st}");
+    let mut all = std::collections::BTreeSet::new();
+    for (i, (mut sub, lines)) in subs.into_iter().enumerate() {
+        // -C N/3: each exits once it has its third.
+        let st = wait_exit(&mut sub, "mosquitto_sub", WAIT * 4);
+        let got: Vec<String> = sub_messages(&lines)
+            .into_iter()
+            .filter(|l| l.starts_with("job-"))
+            .collect();
+        assert!(st.success(), "member {i} exited with {st}: {got:?}");
+        assert_eq!(got.len(), N / 3, "member {i}: {got:?}");
+        for m in got {
+            assert!(all.insert(m.clone()), "{m} delivered twice");
+        }
+    }
+    assert_eq!(all.len(), N);
 }
 
 /// A group whose only member is persistent and away: QoS 1 messages
