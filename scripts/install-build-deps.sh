@@ -2,13 +2,14 @@
 # Installs what building vmqtt needs besides the Rust toolchain, when missing:
 #   - libclang-dev   bindgen, for the RocksDB bindings (vmqtt-storage)
 #   - g++            RocksDB's C++ sources
+#   - protobuf-compiler  protoc, for etcd-client's gRPC bindings (the cluster)
 # Idempotent: no apt-get at all when everything is present. Root on Debian
 # (CI, developer machines); uses sudo when not root and sudo exists.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 missing=()
-for pkg in libclang-dev g++; do
+for pkg in libclang-dev g++ protobuf-compiler; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing+=("$pkg")
     fi

@@ -4,6 +4,8 @@
 #   - mosquitto-clients  mosquitto_pub / mosquitto_sub (non-Rust client tests)
 #   - python3-pip        to install paho-mqtt
 #   - openssl            certificates for the TLS tests and scripts/security-example.sh
+#   - etcd-server        the cluster's coordinator; each cluster test starts its own
+#                        etcd on free ports with a temporary data directory
 #   - paho-mqtt 2.1.0    for shards/tests/python/*.py, installed for the
 #                        `python3` first on PATH (the one the tests run)
 #
@@ -25,7 +27,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 missing=()
-for pkg in mosquitto mosquitto-clients python3-pip openssl; do
+for pkg in mosquitto mosquitto-clients python3-pip openssl etcd-server; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing+=("$pkg")
     fi
@@ -40,6 +42,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     # it so that 1883 stays free for a vmqtt started by hand.
     if command -v service >/dev/null 2>&1; then
         $SUDO service mosquitto stop >/dev/null 2>&1 || true
+        # etcd-server starts a system etcd on 2379; the tests start their own.
+        $SUDO service etcd stop >/dev/null 2>&1 || true
     fi
 else
     echo "install-test-deps: mosquitto, mosquitto-clients, python3-pip present"

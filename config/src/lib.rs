@@ -86,6 +86,10 @@ pub struct Config {
     /// `[shared_subscriptions]`: how `$share/{group}/…` groups pick
     /// members, redeliver and queue.
     pub shared_subscriptions: SharedSubscriptionsConfig,
+    /// `[cluster]`: this node's place in a cluster coordinated by etcd.
+    /// `None` (no section): a single node, no etcd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
     /// `[shards.N]` tables: overrides of `[mqtt]` keys and of the per-shard
     /// `[storage]` keys for shard `N` (numbered from 0).
     /// [`Config::mqtt_for_shard`] and [`Config::storage_for_shard`] apply
@@ -121,6 +125,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             shared_subscriptions: SharedSubscriptionsConfig::default(),
+            cluster: None,
             shards: BTreeMap::new(),
             source: ConfigSource::default(),
         }
@@ -687,6 +692,68 @@ impl Default for SharedSubscriptionsConfig {
             max_pending: 10_000,
             groups: Vec::new(),
         }
+    }
+}
+
+/// `[cluster]`: one node of a cluster. Membership, the nodes' epochs and
+/// their peer addresses live in etcd (under `/{name}/`); messages and
+/// routes go over direct links between the nodes' peer ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name: the etcd key prefix, and checked in every link
+    /// handshake (a node of another cluster is refused). Letters, digits,
+    /// `-` and `_`, at most 64.
+    pub name: String,
+    /// This node's id, unique in the cluster, 1 to 65535.
+    pub node_id: u16,
+    /// etcd endpoints, `http://host:port`.
+    pub etcd: Vec<String>,
+    /// The peer port: where other nodes' links arrive. Default
+    /// `0.0.0.0:1884`.
+    #[serde(default = "ClusterConfig::default_listen")]
+    pub listen: SocketAddr,
+    /// The address other nodes reach the peer port at; needed when
+    /// `listen` is a wildcard address. Default: `listen`.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// This node's etcd lease, in seconds: peers drop a node whose lease
+    /// expired (killed, cut off) this long after its last keepalive.
+    /// Default 3.
+    #[serde(default = "ClusterConfig::default_lease_ttl")]
+    pub lease_ttl_seconds: u64,
+    /// A file holding the shared secret of the cluster's links: each side
+    /// of a link proves it knows it (HMAC-SHA256 over the other side's
+    /// random challenge) before anything else is accepted. At least 16
+    /// bytes; required.
+    pub secret_file: PathBuf,
+    /// The longest a message waits in a link's batch before it is sent,
+    /// in microseconds. Default 200.
+    #[serde(default = "ClusterConfig::default_flush_us")]
+    pub flush_us: u64,
+    /// Bytes a link holds for a peer (sent, not yet acknowledged, plus
+    /// waiting); more are dropped and counted. Default 67108864 (64 MiB).
+    #[serde(default = "ClusterConfig::default_max_link_bytes")]
+    pub max_link_bytes: u64,
+}
+
+impl ClusterConfig {
+    fn default_listen() -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 1884))
+    }
+    fn default_lease_ttl() -> u64 {
+        3
+    }
+    fn default_flush_us() -> u64 {
+        200
+    }
+    fn default_max_link_bytes() -> u64 {
+        64 << 20
+    }
+
+    /// The peer address other nodes connect to.
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
     }
 }
 

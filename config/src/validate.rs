@@ -178,6 +178,31 @@ const RULES: &[(&str, Rule)] = &[
         "auth.credential_cache_seconds",
         int(1, 86_400 * 365, "seconds"),
     ),
+    ("cluster", Rule::Text("a table of [cluster] settings")),
+    (
+        "cluster.name",
+        Rule::Text("a name of letters, digits, '-' and '_' (at most 64)"),
+    ),
+    ("cluster.node_id", int(1, U16, "")),
+    (
+        "cluster.etcd",
+        Rule::Text("an array of etcd endpoints such as [\"http://127.0.0.1:2379\"]"),
+    ),
+    (
+        "cluster.listen",
+        Rule::Text("an IP address and port such as \"0.0.0.0:1884\""),
+    ),
+    (
+        "cluster.advertise",
+        Rule::Text("an IP address and port other nodes reach, such as \"10.0.0.5:1884\""),
+    ),
+    ("cluster.lease_ttl_seconds", int(1, 60, "seconds")),
+    (
+        "cluster.secret_file",
+        Rule::Text("the path of a file holding the links' shared secret (a string)"),
+    ),
+    ("cluster.flush_us", int(1, 100_000, "microseconds")),
+    ("cluster.max_link_bytes", int(65_536, 1 << 40, "bytes")),
     ("tasks", Rule::Text("a table of [tasks] settings")),
     ("tasks.client_shares", int(1, 1000, "shares")),
     ("tasks.mesh_shares", int(1, 1000, "shares")),
@@ -407,10 +432,75 @@ impl Config {
                 ));
             }
         }
+        self.validate_cluster()?;
         for (shard, overrides) in &self.shards {
             for (key, n) in overrides.numbers() {
                 self.check(&format!("shards.{shard}.{key}"), n)?;
             }
+        }
+        Ok(())
+    }
+
+    /// `[cluster]`: a usable name, etcd endpoints, a peer port other nodes
+    /// can reach and that is no MQTT listener.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let Some(c) = &self.cluster else {
+            return Ok(());
+        };
+        let name_ok = !c.name.is_empty()
+            && c.name.len() <= 64
+            && c.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            let rule = "a name of letters, digits, '-' and '_' (at most 64)";
+            return Err(self.invalid("cluster.name", format!("{:?}", c.name), rule));
+        }
+        self.check("cluster.node_id", u64::from(c.node_id))?;
+        if c.etcd.is_empty() {
+            return Err(self.invalid(
+                "cluster.etcd",
+                "[]".into(),
+                "lists at least one etcd endpoint, such as \"http://127.0.0.1:2379\"",
+            ));
+        }
+        for url in &c.etcd {
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
+                return Err(self.invalid(
+                    "cluster.etcd",
+                    format!("{url:?}"),
+                    "an endpoint is http://host:port (or https://)",
+                ));
+            }
+        }
+        if self.listen.contains(&c.listen) || self.tls.listen.contains(&c.listen) {
+            return Err(self.invalid(
+                "cluster.listen",
+                format!("\"{}\"", c.listen),
+                "must differ from the MQTT listeners",
+            ));
+        }
+        let advertised = c.advertised();
+        if advertised.ip().is_unspecified() || advertised.port() == 0 {
+            return Err(self.invalid(
+                "cluster.advertise",
+                format!("\"{advertised}\""),
+                "is needed when cluster.listen is a wildcard address or port 0: \
+                 the address and port other nodes connect to",
+            ));
+        }
+        self.check("cluster.lease_ttl_seconds", c.lease_ttl_seconds)?;
+        self.check("cluster.flush_us", c.flush_us)?;
+        self.check("cluster.max_link_bytes", c.max_link_bytes)?;
+        if c.secret_file.as_os_str().is_empty() {
+            return Err(self.invalid(
+                "cluster.secret_file",
+                "\"\"".into(),
+                "the path of a file holding the links' shared secret",
+            ));
         }
         Ok(())
     }

@@ -173,6 +173,7 @@ fn every_setting_is_in_the_default_file_with_a_comment() {
             "tls",
             "auth",
             "shared_subscriptions",
+            "cluster",
         ]
         .contains(&key);
         assert!(
@@ -393,7 +394,7 @@ fn unknown_keys_everywhere() {
         err.to_string(),
         "unknown key `database` at vmqtt.toml line 2: allowed keys at the top level are listen, \
          data_dir, cores, mqtt, runtime, log, http, storage, tasks, tls, auth, \
-         shared_subscriptions, shards"
+         shared_subscriptions, cluster, shards"
     );
     let err = parse_err("cores = 1\n[storage]\npath = \"x\"\n");
     assert_eq!(
@@ -1170,4 +1171,86 @@ fn a_bad_shared_subscriptions_section_is_refused_clearly() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("max_pending"), "{e}");
+}
+
+/// The commented `[cluster]` example of the default file is valid once
+/// uncommented, and without the section the node is single.
+#[test]
+fn cluster_example_in_the_default_file() {
+    assert_eq!(Config::default().cluster, None);
+    let text = Config::DEFAULT_TOML;
+    let start = text.find("# [cluster]").unwrap();
+    let end = start + text[start..].find("\n\n").unwrap();
+    let uncommented: String = text[start..end]
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap()))
+        .collect();
+    let c = parse(&uncommented).unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.name, "fleet");
+    assert_eq!(cluster.node_id, 1);
+    assert_eq!(cluster.etcd, ["http://127.0.0.1:2379"]);
+    assert_eq!(cluster.advertised().to_string(), "10.0.0.5:1884");
+    assert_eq!(cluster.lease_ttl_seconds, 3);
+    assert_eq!(cluster.flush_us, 200);
+}
+
+#[test]
+fn cluster_section_is_validated() {
+    let base = "[cluster]\nname = \"c1\"\nnode_id = 2\netcd = [\"http://127.0.0.1:2379\"]\n\
+                listen = \"127.0.0.2:1884\"\nsecret_file = \"s\"\n";
+    let c = parse(base).unwrap().cluster.unwrap();
+    assert_eq!(c.advertised().to_string(), "127.0.0.2:1884");
+    assert_eq!(c.max_link_bytes, 64 << 20);
+    let bad = |text: &str, key: &str, needle: &str| {
+        let err = parse_err(text);
+        let msg = err.to_string();
+        assert!(msg.contains(key) && msg.contains(needle), "{msg}");
+    };
+    bad(
+        &base.replace("\"c1\"", "\"c 1\""),
+        "cluster.name",
+        "letters",
+    );
+    bad(
+        &base.replace("node_id = 2", "node_id = 0"),
+        "cluster.node_id",
+        "between 1 and 65535",
+    );
+    bad(
+        &base.replace("[\"http://127.0.0.1:2379\"]", "[]"),
+        "cluster.etcd",
+        "at least one",
+    );
+    bad(
+        &base.replace("http://127.0.0.1:2379", "127.0.0.1:2379"),
+        "cluster.etcd",
+        "http://host:port",
+    );
+    bad(
+        &base.replace("127.0.0.2:1884", "0.0.0.0:1884"),
+        "cluster.advertise",
+        "wildcard",
+    );
+    bad(
+        &base.replace("127.0.0.2:1884", "0.0.0.0:1883"),
+        "cluster.listen",
+        "MQTT listeners",
+    );
+    bad(
+        &format!("{base}lease_ttl_seconds = 0\n"),
+        "cluster.lease_ttl_seconds",
+        "between 1 and 60",
+    );
+    bad(
+        &format!("{base}flush_us = 0\n"),
+        "cluster.flush_us",
+        "between 1 and 100000",
+    );
+    bad(
+        &base.replace("secret_file = \"s\"\n", ""),
+        "secret_file",
+        "",
+    );
+    bad(&format!("{base}peers = 1\n"), "cluster.peers", "");
 }
