@@ -15,6 +15,7 @@ mod alias;
 pub mod auth;
 mod budget;
 mod message;
+mod node;
 pub mod persist;
 mod retain;
 mod session;
@@ -25,6 +26,7 @@ use std::fmt;
 pub use auth::{Authorizer, Identity};
 pub use budget::QueueBudget;
 pub use message::{Limit, Message, ShardMsg, ShardStats};
+pub use node::{Epoch, NodeId};
 pub use retain::RetainedStore;
 pub use session::{Session, Subscription};
 pub use shard::{

@@ -5,7 +5,7 @@
 //! Encoding goes through [`PropSink`]: each struct lists its properties once
 //! in `visit`, and the same listing both measures and writes them.
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::wire::{self, VARINT_MAX};
 use super::{DecodeError, EncodeError, QoS};
@@ -753,6 +753,20 @@ impl PublishProperties {
             Ok(())
         })?;
         Ok(p)
+    }
+
+    /// Writes the properties as in a v5 PUBLISH (length prefix first): how
+    /// a message's properties travel between the nodes of a cluster.
+    pub fn encode_standalone(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        let len = self.body_len()?;
+        self.write(len, buf);
+        Ok(())
+    }
+
+    /// Reads what [`PublishProperties::encode_standalone`] wrote, with the
+    /// checks of a v5 PUBLISH.
+    pub fn decode_standalone(buf: &mut Bytes) -> Result<Self, DecodeError> {
+        Self::decode(buf)
     }
 
     /// `true` when no property is set (the common case on the hot path).
