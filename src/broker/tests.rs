@@ -2147,3 +2147,5 @@ fn outbound_topic_alias_for_retained_messages() {
 }
 
 mod groups;
+
+mod nodes;

@@ -200,6 +200,7 @@ impl ShardCore {
         for (filter, shard) in routes {
             if shard != self.id && shard.get() < self.shards {
                 self.routes.add_route(&filter, shard);
+                self.cluster_route(&filter, true);
             }
         }
         for r in sessions {
@@ -216,7 +217,9 @@ impl ShardCore {
             s.disconnected_at = Some(at);
             for (filter, sub) in r.subscriptions {
                 self.routes.index(&cid, &filter, sub);
-                self.routes.count_local(&filter, self.id);
+                if self.routes.count_local(&filter, self.id) {
+                    self.cluster_route(&filter, true);
+                }
                 if s.subscriptions.insert(filter, sub).is_none() {
                     self.stats.subscriptions += 1;
                 }

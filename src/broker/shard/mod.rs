@@ -11,8 +11,8 @@ use super::alias::{AliasPlan, OutboundAliases};
 use super::persist::{OutState, QueueImage, Restored, SessionImage, StoreOp};
 use super::session::{Delivery, Dropped, Gauges, Rec, Stage, StoreRef, StoredBounds, Subscription};
 use super::{
-    home_shard, Authorizer, ConnId, Identity, Limit, Message, QueueBudget, RetainedStore, Session,
-    ShardId, ShardMsg, ShardStats,
+    home_shard, Authorizer, ConnId, Identity, Limit, Message, NodeId, QueueBudget, RetainedStore,
+    Session, ShardId, ShardMsg, ShardStats,
 };
 use crate::codec::{
     self, AckProperties, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
@@ -23,6 +23,7 @@ use crate::topic::{TopicFilter, TopicName};
 use crate::trie::SubscriptionTrie;
 use crate::{BatchId, ByteStr, ClientId, MessageId, PacketId};
 
+mod cluster;
 mod connect;
 mod connection;
 mod durable;
@@ -34,6 +35,8 @@ mod stats;
 mod subscribe;
 mod timers;
 
+pub use cluster::ClusterOut;
+use cluster::ClusterState;
 use connect::peek_connect_level;
 use connection::{outbound_publish, quota_exceeded, Conn, ConnState};
 use durable::Store;
@@ -256,6 +259,8 @@ pub struct ShardCore {
     /// Subscriptions the ACL no longer allows, removed and not yet taken by
     /// [`ShardCore::take_revoked`] (for logs), and how many more were.
     revoked: (Vec<(ClientId, TopicFilter)>, u64),
+    /// Other nodes' routes and what goes to them; `None` on a single node.
+    cluster: Option<Box<ClusterState>>,
 }
 
 impl ShardCore {
@@ -296,6 +301,7 @@ impl ShardCore {
             outcome: Outcome::default(),
             config,
             revoked: (Vec::new(), 0),
+            cluster: None,
         };
         // `$SYS` is published (retained) at once, then every interval, so
         // a subscriber after start finds every topic without waiting.
@@ -532,6 +538,7 @@ impl ShardCore {
                 token,
             } => {
                 self.routes.add_route(&filter, from);
+                self.cluster_route(&filter, true);
                 self.ack(now, from, token);
             }
             ShardMsg::Ack {
@@ -539,7 +546,10 @@ impl ShardCore {
                 delivered,
                 refused,
             } => self.handle_ack(now, token, delivered, refused),
-            ShardMsg::RouteRemove { filter, from } => self.routes.remove_route(&filter, from),
+            ShardMsg::RouteRemove { filter, from } => {
+                self.routes.remove_route(&filter, from);
+                self.cluster_route(&filter, false);
+            }
             ShardMsg::Stats { from, stats } => {
                 if let Some(slot) = self.sys_stats.get_mut(from.get()) {
                     *slot = *stats;

@@ -176,7 +176,10 @@ impl ShardCore {
         let wait_replicas = msg.retain && packet_id.is_some() && self.shards > 1;
         // With storage, the publisher is acknowledged once every shard that
         // takes the message has stored it for its persistent sessions.
-        let wait_stores = self.config.persistence && packet_id.is_some() && self.shards > 1;
+        // In a cluster, a QoS 1/2 publish waits for the links' acknowledgement
+        // of every node it went to too.
+        let wait_stores = packet_id.is_some()
+            && ((self.config.persistence && self.shards > 1) || self.cluster.is_some());
         let token = (wait_replicas || wait_stores).then(|| self.new_token());
         self.outcome = Outcome::default();
         let forwards_before = self.stats.forwarded;
@@ -264,6 +267,7 @@ impl ShardCore {
         ack_forwards: bool,
     ) -> (bool, usize) {
         if msg.retain {
+            self.cluster_retain(&msg);
             self.store_retained(&msg);
             self.retained.apply(msg.clone());
             for s in 0..self.shards {
@@ -319,6 +323,13 @@ impl ShardCore {
         }
         for filter in shared {
             acked += self.route_to_group(now, filter, &msg, ack);
+        }
+        let nodes = self.route_to_nodes(&msg, ack);
+        if nodes > 0 {
+            matched = true;
+            if ack.is_some() {
+                acked += nodes;
+            }
         }
         (matched, acked)
     }

@@ -174,6 +174,7 @@ impl ShardCore {
         if !self.routes.count_local(filter, self.id) {
             return false;
         }
+        self.cluster_route(filter, true);
         for s in 0..self.shards {
             if s != self.id.get() {
                 let from = self.id;
@@ -252,6 +253,7 @@ impl ShardCore {
 
     pub(super) fn remove_local_filter(&mut self, filter: &TopicFilter) {
         if self.routes.uncount_local(filter, self.id) {
+            self.cluster_route(filter, false);
             for s in 0..self.shards {
                 if s != self.id.get() {
                     let msg = ShardMsg::RouteRemove {

@@ -1,0 +1,248 @@
+//! The core's side of a cluster: other nodes' routes (filter → node), what a
+//! shard hands its node links ([`ClusterOut`]), and messages and routes
+//! arriving from other nodes. Off unless [`ShardCore::enable_cluster`] was
+//! called: a single node pays nothing.
+//!
+//! A message crosses to a node once, whatever its number of subscribers
+//! there, and never crosses again from the node that received it (no
+//! loops). `$SYS` topics are each node's own and never cross. Shard 0 is
+//! the node's speaker: it sees every shard's routes (the route table is
+//! replicated to every shard) and reports the node's 0 ↔ 1 transitions.
+
+use super::*;
+
+/// What a shard hands its cluster links, taken by
+/// [`ShardCore::take_cluster_out`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterOut {
+    /// Send `msg` to `node`'s subscribers; if `token` is set, the
+    /// publisher's acknowledgement waits for
+    /// [`ShardCore::handle_cluster_ack`] with it (the link's
+    /// acknowledgement of the batch that carried it).
+    Publish {
+        /// The node.
+        node: NodeId,
+        /// The message.
+        msg: Arc<Message>,
+        /// The publisher's token.
+        token: Option<u64>,
+    },
+    /// A retained message (or its deletion) for every other node.
+    Retain(Arc<Message>),
+    /// (Shard 0) this node now has subscribers of the filter.
+    RouteAdd(TopicFilter),
+    /// (Shard 0) this node has no subscriber of the filter any more.
+    RouteRemove(TopicFilter),
+}
+
+/// Other nodes' routes as one shard knows them, and the node's own
+/// filters (counted over its shards) on the speaker.
+#[derive(Debug, Default)]
+pub(super) struct ClusterState {
+    /// filter → nodes with subscribers.
+    remote: SubscriptionTrie<NodeId, ()>,
+    /// Per node, its filters (to drop them all when it leaves).
+    by_node: HashMap<NodeId, HashSet<TopicFilter>>,
+    /// On shard 0: shards of this node with a plain subscriber, per filter.
+    node_filters: HashMap<TopicFilter, usize, crate::hash::FastState>,
+    pub(super) out: Vec<ClusterOut>,
+    /// Set while a message from another node is routed: it goes to this
+    /// node's shards only.
+    pub(super) from_remote: bool,
+}
+
+impl ClusterState {
+    /// The nodes with subscribers matching `topic`.
+    pub(super) fn nodes(&self, topic: &TopicName) -> Vec<NodeId> {
+        let mut nodes = Vec::new();
+        self.remote.for_each_match(topic, |n, _| nodes.push(*n));
+        if nodes.len() > 1 {
+            nodes.sort_unstable();
+            nodes.dedup();
+        }
+        nodes
+    }
+}
+
+impl ShardCore {
+    /// Makes this shard a member of a cluster: messages matching other
+    /// nodes' routes go out through [`ShardCore::take_cluster_out`]. Called
+    /// before [`ShardCore::restore`] and any connection, so the speaker
+    /// counts every route from the start.
+    pub fn enable_cluster(&mut self) {
+        if self.cluster.is_none() {
+            self.cluster = Some(Box::default());
+        }
+    }
+
+    /// What the links should carry, since the last call.
+    pub fn take_cluster_out(&mut self) -> Vec<ClusterOut> {
+        self.cluster
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.out))
+            .unwrap_or_default()
+    }
+
+    /// The filters this node has subscribers of (shard 0): the snapshot a
+    /// fresh peer gets first.
+    pub fn node_filters(&self) -> Vec<TopicFilter> {
+        self.cluster
+            .as_ref()
+            .map(|c| c.node_filters.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A route of shard `from` appeared (`add`) or went; on the speaker,
+    /// the node's own 0 ↔ 1 transitions go to the links.
+    pub(super) fn cluster_route(&mut self, filter: &TopicFilter, add: bool) {
+        if self.id.get() != 0 || filter.is_shared() {
+            return;
+        }
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if add {
+            let n = c.node_filters.entry(filter.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                c.out.push(ClusterOut::RouteAdd(filter.clone()));
+            }
+        } else if let Some(n) = c.node_filters.get_mut(filter) {
+            *n -= 1;
+            if *n == 0 {
+                c.node_filters.remove(filter);
+                c.out.push(ClusterOut::RouteRemove(filter.clone()));
+            }
+        }
+    }
+
+    /// The other nodes a message goes to (none for `$SYS`, for a message
+    /// that came from another node, or without a cluster); each is handed
+    /// to the links with the publisher's `token`. Returns how many.
+    pub(super) fn route_to_nodes(&mut self, msg: &Arc<Message>, token: Option<u64>) -> usize {
+        let Some(c) = self.cluster.as_mut() else {
+            return 0;
+        };
+        if c.from_remote || msg.topic.as_str().starts_with('$') {
+            return 0;
+        }
+        let nodes = c.nodes(&msg.topic);
+        for &node in &nodes {
+            c.out.push(ClusterOut::Publish {
+                node,
+                msg: msg.clone(),
+                token,
+            });
+        }
+        nodes.len()
+    }
+
+    /// A retained update made here goes to every other node's replicas.
+    pub(super) fn cluster_retain(&mut self, msg: &Arc<Message>) {
+        if let Some(c) = self.cluster.as_mut() {
+            if !c.from_remote && !msg.topic.as_str().starts_with('$') {
+                c.out.push(ClusterOut::Retain(msg.clone()));
+            }
+        }
+    }
+
+    /// A message from another node, for this node's subscribers: routed
+    /// to this node's shards only. Returns whether it matched here.
+    pub fn handle_cluster_publish(&mut self, now: Instant, msg: Message) -> bool {
+        self.clock = now;
+        if msg.is_expired(now) {
+            return false;
+        }
+        let msg = Arc::new(msg);
+        if let Some(c) = self.cluster.as_mut() {
+            c.from_remote = true;
+        }
+        self.outcome = Outcome::default();
+        let (matched, _) = self.route(now, msg, None);
+        if let Some(c) = self.cluster.as_mut() {
+            c.from_remote = false;
+        }
+        matched
+    }
+
+    /// A retained update from another node: applied to this shard's
+    /// replica (stored if this shard is the topic's home) and to every
+    /// other shard's.
+    pub fn handle_cluster_retain(&mut self, now: Instant, msg: Message) {
+        self.clock = now;
+        let msg = Arc::new(msg);
+        if let Some(c) = self.cluster.as_mut() {
+            c.from_remote = true;
+        }
+        self.store_retained(&msg);
+        self.retained.apply(msg.clone());
+        for s in 0..self.shards {
+            if s != self.id.get() {
+                let from = self.id;
+                self.outbox[s].push(ShardMsg::Retain {
+                    msg: msg.clone(),
+                    from,
+                    token: None,
+                });
+            }
+        }
+        if let Some(c) = self.cluster.as_mut() {
+            c.from_remote = false;
+        }
+    }
+
+    /// `node`'s routes: a whole snapshot (`Some`, replacing what was known)
+    /// or changes. Every shard of this node gets them (the runtime hands
+    /// them to each).
+    pub fn handle_node_routes(
+        &mut self,
+        node: NodeId,
+        snapshot: Option<Vec<TopicFilter>>,
+        add: &[TopicFilter],
+        remove: &[TopicFilter],
+    ) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let known = c.by_node.entry(node).or_default();
+        if let Some(all) = snapshot {
+            let all: HashSet<TopicFilter> = all.into_iter().collect();
+            for gone in known.difference(&all) {
+                c.remote.remove(gone.matching_filter(), &node);
+            }
+            for new in all.difference(known) {
+                c.remote.insert(new.matching_filter(), node, ());
+            }
+            *known = all;
+        }
+        for f in add {
+            if known.insert(f.clone()) {
+                c.remote.insert(f.matching_filter(), node, ());
+            }
+        }
+        for f in remove {
+            if known.remove(f) {
+                c.remote.remove(f.matching_filter(), &node);
+            }
+        }
+    }
+
+    /// `node` left the cluster (its lease expired): its routes are dropped.
+    pub fn handle_node_gone(&mut self, node: NodeId) {
+        if let Some(c) = self.cluster.as_mut() {
+            if let Some(filters) = c.by_node.remove(&node) {
+                for f in filters {
+                    c.remote.remove(f.matching_filter(), &node);
+                }
+            }
+        }
+    }
+
+    /// The link to a node acknowledged the batch that carried a publish
+    /// with `token` (or the node is gone, or the link dropped it): the
+    /// publisher's acknowledgement waits for one target less.
+    pub fn handle_cluster_ack(&mut self, now: Instant, token: u64) {
+        self.clock = now;
+        self.handle_ack(now, token, true, false);
+    }
+}

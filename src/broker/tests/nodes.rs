@@ -1,0 +1,266 @@
+//! Two nodes of a cluster, each a [`Cluster`] of simulated shards, joined by
+//! a simulated link that carries what [`ShardCore::take_cluster_out`] gives
+//! (as the runtime's node links do): routes from each node's speaker,
+//! messages once per node, acknowledgements back to the publishing shard.
+
+use super::*;
+
+struct Nodes {
+    a: Cluster,
+    b: Cluster,
+    /// Publish tokens the links have not acknowledged yet: (node, shard, token).
+    unacked: Vec<(usize, usize, u64)>,
+    /// Acknowledge links at once.
+    ack_links: bool,
+}
+
+impl Nodes {
+    fn new(shards: usize) -> Nodes {
+        let mut n = Nodes {
+            a: Cluster::new(shards),
+            b: Cluster::new(shards),
+            unacked: Vec::new(),
+            ack_links: true,
+        };
+        for core in n.a.cores.iter_mut().chain(n.b.cores.iter_mut()) {
+            core.enable_cluster();
+        }
+        n
+    }
+
+    fn node(&mut self, i: usize) -> &mut Cluster {
+        if i == 0 {
+            &mut self.a
+        } else {
+            &mut self.b
+        }
+    }
+
+    /// Moves what crosses between the nodes until nothing does.
+    fn link(&mut self) {
+        loop {
+            let mut moved = false;
+            for from in 0..2 {
+                let peer = NodeId(if from == 0 { 2 } else { 1 });
+                let me = NodeId(if from == 0 { 1 } else { 2 });
+                for shard in 0..self.node(from).cores.len() {
+                    let out = self.node(from).cores[shard].take_cluster_out();
+                    for o in out {
+                        moved = true;
+                        let now = self.node(from).now;
+                        let mut acks = Vec::new();
+                        let to = if from == 0 { &mut self.b } else { &mut self.a };
+                        match o {
+                            ClusterOut::Publish { node, msg, token } => {
+                                assert_eq!(node, peer);
+                                to.cores[0].handle_cluster_publish(now, Message::clone(&msg));
+                                if let Some(t) = token {
+                                    acks.push((from, shard, t));
+                                }
+                            }
+                            ClusterOut::Retain(msg) => {
+                                to.cores[0].handle_cluster_retain(now, Message::clone(&msg))
+                            }
+                            ClusterOut::RouteAdd(f) => {
+                                assert_eq!(shard, 0, "only the speaker announces");
+                                for c in &mut to.cores {
+                                    c.handle_node_routes(me, None, &[f.clone()], &[]);
+                                }
+                            }
+                            ClusterOut::RouteRemove(f) => {
+                                for c in &mut to.cores {
+                                    c.handle_node_routes(me, None, &[], &[f.clone()]);
+                                }
+                            }
+                        }
+                        to.run();
+                        self.unacked.extend(acks);
+                    }
+                }
+            }
+            if self.ack_links {
+                moved |= !self.unacked.is_empty();
+                self.release_acks();
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn release_acks(&mut self) {
+        for (node, shard, token) in std::mem::take(&mut self.unacked) {
+            let n = self.node(node);
+            let now = n.now;
+            n.cores[shard].handle_cluster_ack(now, token);
+            n.run();
+        }
+    }
+}
+
+fn sub_on(ns: &mut Nodes, node: usize, id: &str, f: &str, v: ProtocolVersion) -> Client {
+    let c = ns.node(node).connect(v, id);
+    ns.node(node).subscribe(&c, f, q(QoS::ExactlyOnce));
+    ns.link();
+    c
+}
+
+#[test]
+fn publishes_reach_subscribers_on_the_other_node_once_both_ways() {
+    for v in [V3_1_1, V5] {
+        let mut ns = Nodes::new(2);
+        let sa = sub_on(&mut ns, 0, "sub-a", "t/+", v);
+        let sb = sub_on(&mut ns, 1, "sub-b", "t/#", v);
+        let pa = ns.a.connect(v, "pub-a");
+        let pb = ns.b.connect(v, "pub-b");
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            ns.a.publish(&pa, "t/1", b"from a", qos, 1);
+            ns.link();
+            ns.b.publish(&pb, "t/2", b"from b", qos, 2);
+            ns.link();
+            // Each subscriber once per message, with the publisher's QoS: no
+            // loop back over the link.
+            for (node, c) in [(0, &sa), (1, &sb)] {
+                let got = ns.node(node).publishes(c);
+                let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
+                assert_eq!(payloads, [&b"from a"[..], b"from b"], "{v:?} {qos:?}");
+                assert!(got.iter().all(|p| p.qos == qos));
+                for p in got {
+                    if let Some(id) = p.packet_id {
+                        let ack = match qos {
+                            QoS::AtLeastOnce => Packet::PubAck(PubResponse::new(id)),
+                            _ => Packet::PubRec(PubResponse::new(id)),
+                        };
+                        ns.node(node).send(c, ack);
+                        if qos == QoS::ExactlyOnce {
+                            ns.node(node).recv(c);
+                            ns.node(node).send(c, Packet::PubComp(PubResponse::new(id)));
+                        }
+                    }
+                }
+            }
+            ns.a.recv(&pa);
+            ns.b.recv(&pb);
+        }
+    }
+}
+
+#[test]
+fn puback_waits_for_the_link_to_acknowledge() {
+    let mut ns = Nodes::new(2);
+    let _sb = sub_on(&mut ns, 1, "sub-b", "x/#", V5);
+    let pa = ns.a.connect(V5, "pub-a");
+    ns.ack_links = false;
+    ns.a.publish(&pa, "x/1", b"m", QoS::AtLeastOnce, 7);
+    ns.link();
+    assert!(
+        ns.a.recv(&pa).is_empty(),
+        "PUBACK before the other node had it"
+    );
+    ns.release_acks();
+    let got = ns.a.recv(&pa);
+    assert!(
+        matches!(&got[..], [Packet::PubAck(a)] if a.reason == ReasonCode::SUCCESS),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn routes_follow_subscriptions_and_leave_with_the_node() {
+    let mut ns = Nodes::new(2);
+    let sb = sub_on(&mut ns, 1, "sub-b", "r/+", V5);
+    let pa = ns.a.connect(V5, "pub-a");
+    ns.a.publish(&pa, "r/1", b"m", QoS::AtLeastOnce, 1);
+    ns.link();
+    assert!(matches!(&ns.a.recv(&pa)[..], [Packet::PubAck(a)] if a.reason == ReasonCode::SUCCESS));
+    assert_eq!(ns.b.publishes(&sb).len(), 1);
+    // Unsubscribed on B: A no longer routes there (v5 says no subscribers).
+    ns.b.send(
+        &sb,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: pid(3),
+            properties: Default::default(),
+            filters: vec![filter("r/+")],
+        }),
+    );
+    let got = ns.b.recv(&sb);
+    assert!(matches!(&got[..], [Packet::UnsubAck(_)]), "{got:?}");
+    ns.link();
+    ns.a.publish(&pa, "r/1", b"m", QoS::AtLeastOnce, 2);
+    ns.link();
+    assert!(
+        matches!(&ns.a.recv(&pa)[..], [Packet::PubAck(a)] if a.reason == ReasonCode::NO_MATCHING_SUBSCRIBERS)
+    );
+    // Subscribed again, then node B leaves: its routes go with it.
+    ns.b.subscribe(&sb, "r/+", q(QoS::AtLeastOnce));
+    ns.link();
+    for core in &mut ns.a.cores {
+        core.handle_node_gone(NodeId(2));
+    }
+    ns.a.publish(&pa, "r/1", b"m", QoS::AtLeastOnce, 3);
+    ns.link();
+    assert!(
+        matches!(&ns.a.recv(&pa)[..], [Packet::PubAck(a)] if a.reason == ReasonCode::NO_MATCHING_SUBSCRIBERS)
+    );
+}
+
+#[test]
+fn a_snapshot_replaces_what_a_node_knew() {
+    let mut ns = Nodes::new(1);
+    let pa = ns.a.connect(V5, "pub-a");
+    let core = &mut ns.a.cores[0];
+    core.handle_node_routes(NodeId(2), None, &[filter("old/#")], &[]);
+    core.handle_node_routes(NodeId(2), Some(vec![filter("new/#")]), &[], &[]);
+    ns.a.publish(&pa, "old/1", b"m", QoS::AtLeastOnce, 1);
+    assert!(
+        matches!(&ns.a.recv(&pa)[..], [Packet::PubAck(a)] if a.reason == ReasonCode::NO_MATCHING_SUBSCRIBERS)
+    );
+    ns.a.publish(&pa, "new/1", b"m", QoS::AtMostOnce, 0);
+    let out = ns.a.cores[0].take_cluster_out();
+    assert!(matches!(
+        &out[..],
+        [ClusterOut::Publish {
+            node: NodeId(2),
+            token: None,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn sys_topics_stay_home_and_retained_messages_reach_every_node() {
+    let mut ns = Nodes::new(2);
+    let sb = sub_on(&mut ns, 1, "sub-b", "$SYS/#", V5);
+    ns.a.advance(Duration::from_secs(60));
+    ns.link();
+    // B's subscriber sees B's own $SYS only: each carries B's uptime etc.;
+    // none crossed (A's retained $SYS are not replicated either).
+    let before = ns.b.publishes(&sb).len();
+    ns.a.advance(Duration::from_secs(60));
+    ns.link();
+    assert_eq!(
+        ns.b.publishes(&sb).len(),
+        0,
+        "A's $SYS crossed ({before} before)"
+    );
+    // A retained message set on A is delivered to a later subscriber on B;
+    // an empty one clears it there too.
+    let pa = ns.a.connect(V5, "pub-a");
+    let mut p = Publish::new(topic("state/lamp"), Bytes::from_static(b"on"));
+    p.retain = true;
+    ns.a.send(&pa, Packet::Publish(p));
+    ns.link();
+    let late = sub_on(&mut ns, 1, "late-b", "state/#", V5);
+    let got = ns.b.publishes(&late);
+    assert!(
+        matches!(&got[..], [p] if &p.payload[..] == b"on" && p.retain),
+        "{got:?}"
+    );
+    let mut clear = Publish::new(topic("state/lamp"), Bytes::new());
+    clear.retain = true;
+    ns.a.send(&pa, Packet::Publish(clear));
+    ns.link();
+    ns.b.publishes(&late);
+    let later = sub_on(&mut ns, 1, "later-b", "state/#", V5);
+    assert!(ns.b.publishes(&later).is_empty());
+}
