@@ -66,6 +66,15 @@ impl LinkSecret {
     }
 }
 
+/// A fresh random challenge for a [`Hello`] (the system's CSPRNG); `None`
+/// only if the system has no randomness to give.
+pub fn nonce() -> Option<[u8; 16]> {
+    use ring::rand::SecureRandom;
+    let mut n = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut n).ok()?;
+    Some(n)
+}
+
 const DIALER: u8 = b'D';
 const ACCEPTOR: u8 = b'A';
 

@@ -11,7 +11,7 @@ pub mod link;
 pub mod membership;
 
 pub use frame::{Frame, FrameError, Hello, Item, Seq, PROTOCOL_VERSION};
-pub use handshake::{AcceptStep, Acceptor, DialStep, Dialer, LinkSecret, Refused};
+pub use handshake::{nonce, AcceptStep, Acceptor, DialStep, Dialer, LinkSecret, Refused};
 pub use link::{Accept, Gap, Inbound, OutItem, OutStats, Outbound};
 pub use membership::{Member, Membership};
 pub use vmqtt::broker::{Epoch, NodeId};

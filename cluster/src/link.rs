@@ -307,6 +307,8 @@ pub struct Inbound {
     open: VecDeque<(Seq, usize)>,
     /// The last batch done and not yet acknowledged.
     done: Option<Seq>,
+    /// The last batch done (acknowledged or not).
+    done_mark: Seq,
 }
 
 impl Inbound {
@@ -356,8 +358,16 @@ impl Inbound {
         while self.open.front().is_some_and(|(_, n)| *n == 0) {
             if let Some((seq, _)) = self.open.pop_front() {
                 self.done = Some(seq);
+                self.done_mark = seq;
             }
         }
+    }
+
+    /// The last batch done: what a new connection of the stream is told
+    /// at once (an acknowledgement sent on a connection that broke may
+    /// never have arrived).
+    pub fn done_mark(&self) -> Seq {
+        self.done_mark
     }
 
     /// The acknowledgement to send, if the done mark moved.
@@ -475,8 +485,11 @@ mod tests {
         assert_eq!(inb.on_batch(Seq(5)), Ok(Accept::Duplicate));
         assert_eq!(inb.received(), Seq(6));
         inb.item_done(Seq(5));
+        assert_eq!(inb.done_mark(), Seq(0));
         inb.item_done(Seq(5));
         assert_eq!(inb.take_ack(), Some(Frame::Ack(Seq(6))));
+        assert_eq!(inb.take_ack(), None, "once");
+        assert_eq!(inb.done_mark(), Seq(6), "kept for a new connection");
         assert_eq!(
             inb.on_batch(Seq(8)),
             Err(Gap {

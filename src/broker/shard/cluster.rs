@@ -5,7 +5,8 @@
 //!
 //! A message crosses to a node once, whatever its number of subscribers
 //! there, and never crosses again from the node that received it (no
-//! loops). `$SYS` topics are each node's own and never cross. Shard 0 is
+//! loops). `$SYS` topics are each node's own and never cross (clients may
+//! not publish `$` topics at all). Shard 0 is
 //! the node's speaker: it sees every shard's routes (the route table is
 //! replicated to every shard) and reports the node's 0 ↔ 1 transitions.
 
@@ -46,9 +47,18 @@ pub(super) struct ClusterState {
     /// On shard 0: shards of this node with a plain subscriber, per filter.
     node_filters: HashMap<TopicFilter, usize, crate::hash::FastState>,
     pub(super) out: Vec<ClusterOut>,
+    /// Tickets of messages from other nodes now delivered and stored here
+    /// ([`ShardCore::take_cluster_done`]).
+    pub(super) done: Vec<u64>,
     /// Set while a message from another node is routed: it goes to this
     /// node's shards only.
     pub(super) from_remote: bool,
+}
+
+/// `$SYS/...`: each node's own, never sent to another.
+fn is_sys(topic: &TopicName) -> bool {
+    let t = topic.as_str();
+    t == "$SYS" || t.starts_with("$SYS/")
 }
 
 impl ClusterState {
@@ -123,7 +133,7 @@ impl ShardCore {
         let Some(c) = self.cluster.as_mut() else {
             return 0;
         };
-        if c.from_remote || msg.topic.as_str().starts_with('$') {
+        if c.from_remote || is_sys(&msg.topic) {
             return 0;
         }
         let nodes = c.nodes(&msg.topic);
@@ -140,7 +150,7 @@ impl ShardCore {
     /// A retained update made here goes to every other node's replicas.
     pub(super) fn cluster_retain(&mut self, msg: &Arc<Message>) {
         if let Some(c) = self.cluster.as_mut() {
-            if !c.from_remote && !msg.topic.as_str().starts_with('$') {
+            if !c.from_remote && !is_sys(&msg.topic) {
                 c.out.push(ClusterOut::Retain(msg.clone()));
             }
         }
@@ -148,9 +158,23 @@ impl ShardCore {
 
     /// A message from another node, for this node's subscribers: routed
     /// to this node's shards only. Returns whether it matched here.
-    pub fn handle_cluster_publish(&mut self, now: Instant, msg: Message) -> bool {
+    ///
+    /// With a `ticket` (a QoS 1/2 message the sending node's publisher
+    /// waits for), the ticket comes back from
+    /// [`ShardCore::take_cluster_done`] once every shard here that took the
+    /// message has it in its log, as a publisher on this node would wait:
+    /// the link acknowledges the batch only then.
+    pub fn handle_cluster_publish(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        ticket: Option<u64>,
+    ) -> bool {
         self.clock = now;
         if msg.is_expired(now) {
+            if let Some(t) = ticket {
+                self.node_done(t, None);
+            }
             return false;
         }
         let msg = Arc::new(msg);
@@ -158,11 +182,50 @@ impl ShardCore {
             c.from_remote = true;
         }
         self.outcome = Outcome::default();
-        let (matched, _) = self.route(now, msg, None);
+        let token = ticket.map(|_| self.new_token());
+        let (matched, acked) = self.route(now, msg, token);
         if let Some(c) = self.cluster.as_mut() {
             c.from_remote = false;
         }
+        if let (Some(token), Some(ticket)) = (token, ticket) {
+            let after = self.store.own_barrier();
+            if acked > 0 {
+                let pending = Pending {
+                    remaining: acked,
+                    quota_check: false,
+                    delivered: self.outcome.delivered > 0,
+                    refused: self.outcome.refused > 0,
+                    after,
+                    waiter: Waiter::Node(ticket),
+                };
+                self.pending.insert(token, pending);
+            } else {
+                self.node_done(ticket, after);
+            }
+        }
         matched
+    }
+
+    /// A node link's message is done here once storage batch `after` (if
+    /// any) is written.
+    pub(super) fn node_done(&mut self, ticket: u64, after: Option<BatchId>) {
+        match after {
+            Some(b) if b > self.store.durable => self.store.held_remote.push_back((b, ticket)),
+            _ => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.done.push(ticket);
+                }
+            }
+        }
+    }
+
+    /// Tickets of [`ShardCore::handle_cluster_publish`] now done, since the
+    /// last call.
+    pub fn take_cluster_done(&mut self) -> Vec<u64> {
+        self.cluster
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.done))
+            .unwrap_or_default()
     }
 
     /// A retained update from another node: applied to this shard's

@@ -25,6 +25,9 @@ pub(super) struct Store {
     /// Acknowledgements to other shards held until storage caught up:
     /// `(batch, shard, token)`.
     pub(super) held_acks: VecDeque<(BatchId, ShardId, ShardMsg)>,
+    /// Node links' messages held until storage caught up: `(batch,
+    /// ticket)`, released into the cluster's done tickets.
+    pub(super) held_remote: VecDeque<(BatchId, u64)>,
     /// Held acknowledgements to this shard itself, released by storage:
     /// applied at the end of [`ShardCore::handle_stored`].
     pub(super) loopback: Vec<ShardMsg>,
@@ -144,6 +147,17 @@ impl ShardCore {
                 store.loopback.push(ack);
             } else if let Some(q) = self.outbox.get_mut(to.get()) {
                 q.push(ack);
+            }
+        }
+        while store
+            .held_remote
+            .front()
+            .is_some_and(|(b, _)| *b <= durable)
+        {
+            if let Some((_, ticket)) = store.held_remote.pop_front() {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.done.push(ticket);
+                }
             }
         }
         let gated: Vec<ConnId> = store.gated.drain().collect();

@@ -43,7 +43,7 @@ use durable::Store;
 pub use groups::{glob_match, GroupInfo, GroupMsg, MemberState, SharedConfig, Strategy};
 use groups::{group_home, Dispatch, GroupTable, Offer};
 use publish::Outcome;
-use router::{Agg, Pending, RouteTable, Targets};
+use router::{Agg, Pending, RouteTable, Targets, Waiter};
 use subscribe::same_authorizer;
 use timers::Timer;
 

@@ -212,10 +212,12 @@ impl ShardCore {
                     delivered: local.delivered > 0,
                     refused: local.refused > 0,
                     after: self.store.own_barrier(),
-                    conn: conn_id,
-                    client: cid.clone(),
-                    replies: vec![reply],
-                    retained_for: Vec::new(),
+                    waiter: Waiter::Client {
+                        conn: conn_id,
+                        client: cid.clone(),
+                        replies: vec![reply],
+                        retained_for: Vec::new(),
+                    },
                 };
                 self.pending.insert(token, pending);
             }

@@ -160,11 +160,24 @@ pub(super) struct Pending {
     /// The storage batch the replies also wait for (the changes the
     /// request made on this shard), if any.
     pub(super) after: Option<BatchId>,
-    pub(super) conn: ConnId,
-    pub(super) client: ClientId,
-    pub(super) replies: Vec<Packet>,
-    /// Filters whose retained messages go out after the SUBACK.
-    pub(super) retained_for: Vec<(TopicFilter, Subscription)>,
+    /// Who the acknowledgement is for.
+    pub(super) waiter: Waiter,
+}
+
+/// Who waits for a [`Pending`] acknowledgement.
+#[derive(Debug)]
+pub(super) enum Waiter {
+    /// A client of this shard: its replies (PUBACK, PUBREC, SUBACK) and,
+    /// after a SUBACK, the retained messages of its new filters.
+    Client {
+        conn: ConnId,
+        client: ClientId,
+        replies: Vec<Packet>,
+        retained_for: Vec<(TopicFilter, Subscription)>,
+    },
+    /// A node link: a message another node sent, now stored by every shard
+    /// here that took it ([`ShardCore::take_cluster_done`]).
+    Node(u64),
 }
 
 impl ShardCore {
@@ -227,28 +240,39 @@ impl ShardCore {
         let Some(p) = self.pending.remove(&token) else {
             return;
         };
+        let (conn, client, replies, retained_for) = match p.waiter {
+            Waiter::Node(ticket) => {
+                self.node_done(ticket, p.after);
+                return;
+            }
+            Waiter::Client {
+                conn,
+                client,
+                replies,
+                retained_for,
+            } => (conn, client, replies, retained_for),
+        };
         // The client may have gone meanwhile; its replies go nowhere then.
-        let attached =
-            self.conns.get(&p.conn).and_then(|c| c.client_id.as_ref()) == Some(&p.client);
+        let attached = self.conns.get(&conn).and_then(|c| c.client_id.as_ref()) == Some(&client);
         if !attached {
             return;
         }
         self.store.replying_after = p.after;
         let quota = p.quota_check && p.refused && !p.delivered;
-        for packet in &p.replies {
+        for packet in &replies {
             if quota {
-                self.send(p.conn, &quota_exceeded(packet));
+                self.send(conn, &quota_exceeded(packet));
             } else {
-                self.send(p.conn, packet);
+                self.send(conn, packet);
             }
         }
         self.store.replying_after = None;
         // Not for a filter unsubscribed meanwhile.
-        let mut retained_for = p.retained_for;
-        if let Some(s) = self.sessions.get(&p.client) {
+        let mut retained_for = retained_for;
+        if let Some(s) = self.sessions.get(&client) {
             retained_for.retain(|(f, _)| s.subscriptions.contains_key(f));
         }
-        self.send_retained(now, &p.client, retained_for);
+        self.send_retained(now, &client, retained_for);
     }
 
     pub(super) fn remove_local_filter(&mut self, filter: &TopicFilter) {

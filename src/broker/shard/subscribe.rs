@@ -108,10 +108,12 @@ impl ShardCore {
                 delivered: false,
                 refused: false,
                 after: self.store.own_barrier(),
-                conn: conn_id,
-                client: cid.clone(),
-                replies,
-                retained_for,
+                waiter: Waiter::Client {
+                    conn: conn_id,
+                    client: cid.clone(),
+                    replies,
+                    retained_for,
+                },
             };
             self.pending.insert(token, pending);
             return;

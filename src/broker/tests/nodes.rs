@@ -12,6 +12,10 @@ struct Nodes {
     unacked: Vec<(usize, usize, u64)>,
     /// Acknowledge links at once.
     ack_links: bool,
+    /// The receivers' tickets of messages their publishers wait for:
+    /// ticket → (node, shard, token) of the publisher's side.
+    tickets: HashMap<u64, (usize, usize, u64)>,
+    next_ticket: u64,
 }
 
 impl Nodes {
@@ -21,6 +25,8 @@ impl Nodes {
             b: Cluster::new(shards),
             unacked: Vec::new(),
             ack_links: true,
+            tickets: HashMap::new(),
+            next_ticket: 0,
         };
         for core in n.a.cores.iter_mut().chain(n.b.cores.iter_mut()) {
             core.enable_cluster();
@@ -48,15 +54,23 @@ impl Nodes {
                     for o in out {
                         moved = true;
                         let now = self.node(from).now;
-                        let mut acks = Vec::new();
+                        let ticket = match &o {
+                            ClusterOut::Publish { token: Some(t), .. } => {
+                                self.next_ticket += 1;
+                                self.tickets.insert(self.next_ticket, (from, shard, *t));
+                                Some(self.next_ticket)
+                            }
+                            _ => None,
+                        };
                         let to = if from == 0 { &mut self.b } else { &mut self.a };
                         match o {
-                            ClusterOut::Publish { node, msg, token } => {
+                            ClusterOut::Publish { node, msg, .. } => {
                                 assert_eq!(node, peer);
-                                to.cores[0].handle_cluster_publish(now, Message::clone(&msg));
-                                if let Some(t) = token {
-                                    acks.push((from, shard, t));
-                                }
+                                to.cores[0].handle_cluster_publish(
+                                    now,
+                                    Message::clone(&msg),
+                                    ticket,
+                                );
                             }
                             ClusterOut::Retain(msg) => {
                                 to.cores[0].handle_cluster_retain(now, Message::clone(&msg))
@@ -64,17 +78,31 @@ impl Nodes {
                             ClusterOut::RouteAdd(f) => {
                                 assert_eq!(shard, 0, "only the speaker announces");
                                 for c in &mut to.cores {
-                                    c.handle_node_routes(me, None, &[f.clone()], &[]);
+                                    c.handle_node_routes(me, None, std::slice::from_ref(&f), &[]);
                                 }
                             }
                             ClusterOut::RouteRemove(f) => {
                                 for c in &mut to.cores {
-                                    c.handle_node_routes(me, None, &[], &[f.clone()]);
+                                    c.handle_node_routes(me, None, &[], std::slice::from_ref(&f));
                                 }
                             }
                         }
                         to.run();
-                        self.unacked.extend(acks);
+                    }
+                }
+            }
+            // The receivers' done tickets: the link acknowledges them.
+            for n in 0..2 {
+                let done: Vec<u64> = self
+                    .node(n)
+                    .cores
+                    .iter_mut()
+                    .flat_map(|c| c.take_cluster_done())
+                    .collect();
+                for t in done {
+                    moved = true;
+                    if let Some(ack) = self.tickets.remove(&t) {
+                        self.unacked.push(ack);
                     }
                 }
             }
@@ -263,4 +291,40 @@ fn sys_topics_stay_home_and_retained_messages_reach_every_node() {
     ns.b.publishes(&late);
     let later = sub_on(&mut ns, 1, "later-b", "state/#", V5);
     assert!(ns.b.publishes(&later).is_empty());
+}
+
+#[test]
+fn puback_waits_until_the_other_node_stored_the_message() {
+    // A persistent session on B, whose home is not the shard the link
+    // delivers to: B's storage must have the message before A's publisher
+    // gets its PUBACK (the single-node durability contract, across nodes).
+    let mut ns = Nodes::new(2);
+    let id = (0..100)
+        .map(|i| format!("durable-b-{i}"))
+        .find(|id| home_shard(id, 2).get() == 1)
+        .unwrap();
+    let (sb, _) = ns.b.connect_with(persistent(V5, &id));
+    ns.b.subscribe(&sb, "d/#", q(QoS::AtLeastOnce));
+    ns.link();
+    ns.b.send(&sb, Packet::Disconnect(Disconnect::default()));
+    ns.b.run();
+    ns.link();
+    ns.b.hold_store = true;
+    let pa = ns.a.connect(V5, "pub-a");
+    ns.a.publish(&pa, "d/1", b"keep me", QoS::AtLeastOnce, 9);
+    ns.link();
+    assert!(
+        ns.a.recv(&pa).is_empty(),
+        "PUBACK before the other node stored the message"
+    );
+    ns.b.hold_store = false;
+    for shard in 0..2 {
+        ns.b.write_store(shard);
+    }
+    ns.link();
+    let got = ns.a.recv(&pa);
+    assert!(
+        matches!(&got[..], [Packet::PubAck(a)] if a.reason == ReasonCode::SUCCESS),
+        "{got:?}"
+    );
 }
