@@ -2,14 +2,15 @@
 # Installs what building vmqtt needs besides the Rust toolchain, when missing:
 #   - libclang-dev   bindgen, for the RocksDB bindings (vmqtt-storage)
 #   - g++            RocksDB's C++ sources
-#   - protobuf-compiler  protoc, for etcd-client's gRPC bindings (the cluster)
+#   - protobuf-compiler, libprotobuf-dev  protoc and its well-known types
+#                    (google/protobuf/*.proto), for etcd-client's gRPC bindings
 # Idempotent: no apt-get at all when everything is present. Root on Debian
 # (CI, developer machines); uses sudo when not root and sudo exists.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 missing=()
-for pkg in libclang-dev g++ protobuf-compiler; do
+for pkg in libclang-dev g++ protobuf-compiler libprotobuf-dev; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing+=("$pkg")
     fi

@@ -1,6 +1,7 @@
 //! The operators' HTTP endpoint (`[http]` in the configuration), served by
 //! shard 0: `GET /metrics` in the Prometheus text format with a `shard`
-//! label on every series, `GET /healthz` and `GET /readyz`.
+//! label on every series, `GET /healthz` and `GET /readyz`, `GET /groups`
+//! and, in a cluster, `GET /cluster` (members and links).
 //!
 //! Shards publish their counters into [`Metrics`] about once a second (plain
 //! atomic stores, no lock, no message); the endpoint only reads them.
@@ -33,6 +34,38 @@ pub struct ShardSlot {
     /// The shared-subscription groups whose home is this shard (a lock:
     /// a list, replaced once a second, read by the endpoint).
     groups: Mutex<Vec<GroupInfo>>,
+    /// This shard's node links (a cluster), replaced once a second.
+    links: Mutex<Vec<LinkInfo>>,
+}
+
+/// One shard's stream to one peer node, as published for the endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// The peer node.
+    pub peer: u16,
+    /// Its epoch (etcd lease id).
+    pub epoch: u64,
+    /// Its peer address (of the shard this stream goes to).
+    pub addr: String,
+    /// Connected now.
+    pub up: bool,
+    /// Bytes held (waiting and unacknowledged).
+    pub queued_bytes: u64,
+    /// Batches sent and not yet acknowledged.
+    pub unacked: u64,
+    /// The stream's counters.
+    pub stats: vmqtt_cluster::OutStats,
+}
+
+/// The membership as the endpoint shows it.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterInfo {
+    /// This node.
+    pub node: u16,
+    /// The cluster's name.
+    pub name: String,
+    /// The last membership.
+    pub membership: vmqtt_cluster::Membership,
 }
 
 /// (name, type, help, value) of one per-group series.
@@ -118,6 +151,8 @@ const STORE_BUCKETS_US: [u64; 12] = [
 pub struct Metrics {
     shards: Vec<ShardSlot>,
     login: Arc<LoginCounters>,
+    /// The membership, in a cluster (shard 0 publishes it).
+    cluster: Mutex<Option<ClusterInfo>>,
 }
 
 /// Counters of the login path (`gate.rs`), which is shared by every shard:
@@ -223,6 +258,7 @@ impl Metrics {
         Arc::new(Self {
             shards: (0..shards).map(|_| ShardSlot::default()).collect(),
             login,
+            cluster: Mutex::new(None),
         })
     }
 
@@ -249,6 +285,164 @@ impl Metrics {
     pub fn publish_groups(&self, shard: usize, groups: Vec<GroupInfo>) {
         if let Some(slot) = self.shards.get(shard) {
             *slot.groups.lock().unwrap_or_else(|e| e.into_inner()) = groups;
+        }
+    }
+
+    /// Shard `shard` publishes its node links.
+    pub fn publish_links(&self, shard: usize, links: Vec<LinkInfo>) {
+        if let Some(slot) = self.shards.get(shard) {
+            *slot.links.lock().unwrap_or_else(|e| e.into_inner()) = links;
+        }
+    }
+
+    /// The membership, from shard 0 (a cluster only).
+    pub fn publish_cluster(&self, info: ClusterInfo) {
+        *self.cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(info);
+    }
+
+    /// `GET /cluster`: the members (node, epoch, peer and MQTT address,
+    /// shards), whether etcd answers, and every shard's link to every peer.
+    pub fn cluster_json(&self) -> String {
+        let cluster = self.cluster.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = cluster.as_ref() else {
+            return "{\"cluster\":null}\n".to_owned();
+        };
+        let mut out = format!(
+            "{{\"cluster\":{},\"node\":{},\"etcd_up\":{},\"revision\":{},\"nodes\":[",
+            json_str(&c.name),
+            c.node,
+            c.membership.etcd_up,
+            c.membership.revision
+        );
+        for (i, (id, m)) in c.membership.nodes.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let mqtt = m
+                .mqtt
+                .map_or("null".to_owned(), |a| json_str(&a.to_string()));
+            let _ = write!(
+                out,
+                "{sep}{{\"node\":{},\"epoch\":\"{:x}\",\"peer\":{},\"shards\":{},\"mqtt\":{mqtt}}}",
+                id.0,
+                m.epoch.0,
+                json_str(&m.peer.to_string()),
+                m.shards
+            );
+        }
+        out.push_str("],\"links\":[");
+        let mut first = true;
+        for (shard, slot) in self.shards.iter().enumerate() {
+            for l in slot.links.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                let _ = write!(
+                    out,
+                    "{{\"shard\":{shard},\"peer\":{},\"epoch\":\"{:x}\",\"addr\":{},\"up\":{},\"queued_bytes\":{},\"unacked_batches\":{},\"frames\":{},\"bytes\":{},\"resent\":{},\"dropped\":{},\"connects\":{}}}",
+                    l.peer,
+                    l.epoch,
+                    json_str(&l.addr),
+                    l.up,
+                    l.queued_bytes,
+                    l.unacked,
+                    l.stats.frames,
+                    l.stats.bytes,
+                    l.stats.resent,
+                    l.stats.dropped,
+                    l.stats.connects
+                );
+            }
+        }
+        out.push_str("]}\n");
+        out
+    }
+
+    /// The cluster's series: members, etcd reachability, and per shard and
+    /// peer the link's state and counters.
+    fn render_links(&self, out: &mut String) {
+        let cluster = self.cluster.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = cluster.as_ref() else {
+            return;
+        };
+        let _ = writeln!(
+            out,
+            "# HELP vmqtt_cluster_nodes Nodes in the cluster's membership, this one included.\n# TYPE vmqtt_cluster_nodes gauge\nvmqtt_cluster_nodes {}",
+            c.membership.nodes.len()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vmqtt_cluster_etcd_up 1 while etcd answers (else the last membership stays in force).\n# TYPE vmqtt_cluster_etcd_up gauge\nvmqtt_cluster_etcd_up {}",
+            u8::from(c.membership.etcd_up)
+        );
+        drop(cluster);
+        type LinkSeries = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&LinkInfo) -> u64,
+        );
+        let series: [LinkSeries; 8] = [
+            (
+                "vmqtt_cluster_link_up",
+                "gauge",
+                "1 while the shard's link to the peer is connected.",
+                |l| u64::from(l.up),
+            ),
+            (
+                "vmqtt_cluster_link_queued_bytes",
+                "gauge",
+                "Bytes the link holds for the peer (waiting and unacknowledged).",
+                |l| l.queued_bytes,
+            ),
+            (
+                "vmqtt_cluster_link_unacked_batches",
+                "gauge",
+                "Batches sent to the peer and not yet acknowledged.",
+                |l| l.unacked,
+            ),
+            (
+                "vmqtt_cluster_link_frames_total",
+                "counter",
+                "Batches written to the peer (resends included).",
+                |l| l.stats.frames,
+            ),
+            (
+                "vmqtt_cluster_link_bytes_total",
+                "counter",
+                "Bytes written to the peer.",
+                |l| l.stats.bytes,
+            ),
+            (
+                "vmqtt_cluster_link_resent_total",
+                "counter",
+                "Batches written again after a reconnect.",
+                |l| l.stats.resent,
+            ),
+            (
+                "vmqtt_cluster_link_dropped_total",
+                "counter",
+                "Messages dropped because the link held max_link_bytes.",
+                |l| l.stats.dropped,
+            ),
+            (
+                "vmqtt_cluster_link_connects_total",
+                "counter",
+                "Connections of the link established.",
+                |l| l.stats.connects,
+            ),
+        ];
+        for (name, kind, help, value) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (shard, slot) in self.shards.iter().enumerate() {
+                for l in slot.links.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{shard=\"{shard}\",peer=\"{}\"}} {}",
+                        l.peer,
+                        value(l)
+                    );
+                }
+            }
         }
     }
 
@@ -435,6 +629,7 @@ impl Metrics {
             let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {total}");
         }
         self.render_groups(&mut out);
+        self.render_links(&mut out);
         out
     }
 }
@@ -487,6 +682,7 @@ async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>) {
     let (status, kind, body) = match (method, path) {
         ("GET", "/metrics") => ("200 OK", text, metrics.render()),
         ("GET", "/groups") => ("200 OK", "application/json", metrics.groups_json()),
+        ("GET", "/cluster") => ("200 OK", "application/json", metrics.cluster_json()),
         ("GET", "/healthz") => ("200 OK", text, "ok\n".to_owned()),
         ("GET", "/readyz") if metrics.all_ready() => ("200 OK", text, "ready\n".to_owned()),
         ("GET", "/readyz") => ("503 Service Unavailable", text, "not ready\n".to_owned()),

@@ -4,6 +4,7 @@
 //! mask; see ARCHITECTURE.md for how connections, sessions and publishes
 //! move between them.
 
+mod cluster;
 mod gate;
 mod http;
 mod notify;
@@ -77,6 +78,14 @@ enum Command {
         #[arg(long, short = 'D')]
         delete: bool,
     },
+    /// Lists the members of the cluster the configuration's `[cluster]`
+    /// names, from etcd: node id, epoch (lease), peer and MQTT address,
+    /// shards. (A running node's links: `GET /cluster` on its HTTP
+    /// endpoint.)
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCommand,
+    },
     /// Repairs a data directory whose write-ahead log is damaged (which the
     /// broker refuses to start on): first copies the whole directory to a
     /// backup, then recovers everything before the damage and reports what
@@ -89,6 +98,12 @@ enum Command {
         #[arg(long)]
         backup: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The members, one line each.
+    Status,
 }
 
 /// How long a start waits for its listening addresses to be released by
@@ -129,6 +144,24 @@ fn load_security(config: &Config) -> anyhow::Result<Security> {
         auth: gate::AuthSettings::new(&config.auth, passwords),
         acl,
     })
+}
+
+/// Reads the link secret of `[cluster]`, if the node is in one.
+fn load_cluster_secret(config: &Config) -> anyhow::Result<Option<Arc<vmqtt_cluster::LinkSecret>>> {
+    let Some(c) = &config.cluster else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(&c.secret_file)
+        .with_context(|| format!("[cluster] secret_file {}", c.secret_file.display()))?;
+    match vmqtt_cluster::LinkSecret::new(&bytes) {
+        Some(s) => Ok(Some(Arc::new(s))),
+        None => bail!(
+            "[cluster] secret_file {}: the secret must be at least {} bytes (e.g. `openssl rand -hex 32 > {}`)",
+            c.secret_file.display(),
+            vmqtt_cluster::handshake::MIN_SECRET,
+            c.secret_file.display()
+        ),
+    }
 }
 
 /// Loads the certificates of `[tls]`, if it has listeners.
@@ -349,6 +382,7 @@ fn main() -> std::process::ExitCode {
                 .and_then(|c| {
                     load_security(&c)?;
                     load_tls(&c)?;
+                    load_cluster_secret(&c)?;
                     Ok(())
                 });
             return match checked {
@@ -372,6 +406,31 @@ fn main() -> std::process::ExitCode {
                 Err(e) => {
                     eprintln!("vmqtt-shard passwd: {e}");
                     std::process::ExitCode::from(2)
+                }
+            };
+        }
+        Some(Command::Cluster {
+            what: ClusterCommand::Status,
+        }) => {
+            let status = cli
+                .config
+                .as_deref()
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--config FILE: the node's configuration, with [cluster]")
+                })
+                .and_then(|p| Ok(Config::load(p)?))
+                .and_then(|c| match &c.cluster {
+                    Some(cc) => cluster::status(cc),
+                    None => bail!("the configuration has no [cluster] section"),
+                });
+            return match status {
+                Ok(text) => {
+                    print!("{text}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vmqtt-shard cluster status: {e:#}");
+                    std::process::ExitCode::FAILURE
                 }
             };
         }
@@ -409,6 +468,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let log = init_logging(&config);
     let security = load_security(&config)?;
     let tls = load_tls(&config)?;
+    let cluster_secret = load_cluster_secret(&config)?;
     let gate = gate::Gate::new(security.auth)?;
     let budget = gate::Budget::new(config.runtime.max_connections);
     // Before any thread starts (RocksDB's background threads, the shards):
@@ -467,11 +527,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // exited) is waited for. (A plain bind would also trip over this
     // process's own TIME-WAIT sockets after a restart.)
     let http = config.http.enabled.then_some(config.http.listen);
+    // In a cluster, shard i takes node links on the peer port + i.
+    let peer_ports: Vec<SocketAddr> = config
+        .cluster
+        .iter()
+        .flat_map(|c| {
+            (0..shards).map(move |i| {
+                let mut a = c.listen;
+                a.set_port(c.listen.port().wrapping_add(i as u16));
+                a
+            })
+        })
+        .collect();
     for addr in config
         .listen
         .iter()
         .chain(&config.tls.listen)
         .chain(http.iter())
+        .chain(&peer_ports)
     {
         match sys::wait_until_free(*addr, ADDRESS_WAIT) {
             Ok(waited) if waited > Duration::ZERO => info!(
@@ -495,6 +568,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let metrics = http::Metrics::new(shards, gate.counters());
     let (control, controls) =
         runtime::Controller::new(shards).context("creating the shards' control channels")?;
+    // The cluster: this node registered in etcd, the membership followed
+    // by the etcd thread and handed to every shard.
+    let (etcd, cluster_spec) = match (&config.cluster, cluster_secret) {
+        (Some(c), Some(secret)) => {
+            let announcer = control
+                .announcer()
+                .context("creating the etcd thread's control channels")?;
+            let me = cluster::ThisNode {
+                id: vmqtt::broker::NodeId(c.node_id),
+                peer: c.advertised(),
+                shards: u16::try_from(shards).unwrap_or(u16::MAX),
+                mqtt: config.listen.first().copied(),
+            };
+            let (etcd, first) = cluster::Etcd::start(c, me, move |m| {
+                announcer.send_all(|_| runtime::Control::Membership(m.clone()))
+            })
+            .with_context(|| format!("joining cluster {:?} (etcd {:?})", c.name, c.etcd))?;
+            let spec = runtime::ClusterSpec {
+                name: c.name.clone(),
+                node: vmqtt::broker::NodeId(c.node_id),
+                secret,
+                listen: c.listen,
+                flush: Duration::from_micros(c.flush_us),
+                max_link_bytes: usize::try_from(c.max_link_bytes).unwrap_or(usize::MAX),
+                membership: first,
+            };
+            (Some(etcd), Some(spec))
+        }
+        _ => (None, None),
+    };
     let mesh = MeshBuilder::full(shards, MESH_CAPACITY);
     let instance = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -539,6 +642,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ready: ready_tx.clone(),
             metrics: metrics.clone(),
             http: http.filter(|_| index == 0),
+            cluster: cluster_spec.clone(),
         };
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("vmqtt-shard-{index}"))
@@ -561,6 +665,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // (The shards that started see their control channel close: they
         // stop.)
         drop(control);
+        if let Some(etcd) = etcd {
+            etcd.stop();
+        }
         bail!("{e}");
     }
     info!(
@@ -582,6 +689,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         info!(signal = sig, "stopping");
         break;
+    }
+    // Leave the cluster first: peers stop routing to this node at once.
+    if let Some(etcd) = etcd {
+        etcd.stop();
     }
     let missing = control.request_all(|_| runtime::Control::Stop, STOP_WAIT);
     if missing.is_empty() {

@@ -17,6 +17,9 @@ pub enum Control {
     /// New settings from a configuration reload (SIGHUP), applied from now
     /// on; acknowledged once the shard's core has them.
     Reconfigure(CoreConfig),
+    /// The cluster's members changed (from the etcd thread; not waited
+    /// for, and acknowledged to nobody).
+    Membership(std::sync::Arc<vmqtt_cluster::Membership>),
     /// Stop: close every connection and let the last storage batches and
     /// bytes out (bounded); acknowledged once that is done and the shard
     /// stopped listening.
@@ -134,6 +137,47 @@ impl Controller {
     }
 }
 
+/// A second sender to every shard, for another thread (the etcd thread):
+/// its messages are queued and not waited for.
+#[derive(Debug)]
+pub struct Announcer {
+    shards: Vec<ControlSender>,
+}
+
+impl Controller {
+    /// An [`Announcer`] to the same shards.
+    pub fn announcer(&self) -> io::Result<Announcer> {
+        let shards = self
+            .shards
+            .iter()
+            .map(|s| {
+                Ok(ControlSender {
+                    queue: s.queue.clone(),
+                    wake: s.wake.try_clone()?,
+                })
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(Announcer { shards })
+    }
+}
+
+impl Announcer {
+    /// Queues `what(shard)` for every shard and wakes them; returns at once.
+    pub fn send_all(&self, mut what: impl FnMut(usize) -> Control) {
+        // Nobody waits for these acknowledgements.
+        let (ack, _) = mpsc::channel();
+        for (index, shard) in self.shards.iter().enumerate() {
+            let request = Request {
+                what: what(index),
+                ack: ack.clone(),
+            };
+            if shard.queue.send(request).is_ok() {
+                let _ = (&shard.wake).write(&[1]);
+            }
+        }
+    }
+}
+
 impl ControlReceiver {
     /// The queue and the shard's end of the wake-up socket (to bind to the
     /// shard's executor).
@@ -244,6 +288,31 @@ mod tests {
         assert_eq!(missing, [1]);
         assert!(started.elapsed() < Duration::from_secs(10));
         assert_eq!(s0.join().ok(), Some(1));
+    }
+
+    #[test]
+    fn an_announcer_reaches_every_shard_without_waiting() {
+        let (c, rxs) = Controller::new(2).expect("control channels");
+        let a = c.announcer().expect("announcer");
+        let shards: Vec<_> = rxs
+            .into_iter()
+            .enumerate()
+            .map(|(i, rx)| shard(i, rx, Duration::from_millis(200)))
+            .collect();
+        let started = Instant::now();
+        a.send_all(|_| Control::Membership(Default::default()));
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "not waited for"
+        );
+        assert!(c
+            .request_all(|_| Control::Stop, Duration::from_secs(10))
+            .is_empty());
+        let seen: Vec<_> = shards
+            .into_iter()
+            .map(|h| h.join().expect("shard"))
+            .collect();
+        assert_eq!(seen, [2, 2], "the announcement, then the stop");
     }
 
     #[test]

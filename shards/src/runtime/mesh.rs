@@ -157,6 +157,17 @@ async fn receive_loop(shard: Rc<Shard>, receivers: Rc<Receivers<MeshMsg>>, peer:
                 };
                 serve(shard.clone(), conn, h.buf);
             }
+            Ok(Some(MeshMsg::NodeRoutes {
+                node,
+                snapshot,
+                add,
+                remove,
+            })) => {
+                shard
+                    .core
+                    .borrow_mut()
+                    .handle_node_routes(node, snapshot, &add, &remove);
+            }
             Ok(Some(MeshMsg::Hello(_))) => {}
             Ok(None) | Err(_) => return,
         }

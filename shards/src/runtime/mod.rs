@@ -12,8 +12,10 @@
 //!   (TLS handshake, CONNECT, credentials) and the handoff to its home shard.
 //! - `conn.rs`: a served connection's reader and writer tasks and its reads.
 //! - `mesh.rs`: the channel mesh between shards (batches and handoffs).
-//! - `control.rs`: the main thread's messages to the shards (reload, stop)
-//!   and their acknowledgements.
+//! - `control.rs`: the main thread's messages to the shards (reload, stop,
+//!   the cluster's membership) and their acknowledgements.
+//! - `links.rs`: the node links of a cluster (`[cluster]`): streams to
+//!   peer nodes and from them.
 //!
 //! The storage task is beside the rest of storage, in `store/writer.rs`.
 //!
@@ -21,6 +23,7 @@
 
 mod conn;
 mod control;
+mod links;
 mod listener;
 mod mesh;
 mod shard;
@@ -38,6 +41,7 @@ use crate::gate::{Budget, BudgetSlot, Gate};
 use crate::http::Metrics;
 
 pub use control::{Control, ControlReceiver, Controller};
+pub use links::ClusterSpec;
 pub use shard::run;
 pub(crate) use shard::Shard;
 
@@ -48,6 +52,18 @@ pub enum MeshMsg {
     Hello(usize),
     /// A batch of MQTT work for the receiving shard.
     Batch(Vec<ShardMsg>),
+    /// Another node's routes, received by one shard's link, for every
+    /// other shard's core.
+    NodeRoutes {
+        /// The node.
+        node: vmqtt::broker::NodeId,
+        /// All its routes (replacing what was known), or only changes.
+        snapshot: Option<Vec<vmqtt::topic::TopicFilter>>,
+        /// Routes it gained.
+        add: Vec<vmqtt::topic::TopicFilter>,
+        /// Routes it lost.
+        remove: Vec<vmqtt::topic::TopicFilter>,
+    },
     /// A connection whose CONNECT names a client id homed on the receiver,
     /// with every byte read from it so far.
     Handoff(Handoff),
@@ -107,6 +123,8 @@ pub struct ShardSpec {
     pub gate: Arc<Gate>,
     /// The process's connection budget, shared by every shard.
     pub budget: Arc<Budget>,
+    /// This node's cluster, if it is in one.
+    pub cluster: Option<ClusterSpec>,
 }
 
 /// A shard's durable storage and what was recovered from it.

@@ -18,6 +18,7 @@ use vmqtt::ClientId;
 
 use super::conn::{ConnIo, CLOSE_GRACE};
 use super::control::{Ack, Control, ControlReceiver};
+use super::links::{self, Links};
 use super::mesh::{self, OutQueue};
 use super::{listener, MeshMsg, ShardSpec};
 use crate::gate::{Budget, ConnectRate, Gate};
@@ -32,7 +33,7 @@ pub(super) struct Queues {
     /// Connection readers and writers, the accept loops.
     pub(super) clients: TaskQueueHandle,
     /// The channel mesh: batches to and from other shards, handoffs.
-    mesh: TaskQueueHandle,
+    pub(super) mesh: TaskQueueHandle,
     /// Timers, metrics, the storage task, the HTTP endpoint.
     background: TaskQueueHandle,
 }
@@ -90,6 +91,8 @@ pub(crate) struct Shard {
     pub(super) gate: Arc<Gate>,
     /// The process's connection budget.
     pub(super) budget: Arc<Budget>,
+    /// The node links, in a cluster.
+    pub(super) links: Option<Rc<Links>>,
 }
 
 /// One connection counted in its shard's open connections, until dropped.
@@ -132,8 +135,27 @@ impl Shard {
     }
 
     /// Acts on everything the core produced: wakes writers, closes
-    /// connections, queues batches for other shards, re-arms the timer.
-    pub(crate) fn after(&self) {
+    /// connections, queues batches for other shards and other nodes,
+    /// re-arms the timer.
+    pub(crate) fn after(self: &Rc<Self>) {
+        loop {
+            let done = self.after_once();
+            if done.is_empty() {
+                return;
+            }
+            // Publishes no link will carry (no such peer, a full stream):
+            // the publishers' acknowledgements wait for them no more.
+            let now = Instant::now();
+            let mut core = self.core.borrow_mut();
+            for t in done {
+                core.handle_cluster_ack(now, t);
+            }
+        }
+    }
+
+    /// One pass of [`Shard::after`]; returns the tokens to complete.
+    fn after_once(self: &Rc<Self>) -> Vec<u64> {
+        let mut done = Vec::new();
         let mut core = self.core.borrow_mut();
         let conns = self.conns.borrow();
         while let Some(ev) = core.poll_event() {
@@ -213,6 +235,19 @@ impl Shard {
                 self.timer_notify.notify();
             }
         }
+        if let Some(links) = &self.links {
+            let out = core.take_cluster_out();
+            let stored = core.take_cluster_done();
+            drop(core);
+            drop(conns);
+            if !out.is_empty() {
+                links.dispatch(self, out, &mut done);
+            }
+            if !stored.is_empty() {
+                links.tickets_done(stored);
+            }
+        }
+        done
     }
 }
 
@@ -244,6 +279,7 @@ pub async fn run(spec: ShardSpec) {
         tls,
         gate,
         budget,
+        cluster,
     } = spec;
     let Some(joined) = mesh::join(mesh, index, shards).await else {
         let _ = ready.send(Err(format!(
@@ -254,6 +290,27 @@ pub async fn run(spec: ShardSpec) {
 
     let connect_timeout = core.connect_timeout;
     let max_packet = core.max_packet_size;
+    let peer_listener = match &cluster {
+        Some(c) => {
+            let addr = links::shard_listen(c.listen, index);
+            match crate::sys::reuseport_listener(addr) {
+                Ok((fd, keep)) => {
+                    // SAFETY: `fd` is a listening TCP socket we own; the
+                    // listener takes it over.
+                    let l = unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) };
+                    Some((l, keep))
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(format!(
+                        "shard {index}: cannot listen for node links on {addr}: {e}"
+                    )));
+                    return;
+                }
+            }
+        }
+        None => None,
+    };
+    let in_cluster = cluster.is_some();
     let shard = Rc::new(Shard {
         index,
         shards,
@@ -274,8 +331,13 @@ pub async fn run(spec: ShardSpec) {
         rate: RefCell::new(ConnectRate::new(Instant::now())),
         gate,
         budget,
+        links: cluster.map(|c| Rc::new(Links::new(c))),
     });
     let q = shard.queues;
+    if in_cluster {
+        // Before restore: the node's routes are counted from the start.
+        shard.core.borrow_mut().enable_cluster();
+    }
     debug!(
         shard = index,
         client_shares = tasks.client_shares,
@@ -322,6 +384,15 @@ pub async fn run(spec: ShardSpec) {
     }
     // Wills of sessions lost in the crash, routes: out to the other shards.
     shard.after();
+    let mut peer_keep = None;
+    if let (Some((l, keep)), Some(links)) = (peer_listener, shard.links.clone()) {
+        spawn_into(q.mesh, links::accept_loop(shard.clone(), l));
+        peer_keep = Some(keep);
+        let first = links.membership();
+        let mut done = Vec::new();
+        links.on_membership(&shard, first, &mut done);
+        links::complete(&shard, done);
+    }
     for (l, tls) in bound.listeners {
         spawn_into(
             q.clients,
@@ -346,7 +417,7 @@ pub async fn run(spec: ShardSpec) {
     // executor's teardown, their pending io_uring accepts would keep them
     // listening for a while after the process exited, and a restart would
     // find the address taken.
-    for fd in &bound.listening {
+    for fd in bound.listening.iter().chain(peer_keep.iter()) {
         crate::sys::stop_listening(fd);
     }
     info!(shard = index, "shard stopped");
@@ -382,6 +453,12 @@ async fn timer_loop(shard: Rc<Shard>, metrics: Arc<Metrics>) {
             published = Instant::now();
             metrics.publish(shard.index, &shard.core.borrow().stats());
             metrics.publish_groups(shard.index, shard.core.borrow().groups());
+            if let Some(links) = &shard.links {
+                metrics.publish_links(shard.index, links.link_infos(shard.index));
+                if shard.index == 0 {
+                    metrics.publish_cluster(links.cluster_info());
+                }
+            }
             shard.core.borrow_mut().release_memory();
             vmqtt::broker::shrink_if_sparse(&mut shard.conns.borrow_mut());
             // SAFETY: mi_collect only walks and purges the calling thread's
@@ -414,6 +491,14 @@ async fn control_loop(
                     shard.core.borrow_mut().set_config(config);
                     // (A new ACL may have removed subscriptions: act on it now.)
                     shard.after();
+                    ack.done(shard.index);
+                }
+                Control::Membership(m) => {
+                    if let Some(links) = shard.links.clone() {
+                        let mut done = Vec::new();
+                        links.on_membership(&shard, m, &mut done);
+                        super::links::complete(&shard, done);
+                    }
                     ack.done(shard.index);
                 }
                 Control::Stop => {

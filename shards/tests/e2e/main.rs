@@ -36,6 +36,7 @@
 
 mod common;
 
+mod cluster;
 mod connect;
 mod durability;
 mod external;

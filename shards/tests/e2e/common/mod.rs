@@ -7,6 +7,7 @@
 
 pub mod broker;
 pub mod clients;
+pub mod etcd;
 pub mod http;
 pub mod process;
 pub mod raw;

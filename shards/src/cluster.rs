@@ -1,0 +1,500 @@
+//! The cluster's control thread: this node's membership in etcd. One std
+//! thread runs a current-thread tokio runtime for the etcd client (gRPC
+//! needs tokio) — never a shard: no shard executor awaits etcd, and the
+//! data path never waits for it.
+//!
+//! The node holds a lease (its id is the node's epoch) and keeps
+//! `/{cluster}/nodes/{id}` under it, renewed every third of its TTL. It
+//! watches the prefix and hands every change to the shards as an immutable
+//! [`Membership`] snapshot (through their control queues, without waiting).
+//! When etcd cannot be reached the last snapshot stays in force, marked
+//! `etcd_up = false`; when the lease expired meanwhile (the node was cut
+//! off longer than the TTL, and its peers dropped it), a new lease is
+//! granted: a new epoch.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use vmqtt::broker::{Epoch, NodeId};
+use vmqtt_cluster::{Member, Membership};
+use vmqtt_config::ClusterConfig;
+
+/// How long start-up may take to reach etcd and register.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Each etcd request's bound.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Between attempts while etcd cannot be reached.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// This node as it registers itself.
+#[derive(Debug, Clone)]
+pub struct ThisNode {
+    /// Its id.
+    pub id: NodeId,
+    /// Its peer address (shard `i` on the port + `i`).
+    pub peer: SocketAddr,
+    /// Its shards.
+    pub shards: u16,
+    /// Its MQTT address, for people.
+    pub mqtt: Option<SocketAddr>,
+}
+
+/// The running control thread; [`Etcd::stop`] leaves the cluster.
+#[derive(Debug)]
+pub struct Etcd {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Etcd {
+    /// Registers this node in etcd and starts watching the membership;
+    /// every later snapshot goes to `publish`. Fails (clearly, naming the
+    /// endpoints) when etcd cannot be reached or the node id is held by a
+    /// live node.
+    pub fn start(
+        cfg: &ClusterConfig,
+        me: ThisNode,
+        publish: impl Fn(Arc<Membership>) + Send + 'static,
+    ) -> anyhow::Result<(Etcd, Arc<Membership>)> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let cfg = cfg.clone();
+        let thread = thread::Builder::new()
+            .name("vmqtt-etcd".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow!("starting the etcd runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let joined =
+                        tokio::time::timeout(JOIN_TIMEOUT, Session::join(cfg.clone(), me)).await;
+                    let mut session = match joined {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                        Err(_) => {
+                            let _ = ready_tx.send(Err(anyhow!(
+                                "no answer from etcd at {:?} within {} s",
+                                cfg.etcd,
+                                JOIN_TIMEOUT.as_secs()
+                            )));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(Arc::new(session.snapshot())));
+                    session.run(stop_rx, publish).await;
+                });
+            })
+            .context("starting the etcd thread")?;
+        let first = ready_rx
+            .recv()
+            .map_err(|_| anyhow!("the etcd thread ended while joining"))??;
+        Ok((
+            Etcd {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            },
+            first,
+        ))
+    }
+
+    /// Leaves the cluster: the lease is revoked, so peers drop this node's
+    /// routes at once rather than after the TTL.
+    pub fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                warn!("the etcd thread ended with a panic");
+            }
+        }
+    }
+}
+
+/// `vmqtt-shard cluster status`: the members as etcd has them, one line
+/// each (`node ID epoch HEX peer ADDR shards N mqtt ADDR`).
+pub fn status(cfg: &ClusterConfig) -> anyhow::Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for the etcd client")?;
+    rt.block_on(async {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT);
+        let mut client = Client::connect(&cfg.etcd, Some(options))
+            .await
+            .with_context(|| format!("connecting to etcd at {:?}", cfg.etcd))?;
+        let prefix = Membership::prefix(&cfg.name);
+        let r = client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .context("reading the cluster's members")?;
+        let mut out = String::new();
+        for kv in r.kvs() {
+            let key = kv.key_str().unwrap_or("");
+            let Some(node) = Membership::node_of_key(&prefix, key) else {
+                continue;
+            };
+            match Member::from_value(kv.value_str().unwrap_or("")) {
+                Some(m) => {
+                    let mqtt = m.mqtt.map_or("-".to_owned(), |a| a.to_string());
+                    out.push_str(&format!(
+                        "node {} epoch {:x} peer {} shards {} mqtt {mqtt}\n",
+                        node.0, m.epoch.0, m.peer, m.shards
+                    ));
+                }
+                None => out.push_str(&format!(
+                    "node {} (a value this version does not read)\n",
+                    node.0
+                )),
+            }
+        }
+        if out.is_empty() {
+            out = format!("cluster {:?}: no node registered\n", cfg.name);
+        }
+        Ok(out)
+    })
+}
+
+/// The etcd thread's state.
+struct Session {
+    client: Client,
+    cfg: ClusterConfig,
+    me: ThisNode,
+    prefix: String,
+    key: String,
+    lease: i64,
+    revision: i64,
+    nodes: BTreeMap<NodeId, Member>,
+    etcd_up: bool,
+}
+
+/// Why [`Session::serve`] returned.
+enum Served {
+    Stopped,
+    Lost(anyhow::Error),
+}
+
+impl Session {
+    async fn join(cfg: ClusterConfig, me: ThisNode) -> anyhow::Result<Session> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT);
+        let client = Client::connect(&cfg.etcd, Some(options))
+            .await
+            .with_context(|| format!("connecting to etcd at {:?}", cfg.etcd))?;
+        let prefix = Membership::prefix(&cfg.name);
+        let key = Membership::key(&cfg.name, me.id);
+        let mut s = Session {
+            client,
+            cfg,
+            me,
+            prefix,
+            key,
+            lease: 0,
+            revision: 0,
+            nodes: BTreeMap::new(),
+            etcd_up: true,
+        };
+        s.register(true).await?;
+        s.list().await?;
+        info!(
+            cluster = %s.cfg.name,
+            node = s.me.id.0,
+            epoch = format_args!("{:x}", s.lease),
+            nodes = s.nodes.len(),
+            "joined the cluster"
+        );
+        Ok(s)
+    }
+
+    fn ttl(&self) -> i64 {
+        i64::try_from(self.cfg.lease_ttl_seconds)
+            .unwrap_or(3)
+            .max(1)
+    }
+
+    /// Grants a lease and puts this node's key under it. The key must be
+    /// free: a node id held by a live lease is another node's (or this
+    /// node's previous life, killed: waited for, up to its TTL).
+    async fn register(&mut self, starting: bool) -> anyhow::Result<()> {
+        let granted = self
+            .client
+            .lease_grant(self.ttl(), None)
+            .await
+            .context("granting the node's etcd lease")?;
+        let lease = granted.id();
+        let value = self.value(lease);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.ttl() as u64 + 2);
+        loop {
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    self.key.as_str(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then([TxnOp::put(
+                    self.key.as_str(),
+                    value.as_str(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            let r = self
+                .client
+                .txn(txn)
+                .await
+                .context("registering the node in etcd")?;
+            if r.succeeded() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = self.client.lease_revoke(lease).await;
+                bail!(
+                    "node id {} is already registered in cluster {:?} by a live node ({} in etcd): \
+                     each node needs its own node_id",
+                    self.me.id.0,
+                    self.cfg.name,
+                    self.key
+                );
+            }
+            if starting {
+                info!(
+                    node = self.me.id.0,
+                    "this node id is still registered (a previous run, killed?): waiting for its lease to expire"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if self.lease != 0 && self.lease != lease {
+            warn!(
+                old = format_args!("{:x}", self.lease),
+                new = format_args!("{lease:x}"),
+                "the node's lease had expired (cut off from etcd longer than its TTL): \
+                 registered again with a new epoch"
+            );
+        }
+        self.lease = lease;
+        Ok(())
+    }
+
+    /// This node's value in etcd, with epoch `lease`.
+    fn value(&self, lease: i64) -> String {
+        Member {
+            epoch: Epoch(lease as u64),
+            peer: self.me.peer,
+            shards: self.me.shards,
+            mqtt: self.me.mqtt,
+        }
+        .to_value()
+    }
+
+    /// Reads every member.
+    async fn list(&mut self) -> anyhow::Result<()> {
+        let r = self
+            .client
+            .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .context("reading the cluster's members")?;
+        self.revision = r.header().map_or(0, |h| h.revision());
+        self.nodes.clear();
+        for kv in r.kvs() {
+            self.apply_put(kv.key_str().unwrap_or(""), kv.value_str().unwrap_or(""));
+        }
+        Ok(())
+    }
+
+    fn apply_put(&mut self, key: &str, value: &str) {
+        let Some(node) = Membership::node_of_key(&self.prefix, key) else {
+            return;
+        };
+        match Member::from_value(value) {
+            Some(m) => {
+                self.nodes.insert(node, m);
+            }
+            None => warn!(
+                key,
+                value, "skipping a member value this version does not understand"
+            ),
+        }
+    }
+
+    fn snapshot(&self) -> Membership {
+        Membership {
+            revision: self.revision,
+            nodes: self.nodes.clone(),
+            etcd_up: self.etcd_up,
+        }
+    }
+
+    /// Keeps the lease and follows the membership until stopped, through
+    /// any number of lost connections to etcd.
+    async fn run(
+        &mut self,
+        mut stop: oneshot::Receiver<()>,
+        publish: impl Fn(Arc<Membership>) + Send + 'static,
+    ) {
+        loop {
+            match self.serve(&mut stop, &publish).await {
+                Served::Stopped => break,
+                Served::Lost(e) => {
+                    if self.etcd_up {
+                        warn!(error = %format!("{e:#}"), "lost etcd: the last membership stays in force");
+                        self.etcd_up = false;
+                        publish(Arc::new(self.snapshot()));
+                    }
+                    tokio::select! {
+                        _ = &mut stop => break,
+                        _ = tokio::time::sleep(RETRY) => {}
+                    }
+                    if let Err(e) = self.recover().await {
+                        warn!(error = %format!("{e:#}"), "etcd still unreachable");
+                        continue;
+                    }
+                    info!("etcd reachable again");
+                    self.etcd_up = true;
+                    publish(Arc::new(self.snapshot()));
+                }
+            }
+        }
+        // Leaving: the lease goes, and the key with it.
+        let revoke = self.client.lease_revoke(self.lease);
+        match tokio::time::timeout(REQUEST_TIMEOUT, revoke).await {
+            Ok(Ok(_)) => info!(node = self.me.id.0, "left the cluster"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "revoking the node's lease failed: peers drop it after its TTL")
+            }
+            Err(_) => warn!("revoking the node's lease timed out: peers drop it after its TTL"),
+        }
+    }
+
+    /// After a lost connection: the lease if it is still alive (else a new
+    /// one), and the membership read again.
+    async fn recover(&mut self) -> anyhow::Result<()> {
+        let alive = match self.client.lease_time_to_live(self.lease, None).await {
+            Ok(r) => r.ttl() > 0,
+            Err(e) => return Err(e).context("asking etcd for the node's lease"),
+        };
+        if alive {
+            // (The key may have been deleted by hand: put it back.)
+            let value = self.value(self.lease);
+            self.client
+                .put(
+                    self.key.as_str(),
+                    value,
+                    Some(PutOptions::new().with_lease(self.lease)),
+                )
+                .await
+                .context("putting the node's key back")?;
+        } else {
+            self.register(false).await?;
+        }
+        self.list().await
+    }
+
+    async fn serve(
+        &mut self,
+        stop: &mut oneshot::Receiver<()>,
+        publish: &impl Fn(Arc<Membership>),
+    ) -> Served {
+        let keep = async {
+            let (keeper, stream) = self.client.lease_keep_alive(self.lease).await?;
+            let watch = self
+                .client
+                .watch(
+                    self.prefix.as_str(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(self.revision + 1),
+                    ),
+                )
+                .await?;
+            Ok::<_, etcd_client::Error>((keeper, stream, watch))
+        };
+        let (mut keeper, mut alive, mut watch) = match keep.await {
+            Ok(x) => x,
+            Err(e) => return Served::Lost(e.into()),
+        };
+        let every = Duration::from_millis((self.ttl() as u64 * 1000 / 3).max(200));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut *stop => return Served::Stopped,
+                _ = tick.tick() => {
+                    if let Err(e) = keeper.keep_alive().await {
+                        return Served::Lost(e.into());
+                    }
+                    match tokio::time::timeout(REQUEST_TIMEOUT, alive.message()).await {
+                        Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                        Ok(Ok(Some(_))) => {
+                            return Served::Lost(anyhow!("the node's lease expired"));
+                        }
+                        Ok(Ok(None)) => return Served::Lost(anyhow!("keepalive stream ended")),
+                        Ok(Err(e)) => return Served::Lost(e.into()),
+                        Err(_) => return Served::Lost(anyhow!("no keepalive answer")),
+                    }
+                }
+                m = watch.message() => {
+                    let r = match m {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return Served::Lost(anyhow!("watch stream ended")),
+                        Err(e) => return Served::Lost(e.into()),
+                    };
+                    if r.canceled() {
+                        return Served::Lost(anyhow!("watch canceled: {}", r.cancel_reason()));
+                    }
+                    if r.events().is_empty() {
+                        continue;
+                    }
+                    for ev in r.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let key = kv.key_str().unwrap_or("");
+                        match ev.event_type() {
+                            EventType::Put => {
+                                self.apply_put(key, kv.value_str().unwrap_or(""))
+                            }
+                            EventType::Delete => {
+                                if let Some(node) = Membership::node_of_key(&self.prefix, key) {
+                                    self.nodes.remove(&node);
+                                    info!(node = node.0, "node left the cluster");
+                                }
+                            }
+                        }
+                        self.revision = self.revision.max(kv.mod_revision());
+                    }
+                    if let Some(h) = r.header() {
+                        self.revision = self.revision.max(h.revision());
+                    }
+                    if !self.nodes.contains_key(&self.me.id) {
+                        // Our key went (lease expired meanwhile, or someone
+                        // deleted it): register again.
+                        return Served::Lost(anyhow!("this node's key is gone from etcd"));
+                    }
+                    publish(Arc::new(self.snapshot()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! A cluster (`[cluster]`) of vmqtt nodes on one real etcd (Debian
+//! `etcd-server`, started by each test on free ports with a temporary data
+//! directory): publishes and subscriptions across nodes with
+//! mosquitto_pub/sub and rumqttc, retained messages everywhere, a node
+//! killed with -9, and a peer port that refuses strangers. vmqtt only.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::clients::{p5, QoS5};
+use crate::common::etcd::{free_ports, Etcd};
+use crate::common::process::{line_within, lines_of, runs, wait_exit};
+use crate::common::*;
+
+/// The links' shared secret in the tests.
+const SECRET: &str = "e2e-cluster-secret-0123456789abcdef";
+/// Lease TTL of the test nodes, seconds.
+const TTL: u64 = 2;
+
+/// etcd and the nodes of one cluster.
+struct Cluster {
+    nodes: Vec<Broker>,
+    /// Each node's peer port (shard i on + i).
+    peer_ports: Vec<u16>,
+    name: String,
+    secret: PathBuf,
+    // Last: dropped after the nodes, which leave it on their way out.
+    etcd: Etcd,
+}
+
+fn scratch_dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vmqtt-e2e-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+fn cluster_toml(name: &str, id: u16, etcd: &str, peer: u16, secret: &std::path::Path) -> String {
+    format!(
+        "[cluster]\nname = {name:?}\nnode_id = {id}\netcd = [{etcd:?}]\n\
+         listen = \"127.0.0.1:{peer}\"\nsecret_file = {:?}\nlease_ttl_seconds = {TTL}\n",
+        secret.display().to_string()
+    )
+}
+
+impl Cluster {
+    /// `n` nodes (ids 1..=n) of a cluster named after the test, or `None`
+    /// (after saying why) when the suite runs against Mosquitto.
+    fn start(test: &str, n: u16) -> Option<Cluster> {
+        if skip_on_mosquitto(test, "a cluster of vmqtt nodes") {
+            return None;
+        }
+        let dir = scratch_dir(test);
+        let etcd = Etcd::start(&dir);
+        let secret = dir.join("link.secret");
+        std::fs::write(&secret, SECRET).expect("write the secret");
+        let name = test.replace('_', "-");
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            peer_ports: Vec::new(),
+            name,
+            secret,
+            etcd,
+        };
+        for id in 1..=n {
+            c.add_node(test, id, None);
+        }
+        Some(c)
+    }
+
+    fn add_node(&mut self, test: &str, id: u16, http_port: Option<u16>) {
+        let peer = free_ports(SHARDS as u16);
+        let config = BrokerConfig {
+            extra_toml: cluster_toml(&self.name, id, &self.etcd.url, peer, &self.secret),
+            http_port,
+            ..BrokerConfig::default()
+        };
+        let b = Broker::start_with(&format!("{test}-n{id}"), config);
+        // The MQTT port answers once one shard listens; the node is up
+        // (every shard's peer port bound) when it says so.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !b.log().contains("vmqtt listening") {
+            assert!(Instant::now() < deadline, "node {id} never said it listens");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.nodes.push(b);
+        self.peer_ports.push(peer);
+    }
+
+    fn port(&self, node: usize) -> u16 {
+        self.nodes[node].port()
+    }
+
+    /// Waits until every node has a link up to every other (each node's
+    /// shard 0 dials every peer at once).
+    fn wait_linked(&self) {
+        let want = self.nodes.len() - 1;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (i, n) in self.nodes.iter().enumerate() {
+            loop {
+                let up = n
+                    .log()
+                    .lines()
+                    .filter(|l| l.contains("node link: up") && l.contains("shard=0"))
+                    .count();
+                if up >= want {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} has {up} of {want} links up",
+                    i + 1
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Publishes `probe` payloads to `topic` on `port` until `seen` says the
+/// subscriber got one: the subscription's route has reached the
+/// publisher's node.
+async fn probe_until(port: u16, topic: &str, mut seen: impl FnMut() -> bool) {
+    let p = V5::new(port, &format!("probe-{port}-{}", topic.replace('/', "-"))).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        p.publish(topic, QoS5::AtMostOnce, false, "probe").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if seen() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the route of {topic} never reached the publisher's node"
+        );
+    }
+    p.disconnect().await;
+}
+
+/// The next packet `want` takes within `within`, or `None` (never fails:
+/// `V5::wait_event` panics at its deadline, so it gets a far one and is
+/// cancelled here instead; its receive is cancel-safe).
+async fn next_within<T>(
+    sub: &mut V5,
+    within: Duration,
+    mut want: impl FnMut(&p5::Packet) -> Option<T>,
+) -> Option<T> {
+    let far = Duration::from_secs(3600);
+    tokio::time::timeout(within, sub.wait_event("packet", far, &mut want))
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+/// Like [`probe_until`] for a rumqttc subscriber: returns once it got a
+/// probe (and drops the probes it got).
+async fn probe_v5(port: u16, topic: &str, sub: &mut V5) {
+    let p = V5::new(port, &format!("probe5-{port}-{}", topic.replace('/', "-"))).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        p.publish(topic, QoS5::AtMostOnce, false, "probe").await;
+        let got = next_within(sub, Duration::from_millis(200), |pk| match pk {
+            p5::Packet::Publish(x) if &x.payload[..] == b"probe" => Some(()),
+            _ => None,
+        })
+        .await;
+        if got.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no route for {topic}");
+    }
+    p.disconnect().await;
+    // Late probes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while next_within(sub, Duration::from_millis(100), |pk| match pk {
+        p5::Packet::Publish(x) if &x.payload[..] == b"probe" => Some(()),
+        _ => None,
+    })
+    .await
+    .is_some()
+    {}
+}
+
+/// The payloads a mosquitto_sub printed that are not probes or traces.
+fn real(lines: &std::sync::mpsc::Receiver<String>, want: usize, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    while got.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l == "probe" || l.starts_with("Client ") || l.starts_with("Subscribed") => {}
+            Ok(l) => got.push(l),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// mosquitto_sub on nodes 2 (3.1.1, `+`) and 3 (5, `#`) get what
+/// mosquitto_pub publishes on node 1, at QoS 0, 1 and 2 with both protocol
+/// versions: each message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mosquitto_clients_across_nodes() {
+    let test = "cluster_mosquitto_clients_across_nodes";
+    let have = runs("mosquitto_pub", &["--help"]) && runs("mosquitto_sub", &["--help"]);
+    if skip_missing_external(test, "mosquitto_pub/mosquitto_sub", have) {
+        return;
+    }
+    let Some(c) = Cluster::start(test, 3) else {
+        return;
+    };
+    c.wait_linked();
+    let subs = [(1, "mqttv311", "x/+/t"), (2, "mqttv5", "x/#")];
+    let mut running = Vec::new();
+    for (node, v, filter) in subs {
+        let port = c.port(node).to_string();
+        let mut sub = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port])
+            .args([
+                "-i",
+                &format!("sub-{node}"),
+                "-t",
+                filter,
+                "-q",
+                "2",
+                "-V",
+                v,
+            ])
+            .args(["-d", "-W", "60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mosquitto_sub");
+        let lines = lines_of(&mut sub);
+        assert!(
+            line_within(&lines, "received SUBACK", WAIT),
+            "node {}: no SUBACK",
+            node + 1
+        );
+        running.push((sub, lines));
+    }
+    // Both routes reach node 1.
+    for (_, lines) in &running {
+        probe_until(c.port(0), "x/probe/t", || {
+            lines.try_iter().any(|l| l == "probe")
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (_, lines) in &running {
+        let _: Vec<_> = lines.try_iter().collect();
+    }
+    let mut expected = Vec::new();
+    for v in ["mqttv311", "mqttv5"] {
+        for q in ["0", "1", "2"] {
+            let payloads: Vec<String> = (1..=3).map(|i| format!("{v}-q{q}-{i}")).collect();
+            let mut publ = Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &c.port(0).to_string()])
+                .args([
+                    "-i",
+                    &format!("pub-{v}-{q}"),
+                    "-t",
+                    "x/a/t",
+                    "-q",
+                    q,
+                    "-V",
+                    v,
+                    "-l",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn mosquitto_pub");
+            {
+                let mut stdin = publ.stdin.take().unwrap();
+                for p in &payloads {
+                    writeln!(stdin, "{p}").unwrap();
+                }
+            }
+            let st = wait_exit(&mut publ, "mosquitto_pub", WAIT * 2);
+            assert!(st.success(), "mosquitto_pub -V {v} -q {q}: {st}");
+            expected.extend(payloads);
+        }
+    }
+    for (i, (mut sub, lines)) in running.into_iter().enumerate() {
+        let got = real(&lines, expected.len(), Duration::from_secs(15));
+        // QoS 0 may not be lost on loopback either: everything, in order.
+        assert_eq!(got, expected, "subscriber on node {}", i + 2);
+        let _ = sub.kill();
+        let _ = sub.wait();
+    }
+}
+
+/// What a v5 publisher sets crosses the hop: user properties, content
+/// type, response topic, correlation data, payload format, message expiry
+/// (counted down, not reset), and the subscriber's own subscription
+/// identifier; a client's `$` topic is refused as on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_v5_properties_cross_the_hop() {
+    let test = "cluster_v5_properties_cross_the_hop";
+    let Some(c) = Cluster::start(test, 2) else {
+        return;
+    };
+    c.wait_linked();
+    let mut sub = V5::new(c.port(1), "props-sub").await;
+    sub.client
+        .subscribe_with_properties(
+            "p/#",
+            QoS5::AtLeastOnce,
+            p5::SubscribeProperties {
+                id: Some(42),
+                user_properties: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    sub.wait_for("SUBACK", WAIT, |p| {
+        matches!(p, p5::Packet::SubAck(_)).then_some(())
+    })
+    .await;
+    probe_v5(c.port(0), "p/probe", &mut sub).await;
+    let publ = V5::new(c.port(0), "props-pub").await;
+    let props = p5::PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(120),
+        topic_alias: None,
+        response_topic: Some("p/reply".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr-1")),
+        user_properties: vec![("k1".into(), "v1".into()), ("k1".into(), "v2".into())],
+        subscription_identifiers: vec![],
+        content_type: Some("text/plain".into()),
+    };
+    publ.client
+        .publish_with_properties("p/a", QoS5::AtLeastOnce, false, "hello", props)
+        .await
+        .unwrap();
+    let got = sub.recv_publish().await;
+    assert_eq!(&got.payload[..], b"hello");
+    assert_eq!(&got.topic[..], b"p/a");
+    let pr = got.properties.expect("properties crossed");
+    assert_eq!(
+        pr.user_properties,
+        vec![("k1".into(), "v1".into()), ("k1".into(), "v2".into())]
+    );
+    assert_eq!(pr.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(pr.response_topic.as_deref(), Some("p/reply"));
+    assert_eq!(pr.correlation_data.as_deref(), Some(&b"corr-1"[..]));
+    assert_eq!(pr.payload_format_indicator, Some(1));
+    assert_eq!(pr.subscription_identifiers, vec![42]);
+    let left = pr.message_expiry_interval.expect("expiry crossed");
+    assert!((100..=120).contains(&left), "expiry counted down: {left}");
+    // A client's `$` topic is refused on a node of a cluster as on one.
+    let mut publ = publ;
+    let first = publ
+        .wait_for("PUBACK of hello", WAIT, |p| match p {
+            p5::Packet::PubAck(a) => Some(a.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(first, p5::PubAckReason::Success);
+    publ.client
+        .publish("$p/x", QoS5::AtLeastOnce, false, "dollar")
+        .await
+        .unwrap();
+    let ack = publ
+        .wait_for("PUBACK", WAIT, |p| match p {
+            p5::Packet::PubAck(a) => Some(a.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(ack, p5::PubAckReason::TopicNameInvalid);
+    sub.expect_no_publish(Duration::from_millis(300), "`$p/x` crossed")
+        .await;
+    publ.disconnect().await;
+    sub.disconnect().await;
+}
+
+/// A retained message set on node 1 is delivered to a new subscriber on
+/// node 2 and node 3; cleared on node 2, no new subscriber anywhere gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_retained_messages_reach_every_node() {
+    let test = "cluster_retained_messages_reach_every_node";
+    let Some(c) = Cluster::start(test, 3) else {
+        return;
+    };
+    c.wait_linked();
+    let p = V5::new(c.port(0), "ret-pub").await;
+    p.publish("r/state", QoS5::AtLeastOnce, true, "on").await;
+    let mut p = p;
+    p.wait_acks(1).await;
+    for node in [1, 2] {
+        // Replicated asynchronously: a new subscriber sees it soon.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = V5::new(c.port(node), &format!("ret-sub-{node}")).await;
+            s.subscribe("r/#", QoS5::AtLeastOnce).await;
+            let got = next_within(&mut s, Duration::from_millis(300), |pk| match pk {
+                p5::Packet::Publish(x) => Some((x.payload.clone(), x.retain)),
+                _ => None,
+            })
+            .await;
+            s.disconnect().await;
+            if let Some((payload, retain)) = got {
+                assert_eq!(&payload[..], b"on");
+                assert!(
+                    retain,
+                    "a retained message is delivered with RETAIN on subscribe"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} never got the retained message",
+                node + 1
+            );
+        }
+    }
+    // Cleared on node 2: gone on node 3 (and node 1).
+    let mut clear = V5::new(c.port(1), "ret-clear").await;
+    clear.publish("r/state", QoS5::AtLeastOnce, true, "").await;
+    clear.wait_acks(1).await;
+    for node in [2, 0] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = V5::new(c.port(node), &format!("ret-after-{node}")).await;
+            s.subscribe("r/#", QoS5::AtLeastOnce).await;
+            let got = next_within(&mut s, Duration::from_millis(300), |pk| match pk {
+                p5::Packet::Publish(_) => Some(()),
+                _ => None,
+            })
+            .await;
+            s.disconnect().await;
+            if got.is_none() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} kept the cleared message",
+                node + 1
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A node killed with -9: the other node drops its routes when its lease
+/// expires, and a QoS 1 publisher whose message was for it is not held
+/// (PUBACK comes). Restarted on its data directory, the node rejoins with
+/// a new epoch, its persistent session's subscription is announced again
+/// and messages from the other node reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_killed_and_restarted() {
+    let test = "cluster_node_killed_and_restarted";
+    let Some(mut c) = Cluster::start(test, 2) else {
+        return;
+    };
+    c.wait_linked();
+    let persistent = |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_clean_start(false);
+        o.set_connection_timeout(10);
+        o.set_session_expiry_interval(Some(3600));
+    };
+    let (mut sub, _) = V5::connect(c.port(1), "kill-sub", persistent).await;
+    sub.subscribe("k/#", QoS5::AtLeastOnce).await;
+    probe_v5(c.port(0), "k/probe", &mut sub).await;
+    drop(sub);
+
+    c.nodes[1].kill9();
+    let mut p = V5::new(c.port(0), "kill-pub").await;
+    p.publish("k/1", QoS5::AtLeastOnce, false, "while-dead")
+        .await;
+    // Held until the link acknowledges or the node is gone (its lease, TTL
+    // seconds), then acknowledged.
+    p.wait_for("PUBACK", Duration::from_secs(TTL + 10), |pk| {
+        matches!(pk, p5::Packet::PubAck(_)).then_some(())
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(TTL + 10);
+    while !c.nodes[0].log().contains("node gone: its routes dropped") {
+        assert!(Instant::now() < deadline, "node 1 never dropped node 2");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    c.nodes[1].restart();
+    let (mut sub, ack) = V5::connect(c.port(1), "kill-sub", persistent).await;
+    assert!(
+        ack.session_present,
+        "the persistent session survived kill -9"
+    );
+    // Its route is announced again to node 1 (a new epoch, a fresh snapshot).
+    probe_v5(c.port(0), "k/probe", &mut sub).await;
+    p.publish("k/2", QoS5::AtLeastOnce, false, "after-restart")
+        .await;
+    let got = loop {
+        let m = sub.recv_publish().await;
+        if &m.payload[..] != b"probe" {
+            break m;
+        }
+    };
+    assert_eq!(&got.payload[..], b"after-restart");
+    p.disconnect().await;
+    sub.disconnect().await;
+}
+
+/// The peer port refuses what is not a node of this cluster with the
+/// secret: garbage, a wrong secret, another cluster's name. Each is closed
+/// and logged; the node goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_peer_port_refuses_strangers() {
+    use vmqtt_cluster::{Epoch, Frame, Hello, NodeId, PROTOCOL_VERSION};
+    let test = "cluster_peer_port_refuses_strangers";
+    let Some(mut c) = Cluster::start(test, 1) else {
+        return;
+    };
+    let port = c.peer_ports[0];
+    let read_all = |mut s: TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    };
+    // Garbage: closed.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\nxxxxxxxxxxxxxxxx")
+        .unwrap();
+    let _ = read_all(s);
+    // A Hello of another cluster: refused, with the reason.
+    let hello = |cluster: &str| Hello {
+        version: PROTOCOL_VERSION,
+        cluster: cluster.into(),
+        node: NodeId(77),
+        epoch: Epoch(1),
+        shard: 0,
+        nonce: [7; 16],
+    };
+    let mut buf = bytes::BytesMut::new();
+    Frame::Hello(hello("another")).encode(Instant::now(), &mut buf);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&buf).unwrap();
+    let got = read_all(s);
+    let mut got = bytes::BytesMut::from(&got[..]);
+    match Frame::decode(&mut got, Instant::now()) {
+        Ok(Some(Frame::Refuse(why))) => assert!(why.contains("cluster"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Right cluster, wrong secret: the proof fails.
+    let mut buf = bytes::BytesMut::new();
+    Frame::Hello(hello(&c.name)).encode(Instant::now(), &mut buf);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(&buf).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = s.read(&mut first).unwrap();
+    let mut got = bytes::BytesMut::from(&first[..n]);
+    assert!(
+        matches!(
+            Frame::decode(&mut got, Instant::now()),
+            Ok(Some(Frame::Hello(_)))
+        ),
+        "the acceptor says who it is"
+    );
+    buf.clear();
+    Frame::Proof([0; 32]).encode(Instant::now(), &mut buf);
+    s.write_all(&buf).unwrap();
+    let rest = read_all(s);
+    let mut got = bytes::BytesMut::from(&rest[..]);
+    assert!(
+        matches!(
+            Frame::decode(&mut got, Instant::now()),
+            Ok(Some(Frame::Refuse(_)))
+        ),
+        "a wrong proof is refused"
+    );
+    // Still serving MQTT.
+    let mut ok = V5::new(c.port(0), "still-here").await;
+    ok.subscribe("a", QoS5::AtMostOnce).await;
+    ok.disconnect().await;
+    c.nodes[0].assert_alive();
+    let log = c.nodes[0].log();
+    assert!(log.contains("node link: refused"), "refusals are logged");
+}
+
+/// A node configured for a cluster whose etcd cannot be reached does not
+/// start: it says so and exits.
+#[test]
+fn cluster_node_without_etcd_does_not_start() {
+    let test = "cluster_node_without_etcd_does_not_start";
+    if skip_on_mosquitto(test, "vmqtt's [cluster]") {
+        return;
+    }
+    let dir = scratch_dir(test);
+    let secret = dir.join("link.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let dead = crate::common::http::free_port();
+    let config = dir.join("vmqtt.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n{}",
+            dir.join("data").display().to_string(),
+            cluster_toml(
+                "nowhere",
+                1,
+                &format!("http://127.0.0.1:{dead}"),
+                free_ports(SHARDS as u16),
+                &secret
+            )
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmqtt-shard"))
+        .args(["--cores", &SHARDS.to_string(), "--listen"])
+        .arg(format!("127.0.0.1:{}", crate::common::http::free_port()))
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = wait_exit(
+        &mut child,
+        "vmqtt-shard without etcd",
+        Duration::from_secs(40),
+    );
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!st.success(), "must not start: {err}");
+    assert!(err.contains("etcd"), "names etcd: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The membership is visible: `vmqtt-shard cluster status` lists every
+/// node from etcd, `GET /cluster` the members and each shard's links, and
+/// the metrics the link series.
+#[test]
+fn cluster_status_lists_members_and_links() {
+    let test = "cluster_status_lists_members_and_links";
+    let Some(mut c) = Cluster::start(test, 1) else {
+        return;
+    };
+    let http = crate::common::http::free_port();
+    c.add_node(test, 2, Some(http));
+    c.wait_linked();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmqtt-shard"))
+        .arg("--config")
+        .arg(c.nodes[1].config_path())
+        .args(["cluster", "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for (i, l) in lines.iter().enumerate() {
+        assert!(l.starts_with(&format!("node {} epoch ", i + 1)), "{l}");
+        assert!(l.contains(&format!("mqtt 127.0.0.1:{}", c.port(i))), "{l}");
+    }
+    // Published once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, json) = crate::common::http::http_get(http, "/cluster");
+        assert_eq!(status, 200);
+        let metrics = crate::common::http::scrape(http);
+        if json.contains("\"peer\":1,")
+            && json.contains("\"up\":true")
+            && metrics.contains("vmqtt_cluster_nodes 2")
+            && metrics.contains("vmqtt_cluster_link_up{shard=\"0\",peer=\"1\"} 1")
+        {
+            assert!(json.contains("\"etcd_up\":true"), "{json}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{json}\n{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
