@@ -54,6 +54,11 @@ pub struct Common {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    /// Subscribers connect here instead (`HOST:PORT`): another node of a
+    /// cluster, so every message crosses between nodes.
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(default)]
+    pub sub_broker: Option<String>,
     /// MQTT version.
     #[arg(long, value_enum, default_value = "3.1.1")]
     pub mqtt: MqttVersion,

@@ -132,6 +132,8 @@ impl PubSubPlan {
 pub struct RunConfig {
     /// The broker.
     pub broker: SocketAddr,
+    /// Where subscribers connect, if not to `broker` (`--sub-broker`).
+    pub sub_broker: Option<SocketAddr>,
     /// Protocol version.
     pub version: ProtocolVersion,
     /// Source addresses (empty: let the kernel pick).
@@ -236,6 +238,15 @@ fn base_config(
     let workers = share.1.max(1) * cores.max(1);
     Ok(RunConfig {
         broker: resolve_broker(c)?,
+        sub_broker: match &c.sub_broker {
+            Some(a) => Some(
+                a.to_socket_addrs()
+                    .map_err(|e| format!("--sub-broker {a}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("--sub-broker {a}: no address"))?,
+            ),
+            None => None,
+        },
         version,
         sources,
         clean: !c.persistent,

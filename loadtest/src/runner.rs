@@ -228,8 +228,12 @@ impl Core {
 
     fn connect_opts(&self, spec: &ConnSpec, read_chunk: usize) -> ConnectOpts {
         let cfg = &self.cfg;
+        let broker = match (&spec.role, cfg.sub_broker) {
+            (Role::Subscriber { .. }, Some(b)) => b,
+            _ => cfg.broker,
+        };
         ConnectOpts {
-            broker: cfg.broker,
+            broker,
             source: spec.source,
             version: cfg.version,
             client_id: spec.client_id.clone(),

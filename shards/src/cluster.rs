@@ -367,7 +367,11 @@ impl Session {
                         _ = &mut stop => break,
                         _ = tokio::time::sleep(RETRY) => {}
                     }
-                    if let Err(e) = self.recover().await {
+                    let recovered = tokio::select! {
+                        _ = &mut stop => break,
+                        r = self.recover() => r,
+                    };
+                    if let Err(e) = recovered {
                         warn!(error = %format!("{e:#}"), "etcd still unreachable");
                         continue;
                     }
@@ -376,6 +380,10 @@ impl Session {
                     publish(Arc::new(self.snapshot()));
                 }
             }
+        }
+        if !self.etcd_up {
+            warn!("stopping while etcd is unreachable: peers drop this node after its lease TTL");
+            return;
         }
         // Leaving: the lease goes, and the key with it.
         let revoke = self.client.lease_revoke(self.lease);

@@ -37,9 +37,15 @@ fn scratch_dir(test: &str) -> PathBuf {
     d
 }
 
-fn cluster_toml(name: &str, id: u16, etcd: &str, peer: u16, secret: &std::path::Path) -> String {
+fn cluster_toml(
+    name: &str,
+    id: u16,
+    etcd: &[String],
+    peer: u16,
+    secret: &std::path::Path,
+) -> String {
     format!(
-        "[cluster]\nname = {name:?}\nnode_id = {id}\netcd = [{etcd:?}]\n\
+        "[cluster]\nname = {name:?}\nnode_id = {id}\netcd = {etcd:?}\n\
          listen = \"127.0.0.1:{peer}\"\nsecret_file = {:?}\nlease_ttl_seconds = {TTL}\n",
         secret.display().to_string()
     )
@@ -49,11 +55,16 @@ impl Cluster {
     /// `n` nodes (ids 1..=n) of a cluster named after the test, or `None`
     /// (after saying why) when the suite runs against Mosquitto.
     fn start(test: &str, n: u16) -> Option<Cluster> {
+        Cluster::start_on(test, n, 1)
+    }
+
+    /// Like [`Cluster::start`], on an etcd of `members` members.
+    fn start_on(test: &str, n: u16, members: usize) -> Option<Cluster> {
         if skip_on_mosquitto(test, "a cluster of vmqtt nodes") {
             return None;
         }
         let dir = scratch_dir(test);
-        let etcd = Etcd::start(&dir);
+        let etcd = Etcd::start_members(&dir, members);
         let secret = dir.join("link.secret");
         std::fs::write(&secret, SECRET).expect("write the secret");
         let name = test.replace('_', "-");
@@ -73,7 +84,7 @@ impl Cluster {
     fn add_node(&mut self, test: &str, id: u16, http_port: Option<u16>) {
         let peer = free_ports(SHARDS as u16);
         let config = BrokerConfig {
-            extra_toml: cluster_toml(&self.name, id, &self.etcd.url, peer, &self.secret),
+            extra_toml: cluster_toml(&self.name, id, &self.etcd.urls, peer, &self.secret),
             http_port,
             ..BrokerConfig::default()
         };
@@ -605,7 +616,7 @@ fn cluster_node_without_etcd_does_not_start() {
             cluster_toml(
                 "nowhere",
                 1,
-                &format!("http://127.0.0.1:{dead}"),
+                &[format!("http://127.0.0.1:{dead}")],
                 free_ports(SHARDS as u16),
                 &secret
             )
@@ -686,4 +697,108 @@ fn cluster_status_lists_members_and_links() {
         assert!(Instant::now() < deadline, "{json}\n{metrics}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// etcd killed: the nodes carry on with the membership they know —
+/// messages still cross, publishers still get PUBACK — and say so in
+/// `GET /cluster` and `vmqtt_cluster_etcd_up`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_traffic_continues_while_etcd_is_down() {
+    let test = "cluster_traffic_continues_while_etcd_is_down";
+    let Some(mut c) = Cluster::start(test, 0) else {
+        return;
+    };
+    let http = crate::common::http::free_port();
+    c.add_node(test, 1, Some(http));
+    c.add_node(test, 2, None);
+    c.wait_linked();
+    let mut sub = V5::new(c.port(1), "etcd-down-sub").await;
+    sub.subscribe("e/#", QoS5::AtLeastOnce).await;
+    probe_v5(c.port(0), "e/probe", &mut sub).await;
+    c.etcd.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, json) = crate::common::http::http_get(http, "/cluster");
+        let metrics = crate::common::http::scrape(http);
+        if json.contains("\"etcd_up\":false") && metrics.contains("vmqtt_cluster_etcd_up 0") {
+            assert!(
+                json.contains("\"node\":2,"),
+                "node 2 still a member: {json}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcd down never reported: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut p = V5::new(c.port(0), "etcd-down-pub").await;
+    for i in 0..10 {
+        p.publish("e/1", QoS5::AtLeastOnce, false, format!("m{i}"))
+            .await;
+    }
+    p.wait_acks(10).await;
+    for i in 0..10 {
+        let m = sub.recv_publish().await;
+        assert_eq!(
+            m.payload,
+            format!("m{i}").into_bytes(),
+            "in order, each once"
+        );
+    }
+    assert!(c.nodes[0].log().contains("lost etcd"), "logged");
+    p.disconnect().await;
+    sub.disconnect().await;
+}
+
+/// A 3-member etcd whose leader is killed while messages cross: the nodes
+/// keep their leases through the other members (no node is dropped) and
+/// no acknowledged message is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_survives_the_etcd_leader_killed_mid_traffic() {
+    let test = "cluster_survives_the_etcd_leader_killed_mid_traffic";
+    let Some(mut c) = Cluster::start_on(test, 3, 3) else {
+        return;
+    };
+    c.wait_linked();
+    let mut sub = V5::new(c.port(2), "leader-sub").await;
+    sub.subscribe("l/#", QoS5::AtLeastOnce).await;
+    probe_v5(c.port(0), "l/probe", &mut sub).await;
+    let mut p = V5::new(c.port(0), "leader-pub").await;
+    let total = 300;
+    for i in 0..total {
+        if i == 100 {
+            let leader = c.etcd.leader().expect("a leader");
+            c.etcd.kill_member(leader);
+        }
+        p.publish("l/1", QoS5::AtLeastOnce, false, format!("m{i}"))
+            .await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    p.wait_acks(total).await;
+    for i in 0..total {
+        let m = sub.recv_publish().await;
+        assert_eq!(
+            m.payload,
+            format!("m{i}").into_bytes(),
+            "in order, each once"
+        );
+    }
+    // Leases were kept through the new leader: nobody left the cluster.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.etcd.leader().is_none() {
+        assert!(Instant::now() < deadline, "no new leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(TTL + 1));
+    for (i, n) in c.nodes.iter().enumerate() {
+        assert!(
+            !n.log().contains("node gone"),
+            "node {} dropped a peer while etcd had a quorum",
+            i + 1
+        );
+    }
+    p.disconnect().await;
+    sub.disconnect().await;
 }

@@ -1,6 +1,7 @@
-//! A real etcd (Debian `etcd-server`) for the cluster tests: one process
-//! per test on free loopback ports with a temporary data directory, killed
-//! and removed on drop. `scripts/install-test-deps.sh` installs it.
+//! A real etcd (Debian `etcd-server`) for the cluster tests: one server or
+//! a cluster of several per test, on free loopback ports with a temporary
+//! data directory, killed and removed on drop.
+//! `scripts/install-test-deps.sh` installs it.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -43,72 +44,160 @@ pub fn free_ports(n: u16) -> u16 {
     panic!("no {n} consecutive free ports");
 }
 
-/// One etcd server.
-pub struct Etcd {
+/// `GET /metrics` of an etcd member, or `None` if it does not answer.
+fn metrics(port: u16) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// One etcd server process.
+struct Member {
     child: Option<Child>,
-    dir: PathBuf,
-    /// Its client URL.
-    pub url: String,
+    client: u16,
     log: PathBuf,
 }
 
+/// An etcd of one or more members.
+pub struct Etcd {
+    members: Vec<Member>,
+    dir: PathBuf,
+    /// The first member's client URL.
+    pub url: String,
+    /// Every member's client URL.
+    pub urls: Vec<String>,
+}
+
 impl Etcd {
-    /// Starts etcd in a fresh directory under `dir` and waits until it
-    /// serves clients.
+    /// One etcd server in a fresh directory under `dir`, serving clients.
     pub fn start(dir: &Path) -> Etcd {
+        Etcd::start_members(dir, 1)
+    }
+
+    /// An etcd cluster of `n` members, serving clients (a leader elected).
+    pub fn start_members(dir: &Path, n: usize) -> Etcd {
         assert!(
             have_etcd(),
             "etcd is not installed (Debian: etcd-server; run scripts/install-test-deps.sh)"
         );
-        let data = dir.join("etcd-data");
-        let _ = std::fs::remove_dir_all(&data);
         std::fs::create_dir_all(dir).expect("etcd dir");
-        let client = super::http::free_port();
-        let peer = super::http::free_port();
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = dir.join("etcd.log");
-        let out = std::fs::File::create(&log).expect("etcd log");
-        let child = Command::new(etcd_path())
-            .arg("--name=e2e")
-            .arg(format!("--data-dir={}", data.display()))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=e2e={peer_url}"))
-            .arg("--log-level=warn")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn etcd");
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| (super::http::free_port(), super::http::free_port()))
+            .collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let initial = initial.join(",");
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let data = dir.join(format!("etcd-data-{i}"));
+            let _ = std::fs::remove_dir_all(&data);
+            let url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = dir.join(format!("etcd-{i}.log"));
+            let out = std::fs::File::create(&log).expect("etcd log");
+            let child = Command::new(etcd_path())
+                .arg(format!("--name=e{i}"))
+                .arg(format!("--data-dir={}", data.display()))
+                .arg(format!("--listen-client-urls={url}"))
+                .arg(format!("--advertise-client-urls={url}"))
+                .arg(format!("--listen-peer-urls={peer_url}"))
+                .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+                .arg(format!("--initial-cluster={initial}"))
+                .arg("--initial-cluster-state=new")
+                .arg("--log-level=warn")
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().expect("dup"))
+                .stderr(out)
+                .spawn()
+                .expect("spawn etcd");
+            members.push(Member {
+                child: Some(child),
+                client: *client,
+                log,
+            });
+        }
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|(c, _)| format!("http://127.0.0.1:{c}"))
+            .collect();
         let mut e = Etcd {
-            child: Some(child),
+            members,
             dir: dir.to_path_buf(),
-            url,
-            log,
+            url: urls[0].clone(),
+            urls,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", client)).is_err() {
-            if let Some(c) = e.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!("etcd exited with {st}:\n{}", e.log_text());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for i in 0..n {
+            while TcpStream::connect(("127.0.0.1", e.members[i].client)).is_err() {
+                if let Some(c) = e.members[i].child.as_mut() {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        panic!("etcd member {i} exited with {st}:\n{}", e.log_text());
+                    }
                 }
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd did not serve within 30 s:\n{}",
+                    e.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(50));
             }
+        }
+        while e.leader().is_none() {
             assert!(
                 Instant::now() < deadline,
-                "etcd did not serve within 20 s:\n{}",
+                "etcd elected no leader:\n{}",
                 e.log_text()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
         }
         e
     }
 
-    /// etcd's own log.
+    /// The member that is the leader now (`etcd_server_is_leader 1` in its
+    /// metrics), if one is.
+    pub fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|m| {
+            m.child.is_some()
+                && metrics(m.client)
+                    .is_some_and(|b| b.lines().any(|l| l == "etcd_server_is_leader 1"))
+        })
+    }
+
+    /// Kills every member (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The members' own logs.
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                format!(
+                    "--- etcd member {i} ---\n{}",
+                    std::fs::read_to_string(&m.log).unwrap_or_default()
+                )
+            })
+            .collect()
     }
 
     /// Its directory.
@@ -119,13 +208,12 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
         if std::thread::panicking() {
             eprintln!("----- etcd log -----\n{}\n-----", self.log_text());
         }
-        let _ = std::fs::remove_dir_all(self.dir.join("etcd-data"));
+        for i in 0..self.members.len() {
+            let _ = std::fs::remove_dir_all(self.dir.join(format!("etcd-data-{i}")));
+        }
     }
 }
