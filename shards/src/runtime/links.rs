@@ -176,6 +176,21 @@ impl Links {
         v
     }
 
+    /// The cluster as `$SYS` reports it.
+    pub(super) fn status(&self) -> vmqtt::broker::ClusterStatus {
+        let m = self.membership.borrow();
+        vmqtt::broker::ClusterStatus {
+            nodes: m.nodes.len() as u64,
+            peers_linked: self
+                .peers
+                .borrow()
+                .values()
+                .filter(|p| p.out.borrow().is_connected())
+                .count() as u64,
+            etcd_up: m.etcd_up,
+        }
+    }
+
     /// The membership for the endpoint.
     pub(super) fn cluster_info(&self) -> crate::http::ClusterInfo {
         crate::http::ClusterInfo {

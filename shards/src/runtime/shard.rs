@@ -457,6 +457,7 @@ async fn timer_loop(shard: Rc<Shard>, metrics: Arc<Metrics>) {
                 metrics.publish_links(shard.index, links.link_infos(shard.index));
                 if shard.index == 0 {
                     metrics.publish_cluster(links.cluster_info());
+                    shard.core.borrow_mut().set_cluster_status(links.status());
                 }
             }
             shard.core.borrow_mut().release_memory();

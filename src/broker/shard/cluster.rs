@@ -53,6 +53,20 @@ pub(super) struct ClusterState {
     /// Set while a message from another node is routed: it goes to this
     /// node's shards only.
     pub(super) from_remote: bool,
+    /// What the runtime last said of the cluster (for `$SYS`).
+    pub(super) status: ClusterStatus,
+}
+
+/// The cluster as this node sees it, for `$SYS/broker/cluster/...`
+/// ([`ShardCore::set_cluster_status`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Members, this node included.
+    pub nodes: u64,
+    /// Peers this node's speaker has a link up to.
+    pub peers_linked: u64,
+    /// etcd answers.
+    pub etcd_up: bool,
 }
 
 /// `$SYS/...`: each node's own, never sent to another.
@@ -85,6 +99,35 @@ impl ShardCore {
         }
     }
 
+    /// The runtime's view of the cluster, published in `$SYS` by shard 0.
+    pub fn set_cluster_status(&mut self, status: ClusterStatus) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.status = status;
+        }
+    }
+
+    /// `$SYS/broker/cluster/...` values, in a cluster.
+    pub(super) fn cluster_sys(&self) -> Vec<(&'static str, String)> {
+        let Some(c) = self.cluster.as_ref() else {
+            return Vec::new();
+        };
+        vec![
+            ("$SYS/broker/cluster/nodes", c.status.nodes.to_string()),
+            (
+                "$SYS/broker/cluster/peers linked",
+                c.status.peers_linked.to_string(),
+            ),
+            (
+                "$SYS/broker/cluster/etcd",
+                if c.status.etcd_up { "up" } else { "down" }.to_owned(),
+            ),
+            (
+                "$SYS/broker/cluster/routes",
+                c.node_filters.len().to_string(),
+            ),
+        ]
+    }
+
     /// What the links should carry, since the last call.
     pub fn take_cluster_out(&mut self) -> Vec<ClusterOut> {
         self.cluster
@@ -105,7 +148,8 @@ impl ShardCore {
     /// A route of shard `from` appeared (`add`) or went; on the speaker,
     /// the node's own 0 ↔ 1 transitions go to the links.
     pub(super) fn cluster_route(&mut self, filter: &TopicFilter, add: bool) {
-        if self.id.get() != 0 || filter.is_shared() {
+        // (`$SYS` never crosses: its filters are not announced.)
+        if self.id.get() != 0 || filter.is_shared() || filter.as_str().starts_with("$SYS") {
             return;
         }
         let Some(c) = self.cluster.as_mut() else {

@@ -35,8 +35,8 @@ mod stats;
 mod subscribe;
 mod timers;
 
-pub use cluster::ClusterOut;
 use cluster::ClusterState;
+pub use cluster::{ClusterOut, ClusterStatus};
 use connect::peek_connect_level;
 use connection::{outbound_publish, quota_exceeded, Conn, ConnState};
 use durable::Store;

@@ -142,6 +142,7 @@ impl ShardCore {
                 items.push((topic, v.to_string()));
             }
         }
+        items.extend(self.cluster_sys());
         let mut named: Vec<(String, u64)> = Limit::ALL
             .iter()
             .map(|l| {

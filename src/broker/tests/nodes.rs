@@ -328,3 +328,44 @@ fn puback_waits_until_the_other_node_stored_the_message() {
         "{got:?}"
     );
 }
+
+#[test]
+fn sys_reports_the_cluster() {
+    let mut ns = Nodes::new(2);
+    let _sub = sub_on(&mut ns, 0, "sub-a", "t/#", V5);
+    ns.a.cores[0].set_cluster_status(ClusterStatus {
+        nodes: 3,
+        peers_linked: 1,
+        etcd_up: false,
+    });
+    let s = sub_on(&mut ns, 0, "sys-a", "$SYS/broker/cluster/#", V5);
+    ns.a.advance(Duration::from_secs(60));
+    ns.link();
+    let got: HashMap<String, String> =
+        ns.a.publishes(&s)
+            .into_iter()
+            .map(|p| {
+                (
+                    p.topic.as_str().to_owned(),
+                    String::from_utf8_lossy(&p.payload).into_owned(),
+                )
+            })
+            .collect();
+    assert_eq!(
+        got.get("$SYS/broker/cluster/nodes").map(String::as_str),
+        Some("3")
+    );
+    assert_eq!(
+        got.get("$SYS/broker/cluster/peers linked")
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        got.get("$SYS/broker/cluster/etcd").map(String::as_str),
+        Some("down")
+    );
+    assert_eq!(
+        got.get("$SYS/broker/cluster/routes").map(String::as_str),
+        Some("1")
+    );
+}
