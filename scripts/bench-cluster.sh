@@ -15,9 +15,12 @@
 #   fan-in QoS 0: 100 publishers at 200 msg/s -> 1 subscriber (20k msg/s)
 # For each: delivered msgs/s, P50/P99 publish-to-deliver, broker CPU %
 # (utime+stime of the broker processes over the run / its wall time).
+# Then route propagation: SUBACK on B → first message from A
+# (scripts/route-latency.py, paho-mqtt).
 #
 # Environment: BENCH_OUT, BENCH_REPEATS (3), BENCH_SECONDS (5),
-# BENCH_BROKER_CPU (0), BENCH_GEN_CPU (1), BENCH_SKIP_BUILD=1.
+# BENCH_BROKER_CPU (0), BENCH_GEN_CPU (1), BENCH_NODE_B_CPU (node B's CPU;
+# default: with node A), BENCH_SKIP_BUILD=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -65,9 +68,10 @@ PIDS+=($!)
 wait_port "$EC"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$OUT/secret"
 
-# node NAME PORT [NODE_ID PEER_PORT]: a vmqtt (a cluster node with an id).
+# node NAME PORT [NODE_ID PEER_PORT [CPU]]: a vmqtt (a cluster node with
+# an id).
 node() {
-    local name=$1 port=$2 id=${3:-} peer=${4:-}
+    local name=$1 port=$2 id=${3:-} peer=${4:-} cpu=${5:-$BCPU}
     {
         echo "data_dir = \"$OUT/$name-data\""
         echo "[storage]"
@@ -77,7 +81,7 @@ node() {
             printf 'listen = "127.0.0.1:%s"\nsecret_file = "%s"\n' "$peer" "$OUT/secret"
         fi
     } >"$OUT/$name.toml"
-    taskset -c "$BCPU" "$BIN" --cores 1 --listen "127.0.0.1:$port" --config "$OUT/$name.toml" \
+    taskset -c "$cpu" "$BIN" --cores 1 --listen "127.0.0.1:$port" --config "$OUT/$name.toml" \
         >"$OUT/$name.log" 2>&1 &
     PIDS+=($!)
     echo $! >"$OUT/$name.pid"
@@ -87,7 +91,7 @@ node() {
 SP=$(free_port); AP=$(free_port); BP=$(free_port)
 node single "$SP"
 node a "$AP" 1 "$(free_port)"
-node b "$BP" 2 "$(free_port)"
+node b "$BP" 2 "$(free_port)" "${BENCH_NODE_B_CPU:-$BCPU}"
 # Links up (node A's shard 0 dials B at once).
 for _ in $(seq 100); do grep -q "node link: up" "$OUT/a.log" && break; sleep 0.1; done
 
@@ -162,4 +166,6 @@ for name in ["p2p-q1", "p2p-q0", "fanin-q0"]:
     s, c = rows["single"], rows["cross"]
     print(f"| {name} | {s[0]:.0f}, {s[1]/1000:.2f} / {s[2]/1000:.2f}, {s[3]:.0f}% | {c[0]:.0f}, {c[1]/1000:.2f} / {c[2]/1000:.2f}, {c[3]:.0f}% | {c[3]/max(s[3],0.1):.2f}x | {(c[2]-s[2])/1000:+.2f} ms |")
 EOF
+echo "== route propagation (subscribe on B, first message from A)"
+python3 scripts/route-latency.py 127.0.0.1 "$AP" 127.0.0.1 "$BP" 100 | tee "$OUT/route.txt"
 echo "bench-cluster: results in $OUT"
