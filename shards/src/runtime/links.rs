@@ -367,6 +367,23 @@ async fn send(stream: &mut TcpStream, frame: &Frame) -> bool {
     stream.write_all(&buf).await.is_ok()
 }
 
+/// Tells the other side why the handshake failed; returns the reason.
+async fn refuse(stream: &mut TcpStream, why: String) -> String {
+    let _ = send(stream, &Frame::Refuse(why.clone())).await;
+    why
+}
+
+/// A handshake, bounded by [`HANDSHAKE_TIMEOUT`].
+async fn bounded<T>(
+    handshake: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let timeout = async {
+        timer::sleep(HANDSHAKE_TIMEOUT).await;
+        Err("handshake timed out".to_string())
+    };
+    futures_lite::future::or(handshake, timeout).await
+}
+
 /// Reads until a whole frame is in `buf`; `None` on EOF, error or a bad
 /// frame.
 async fn next_frame<R: futures_lite::AsyncRead + Unpin>(
@@ -467,19 +484,11 @@ async fn dial(
                 }
                 Ok(DialStep::Wait) => {}
                 Ok(DialStep::Established { received, .. }) => return Ok((received, buf)),
-                Err(refused) => {
-                    let why = refused.to_string();
-                    let _ = send(&mut stream, &Frame::Refuse(why.clone())).await;
-                    return Err(why);
-                }
+                Err(refused) => return Err(refuse(&mut stream, refused.to_string()).await),
             }
         }
     };
-    let timeout = async {
-        timer::sleep(HANDSHAKE_TIMEOUT).await;
-        Err("handshake timed out".to_string())
-    };
-    let (received, buf) = futures_lite::future::or(handshake, timeout).await?;
+    let (received, buf) = bounded(handshake).await?;
     // A fresh stream to this life of the peer: it knows none of this
     // node's routes yet (only shard 0's stream carries them).
     let fresh = (!peer.connected_once.replace(true) && shard.index == 0)
@@ -610,24 +619,15 @@ async fn serve_link(shard: Rc<Shard>, mut stream: TcpStream) {
                             "node {} epoch {:x} is not a current member here",
                             peer.node.0, peer.epoch.0
                         );
-                        let _ = send(&mut stream, &Frame::Refuse(why.clone())).await;
-                        return Err(why);
+                        return Err(refuse(&mut stream, why).await);
                     }
                     return Ok((peer, proof));
                 }
-                Err(refused) => {
-                    let why = refused.to_string();
-                    let _ = send(&mut stream, &Frame::Refuse(why.clone())).await;
-                    return Err(why);
-                }
+                Err(refused) => return Err(refuse(&mut stream, refused.to_string()).await),
             }
         }
     };
-    let timeout = async {
-        timer::sleep(HANDSHAKE_TIMEOUT).await;
-        Err("handshake timed out".to_string())
-    };
-    let (peer, proof) = match futures_lite::future::or(handshake, timeout).await {
+    let (peer, proof) = match bounded(handshake).await {
         Ok(x) => x,
         Err(why) => {
             warn!(shard = shard.index, from = ?peer_addr, why, "node link: refused");
