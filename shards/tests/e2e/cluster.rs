@@ -802,3 +802,41 @@ async fn cluster_survives_the_etcd_leader_killed_mid_traffic() {
     p.disconnect().await;
     sub.disconnect().await;
 }
+
+/// paho-mqtt (Python) on two nodes: publisher on node 1, subscriber on
+/// node 2, QoS 0/1/2 with 3.1.1 and 5 (`shards/tests/python/paho_cluster.py`).
+#[test]
+fn cluster_paho_clients_across_nodes() {
+    let test = "cluster_paho_clients_across_nodes";
+    let have = crate::common::process::have_paho();
+    if skip_missing_external(test, "python3 with paho-mqtt 2.x", have) {
+        return;
+    }
+    let Some(c) = Cluster::start(test, 2) else {
+        return;
+    };
+    c.wait_linked();
+    let path = crate::common::process::python_script("paho_cluster.py");
+    let mut child = Command::new("python3")
+        .arg(&path)
+        .args(["--port-a", &c.port(0).to_string()])
+        .args(["--port-b", &c.port(1).to_string()])
+        .args(["--prefix", "paho-cl"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, "paho_cluster.py", Duration::from_secs(90));
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(
+        status.success(),
+        "paho_cluster.py failed ({status}):\n{text}"
+    );
+}
