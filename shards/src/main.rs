@@ -531,13 +531,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let peer_ports: Vec<SocketAddr> = config
         .cluster
         .iter()
-        .flat_map(|c| {
-            (0..shards).map(move |i| {
-                let mut a = c.listen;
-                a.set_port(c.listen.port().wrapping_add(i as u16));
-                a
-            })
-        })
+        .flat_map(|c| (0..shards).map(move |i| runtime::shard_listen(c.listen, i)))
         .collect();
     for addr in config
         .listen

@@ -53,6 +53,19 @@ struct ControlSender {
     wake: UnixStream,
 }
 
+impl ControlSender {
+    /// Queues `request` and wakes the shard.
+    fn send(&self, request: Request) {
+        // A shard that ended dropped its queue: it never answers.
+        if self.queue.send(request).is_ok() {
+            // The message is queued before the byte that wakes the shard is
+            // written, so its wake-up sees it. A full socket (WouldBlock)
+            // has wake-ups pending; a closed one, a shard that ended.
+            let _ = (&self.wake).write(&[1]);
+        }
+    }
+}
+
 /// The main thread's ends of every shard's control channel. Lives on the
 /// main thread.
 #[derive(Debug)]
@@ -109,14 +122,7 @@ impl Controller {
                 what: what(index),
                 ack: ack.clone(),
             };
-            // A shard that ended dropped its queue: it never answers.
-            if shard.queue.send(request).is_ok() {
-                // The message is queued before the byte that wakes the
-                // shard is written, so its wake-up sees it. A full socket
-                // (WouldBlock) has wake-ups pending; a closed one, a shard
-                // that ended.
-                let _ = (&shard.wake).write(&[1]);
-            }
+            shard.send(request);
         }
         // Only the shards' copies left: once each is answered or dropped
         // (a shard that ended), the wait is over before the deadline.
@@ -171,9 +177,7 @@ impl Announcer {
                 what: what(index),
                 ack: ack.clone(),
             };
-            if shard.queue.send(request).is_ok() {
-                let _ = (&shard.wake).write(&[1]);
-            }
+            shard.send(request);
         }
     }
 }

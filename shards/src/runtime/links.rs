@@ -62,7 +62,7 @@ pub struct ClusterSpec {
 }
 
 /// This shard's address on the peer port.
-pub(super) fn shard_listen(base: SocketAddr, index: usize) -> SocketAddr {
+pub fn shard_listen(base: SocketAddr, index: usize) -> SocketAddr {
     let mut a = base;
     a.set_port(base.port().wrapping_add(index as u16));
     a

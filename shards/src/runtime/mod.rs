@@ -41,7 +41,7 @@ use crate::gate::{Budget, BudgetSlot, Gate};
 use crate::http::Metrics;
 
 pub use control::{Control, ControlReceiver, Controller};
-pub use links::ClusterSpec;
+pub use links::{shard_listen, ClusterSpec};
 pub use shard::run;
 pub(crate) use shard::Shard;
 
