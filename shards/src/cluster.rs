@@ -36,6 +36,38 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Between attempts while etcd cannot be reached.
 const RETRY: Duration = Duration::from_millis(500);
+/// How long one endpoint may take to answer before the next is tried.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// A client of one of `endpoints`: the first, from index `from` on in
+/// turn, that answers a status request within [`PROBE_TIMEOUT`]. Pinned to
+/// one endpoint (as etcd's own clients are) rather than balanced over all:
+/// the balanced channel of `etcd-client` fails requests while any one of
+/// its endpoints is down (etcdv3/etcd-client#39), and a dead member must
+/// cost a node one failover, not its lease. Returns the index too.
+async fn connect_any(endpoints: &[String], from: usize) -> anyhow::Result<(Client, usize)> {
+    let mut errors = Vec::new();
+    for k in 0..endpoints.len() {
+        let i = (from + k) % endpoints.len();
+        let url = endpoints[i].as_str();
+        let options = ConnectOptions::new()
+            .with_connect_timeout(PROBE_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT);
+        let mut client = match Client::connect([url], Some(options)).await {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(format!("{url}: {e}"));
+                continue;
+            }
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, client.status()).await {
+            Ok(Ok(_)) => return Ok((client, i)),
+            Ok(Err(e)) => errors.push(format!("{url}: {e}")),
+            Err(_) => errors.push(format!("{url}: no answer within {PROBE_TIMEOUT:?}")),
+        }
+    }
+    bail!("no etcd endpoint answers ({})", errors.join("; "))
+}
 
 /// This node as it registers itself.
 #[derive(Debug, Clone)]
@@ -140,10 +172,7 @@ pub fn status(cfg: &ClusterConfig) -> anyhow::Result<String> {
         .build()
         .context("starting a runtime for the etcd client")?;
     rt.block_on(async {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT);
-        let mut client = Client::connect(&cfg.etcd, Some(options))
+        let (mut client, _) = connect_any(&cfg.etcd, 0)
             .await
             .with_context(|| format!("connecting to etcd at {:?}", cfg.etcd))?;
         let prefix = Membership::prefix(&cfg.name);
@@ -181,6 +210,8 @@ pub fn status(cfg: &ClusterConfig) -> anyhow::Result<String> {
 /// The etcd thread's state.
 struct Session {
     client: Client,
+    /// The index in `cfg.etcd` of the endpoint `client` talks to.
+    endpoint: usize,
     cfg: ClusterConfig,
     me: ThisNode,
     prefix: String,
@@ -199,16 +230,14 @@ enum Served {
 
 impl Session {
     async fn join(cfg: ClusterConfig, me: ThisNode) -> anyhow::Result<Session> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT);
-        let client = Client::connect(&cfg.etcd, Some(options))
+        let (client, endpoint) = connect_any(&cfg.etcd, 0)
             .await
             .with_context(|| format!("connecting to etcd at {:?}", cfg.etcd))?;
         let prefix = Membership::prefix(&cfg.name);
         let key = Membership::key(&cfg.name, me.id);
         let mut s = Session {
             client,
+            endpoint,
             cfg,
             me,
             prefix,
@@ -396,9 +425,20 @@ impl Session {
         }
     }
 
-    /// After a lost connection: the lease if it is still alive (else a new
-    /// one), and the membership read again.
+    /// After a lost connection: an endpoint that answers (the next ones
+    /// first), the lease if it is still alive (else a new one), and the
+    /// membership read again.
     async fn recover(&mut self) -> anyhow::Result<()> {
+        let (client, endpoint) = connect_any(&self.cfg.etcd, self.endpoint + 1).await?;
+        if endpoint != self.endpoint {
+            info!(
+                from = %self.cfg.etcd[self.endpoint],
+                to = %self.cfg.etcd[endpoint],
+                "etcd: now talking to another endpoint"
+            );
+        }
+        self.client = client;
+        self.endpoint = endpoint;
         let alive = match self.client.lease_time_to_live(self.lease, None).await {
             Ok(r) => r.ttl() > 0,
             Err(e) => return Err(e).context("asking etcd for the node's lease"),
@@ -445,6 +485,9 @@ impl Session {
             Err(e) => return Served::Lost(e.into()),
         };
         let every = Duration::from_millis((self.ttl() as u64 * 1000 / 3).max(200));
+        // An answer later than half the TTL: this endpoint is dead or cut
+        // off from the quorum; another one is tried while the lease lasts.
+        let answer = Duration::from_millis(self.ttl() as u64 * 500).min(REQUEST_TIMEOUT);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -454,7 +497,7 @@ impl Session {
                     if let Err(e) = keeper.keep_alive().await {
                         return Served::Lost(e.into());
                     }
-                    match tokio::time::timeout(REQUEST_TIMEOUT, alive.message()).await {
+                    match tokio::time::timeout(answer, alive.message()).await {
                         Ok(Ok(Some(r))) if r.ttl() > 0 => {}
                         Ok(Ok(Some(_))) => {
                             return Served::Lost(anyhow!("the node's lease expired"));
