@@ -14,7 +14,7 @@ use vmqtt::topic::{TopicFilter, TopicName};
 use vmqtt::{ByteStr, ClientId};
 
 /// The link protocol's version, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest frame accepted (a batch of messages): 64 MiB.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -66,13 +66,21 @@ pub enum Frame {
     /// Acceptor to dialer: every batch up to this one is done (its
     /// deliveries stored where they need to be).
     Ack(Seq),
+    /// Dialer to acceptor, every second on an established link: answered
+    /// at once with a [`Frame::Pong`] of the same number (the link's round
+    /// trip, and proof that the peer still reads).
+    Ping(u64),
+    /// Acceptor to dialer: the answer to the [`Frame::Ping`] of its number.
+    Pong(u64),
 }
 
 /// What a batch carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
-    /// A message for the receiving node's subscribers.
-    Publish(Message),
+    /// A message for the receiving node's subscribers, and the shared
+    /// groups (`$share/...` filters) whose member there is to take it (the
+    /// sending node picked that node for them).
+    Publish(Message, Vec<TopicFilter>),
     /// A retained message (or, empty, its deletion) for every replica.
     Retain(Message),
     /// Every filter the sending node has subscribers of: replaces what the
@@ -109,6 +117,8 @@ const WELCOME: u8 = 3;
 const REFUSE: u8 = 4;
 const BATCH: u8 = 5;
 const ACK: u8 = 6;
+const PING: u8 = 7;
+const PONG: u8 = 8;
 
 const PUBLISH: u8 = 1;
 const RETAIN: u8 = 2;
@@ -159,6 +169,14 @@ impl Frame {
             Frame::Ack(seq) => {
                 buf.put_u8(ACK);
                 buf.put_u64(seq.0);
+            }
+            Frame::Ping(n) => {
+                buf.put_u8(PING);
+                buf.put_u64(*n);
+            }
+            Frame::Pong(n) => {
+                buf.put_u8(PONG);
+                buf.put_u64(*n);
             }
         }
         let len = buf.len() - start - 4;
@@ -233,6 +251,8 @@ fn decode_body(b: &mut Bytes, now: Instant) -> Result<Frame, FrameError> {
             Frame::Batch { seq, items }
         }
         ACK => Frame::Ack(Seq(get_u64(b, "ack")?)),
+        PING => Frame::Ping(get_u64(b, "ping")?),
+        PONG => Frame::Pong(get_u64(b, "pong")?),
         kind => {
             return Err(FrameError::UnknownKind {
                 what: "frame",
@@ -244,9 +264,10 @@ fn decode_body(b: &mut Bytes, now: Instant) -> Result<Frame, FrameError> {
 
 fn encode_item(item: &Item, now: Instant, buf: &mut BytesMut) {
     match item {
-        Item::Publish(m) => {
+        Item::Publish(m, groups) => {
             buf.put_u8(PUBLISH);
             encode_message(m, now, buf);
+            put_filters(buf, groups);
         }
         Item::Retain(m) => {
             buf.put_u8(RETAIN);
@@ -254,11 +275,7 @@ fn encode_item(item: &Item, now: Instant, buf: &mut BytesMut) {
         }
         Item::Routes(filters) => {
             buf.put_u8(ROUTES);
-            let count = u32::try_from(filters.len()).unwrap_or(u32::MAX);
-            buf.put_u32(count);
-            for f in filters.iter().take(count as usize) {
-                put_str(buf, f.as_str());
-            }
+            put_filters(buf, filters);
         }
         Item::RouteAdd(f) => {
             buf.put_u8(ROUTE_ADD);
@@ -274,20 +291,34 @@ fn encode_item(item: &Item, now: Instant, buf: &mut BytesMut) {
 fn decode_item(b: &mut Bytes, now: Instant) -> Result<Item, FrameError> {
     let kind = get_u8(b, "item")?;
     Ok(match kind {
-        PUBLISH => Item::Publish(decode_message(b, now)?),
-        RETAIN => Item::Retain(decode_message(b, now)?),
-        ROUTES => {
-            let count = get_u32(b, "routes")? as usize;
-            let mut filters = Vec::with_capacity(count.min(b.remaining() / 2));
-            for _ in 0..count {
-                filters.push(get_filter(b)?);
-            }
-            Item::Routes(filters)
+        PUBLISH => {
+            let m = decode_message(b, now)?;
+            Item::Publish(m, get_filters(b, "publish groups")?)
         }
+        RETAIN => Item::Retain(decode_message(b, now)?),
+        ROUTES => Item::Routes(get_filters(b, "routes")?),
         ROUTE_ADD => Item::RouteAdd(get_filter(b)?),
         ROUTE_REMOVE => Item::RouteRemove(get_filter(b)?),
         kind => return Err(FrameError::UnknownKind { what: "item", kind }),
     })
+}
+
+/// A count, then each filter.
+fn put_filters(buf: &mut BytesMut, filters: &[TopicFilter]) {
+    let count = u32::try_from(filters.len()).unwrap_or(u32::MAX);
+    buf.put_u32(count);
+    for f in filters.iter().take(count as usize) {
+        put_str(buf, f.as_str());
+    }
+}
+
+fn get_filters(b: &mut Bytes, what: &'static str) -> Result<Vec<TopicFilter>, FrameError> {
+    let count = get_u32(b, what)? as usize;
+    let mut filters = Vec::with_capacity(count.min(b.remaining() / 2));
+    for _ in 0..count {
+        filters.push(get_filter(b)?);
+    }
+    Ok(filters)
 }
 
 fn encode_message(m: &Message, now: Instant, buf: &mut BytesMut) {
@@ -460,10 +491,16 @@ mod tests {
             Frame::Welcome { received: Seq(41) },
             Frame::Refuse("stale epoch".into()),
             Frame::Ack(Seq(u64::MAX)),
+            Frame::Ping(7),
+            Frame::Pong(u64::MAX),
             Frame::Batch {
                 seq: Seq(2),
                 items: vec![
-                    Item::Publish(m.clone()),
+                    Item::Publish(m.clone(), Vec::new()),
+                    Item::Publish(
+                        m.clone(),
+                        vec![TopicFilter::try_from("$share/g/a/+").unwrap()],
+                    ),
                     Item::Retain(Message {
                         payload: Bytes::new(),
                         origin: None,
@@ -491,7 +528,7 @@ mod tests {
         let mut buf = BytesMut::new();
         Frame::Batch {
             seq: Seq(1),
-            items: vec![Item::Publish(m)],
+            items: vec![Item::Publish(m, Vec::new())],
         }
         .encode(sent + Duration::from_secs(4), &mut buf);
         // Decoded on a node whose clock is elsewhere: 6 s left from its now.
@@ -499,7 +536,7 @@ mod tests {
         let Some(Frame::Batch { items, .. }) = Frame::decode(&mut buf, there).unwrap() else {
             panic!("not a batch")
         };
-        let Item::Publish(m) = &items[0] else {
+        let Item::Publish(m, _) = &items[0] else {
             panic!("not a publish")
         };
         assert_eq!(m.expires_at, Some(there + Duration::from_secs(6)));
@@ -528,7 +565,7 @@ mod tests {
         Frame::Batch {
             seq: Seq(1),
             items: vec![
-                Item::Publish(msg("a/b")),
+                Item::Publish(msg("a/b"), vec!["$share/g/a/#".try_into().unwrap()]),
                 Item::RouteAdd("a/#".try_into().unwrap()),
             ],
         }
@@ -543,7 +580,7 @@ mod tests {
         let mut m = BytesMut::new();
         Frame::Batch {
             seq: Seq(1),
-            items: vec![Item::Publish(msg("a/b"))],
+            items: vec![Item::Publish(msg("a/b"), Vec::new())],
         }
         .encode(now, &mut m);
         let at = m.iter().position(|&b| b == b'b').unwrap();

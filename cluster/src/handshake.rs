@@ -154,6 +154,8 @@ fn name(f: &Frame) -> &'static str {
         Frame::Refuse(_) => "refuse",
         Frame::Batch { .. } => "batch",
         Frame::Ack(_) => "ack",
+        Frame::Ping(_) => "ping",
+        Frame::Pong(_) => "pong",
     }
 }
 

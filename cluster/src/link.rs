@@ -24,8 +24,9 @@ use crate::frame::{Frame, Item, Seq};
 /// acknowledgement waits for (if any).
 #[derive(Debug, Clone)]
 pub enum OutItem {
-    /// A message for the peer's subscribers.
-    Publish(Arc<Message>),
+    /// A message for the peer's subscribers, and the shared groups whose
+    /// member there is to take it.
+    Publish(Arc<Message>, Vec<TopicFilter>),
     /// A retained message for the peer's replicas.
     Retain(Arc<Message>),
     /// This node's every route (first in a stream to a fresh peer).
@@ -39,9 +40,12 @@ pub enum OutItem {
 impl OutItem {
     fn size(&self) -> usize {
         match self {
-            OutItem::Publish(m) | OutItem::Retain(m) => {
-                32 + m.topic.as_str().len() + m.payload.len()
+            OutItem::Publish(m, groups) => {
+                36 + m.topic.as_str().len()
+                    + m.payload.len()
+                    + groups.iter().map(|g| 2 + g.as_str().len()).sum::<usize>()
             }
+            OutItem::Retain(m) => 32 + m.topic.as_str().len() + m.payload.len(),
             OutItem::Routes(fs) => 8 + fs.iter().map(|f| 2 + f.as_str().len()).sum::<usize>(),
             OutItem::RouteAdd(f) | OutItem::RouteRemove(f) => 3 + f.as_str().len(),
         }
@@ -56,7 +60,7 @@ impl OutItem {
 
     fn to_item(&self) -> Item {
         match self {
-            OutItem::Publish(m) => Item::Publish(Message::clone(m)),
+            OutItem::Publish(m, groups) => Item::Publish(Message::clone(m), groups.clone()),
             OutItem::Retain(m) => Item::Retain(Message::clone(m)),
             OutItem::Routes(fs) => Item::Routes(fs.clone()),
             OutItem::RouteAdd(f) => Item::RouteAdd(f.clone()),
@@ -384,15 +388,18 @@ mod tests {
     use vmqtt::topic::TopicName;
 
     fn publish(n: u32) -> OutItem {
-        OutItem::Publish(Arc::new(Message {
-            topic: TopicName::try_from(format!("t/{n}")).unwrap(),
-            payload: Bytes::from(n.to_be_bytes().to_vec()),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            properties: PublishProperties::default(),
-            expires_at: None,
-            origin: None,
-        }))
+        OutItem::Publish(
+            Arc::new(Message {
+                topic: TopicName::try_from(format!("t/{n}")).unwrap(),
+                payload: Bytes::from(n.to_be_bytes().to_vec()),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: PublishProperties::default(),
+                expires_at: None,
+                origin: None,
+            }),
+            Vec::new(),
+        )
     }
 
     fn batches(buf: &mut BytesMut) -> Vec<Seq> {
@@ -468,7 +475,7 @@ mod tests {
             frames.push((seq, items));
         }
         assert_eq!(frames.len(), 2);
-        assert!(matches!(frames[0].1[..], [Item::Publish(_)]));
+        assert!(matches!(frames[0].1[..], [Item::Publish(..)]));
         assert!(matches!(&frames[1].1[..], [Item::Routes(r)] if r.len() == 1));
     }
 

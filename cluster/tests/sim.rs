@@ -146,7 +146,7 @@ impl Run {
         let token = n + 1_000_000;
         if self
             .out
-            .push(OutItem::Publish(message(n)), Some(token))
+            .push(OutItem::Publish(message(n), Vec::new()), Some(token))
             .is_ok()
         {
             self.tokens.insert(token, n);
@@ -188,7 +188,7 @@ impl Run {
                     let mut awaited = 0;
                     for item in items {
                         match item {
-                            Item::Publish(m) => {
+                            Item::Publish(m, _) => {
                                 let n = u64::from_be_bytes(m.payload[..].try_into().unwrap());
                                 self.rx.taken.push(n);
                                 self.ever_taken.insert(n);

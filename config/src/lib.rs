@@ -682,6 +682,23 @@ pub struct SharedSubscriptionsConfig {
     pub max_pending: u64,
     /// Per-group strategies by group-name pattern, first match wins.
     pub groups: Vec<GroupRule>,
+    /// In a cluster, which node's members take a group's message.
+    /// Default local_first.
+    pub across_nodes: AcrossNodes,
+}
+
+/// `shared_subscriptions.across_nodes`: how a group with members on
+/// several nodes of a cluster spreads its messages over them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AcrossNodes {
+    /// `"local_first"`: a member on the publisher's node takes the message
+    /// where the group has one; otherwise one of the other nodes' members.
+    #[default]
+    LocalFirst,
+    /// `"spread"`: every node with members takes its turn (by the group's
+    /// strategy), the publisher's own node included.
+    Spread,
 }
 
 impl Default for SharedSubscriptionsConfig {
@@ -691,6 +708,7 @@ impl Default for SharedSubscriptionsConfig {
             redeliver_on_disconnect: true,
             max_pending: 10_000,
             groups: Vec::new(),
+            across_nodes: AcrossNodes::LocalFirst,
         }
     }
 }

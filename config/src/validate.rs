@@ -167,6 +167,10 @@ const RULES: &[(&str, Rule)] = &[
     ),
     ("shared_subscriptions.redeliver_on_disconnect", Rule::Bool),
     (
+        "shared_subscriptions.across_nodes",
+        Rule::OneOf(&["local_first", "spread"]),
+    ),
+    (
         "shared_subscriptions.max_pending",
         int(0, 100_000_000, "messages"),
     ),

@@ -1137,6 +1137,7 @@ fn shared_subscriptions_take_a_default_strategy_and_rules_by_group_name() {
 strategy = "least_inflight"
 redeliver_on_disconnect = false
 max_pending = 50
+across_nodes = "spread"
 
 [[shared_subscriptions.groups]]
 pattern = "ordered-*"
@@ -1147,6 +1148,7 @@ strategy = "sticky"
     assert_eq!(s.strategy, vmqtt_config::GroupStrategy::LeastInflight);
     assert!(!s.redeliver_on_disconnect);
     assert_eq!(s.max_pending, 50);
+    assert_eq!(s.across_nodes, vmqtt_config::AcrossNodes::Spread);
     assert_eq!(s.groups[0].pattern, "ordered-*");
     assert_eq!(s.groups[0].strategy, vmqtt_config::GroupStrategy::Sticky);
 }
@@ -1171,6 +1173,14 @@ fn a_bad_shared_subscriptions_section_is_refused_clearly() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("max_pending"), "{e}");
+    let across = "[shared_subscriptions]\nacross_nodes = \"nearest\"\n";
+    let e = Config::from_toml_str(across, "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("across_nodes") && e.contains("local_first"),
+        "{e}"
+    );
 }
 
 /// The commented `[cluster]` example of the default file is valid once

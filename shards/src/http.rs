@@ -55,6 +55,8 @@ pub struct LinkInfo {
     pub unacked: u64,
     /// The stream's counters.
     pub stats: vmqtt_cluster::OutStats,
+    /// The last measured round trip of the link (ping to pong).
+    pub rtt: Option<std::time::Duration>,
 }
 
 /// The membership as the endpoint shows it.
@@ -338,11 +340,12 @@ impl Metrics {
                 first = false;
                 let _ = write!(
                     out,
-                    "{{\"shard\":{shard},\"peer\":{},\"epoch\":\"{:x}\",\"addr\":{},\"up\":{},\"queued_bytes\":{},\"unacked_batches\":{},\"frames\":{},\"bytes\":{},\"resent\":{},\"dropped\":{},\"connects\":{}}}",
+                    "{{\"shard\":{shard},\"peer\":{},\"epoch\":\"{:x}\",\"addr\":{},\"up\":{},\"rtt_us\":{},\"queued_bytes\":{},\"unacked_batches\":{},\"frames\":{},\"bytes\":{},\"resent\":{},\"dropped\":{},\"connects\":{}}}",
                     l.peer,
                     l.epoch,
                     json_str(&l.addr),
                     l.up,
+                    l.rtt.map_or("null".to_owned(), |d| d.as_micros().to_string()),
                     l.queued_bytes,
                     l.unacked,
                     l.stats.frames,
@@ -431,6 +434,22 @@ impl Metrics {
                 |l| l.stats.connects,
             ),
         ];
+        let _ = writeln!(
+            out,
+            "# HELP vmqtt_cluster_link_rtt_seconds The link's last measured round trip (a ping each second).\n# TYPE vmqtt_cluster_link_rtt_seconds gauge"
+        );
+        for (shard, slot) in self.shards.iter().enumerate() {
+            for l in slot.links.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                if let Some(rtt) = l.rtt {
+                    let _ = writeln!(
+                        out,
+                        "vmqtt_cluster_link_rtt_seconds{{shard=\"{shard}\",peer=\"{}\"}} {:.6}",
+                        l.peer,
+                        rtt.as_secs_f64()
+                    );
+                }
+            }
+        }
         for (name, kind, help, value) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (shard, slot) in self.shards.iter().enumerate() {

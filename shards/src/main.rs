@@ -30,7 +30,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter};
 
-use vmqtt::broker::{Authorizer, CoreConfig, QueueBudget, SharedConfig, Strategy};
+use vmqtt::broker::{AcrossNodes, Authorizer, CoreConfig, QueueBudget, SharedConfig, Strategy};
 use vmqtt_config::{Config, Durability, LogFormat, MqttConfig};
 
 /// mimalloc: see shards/Cargo.toml for why.
@@ -241,6 +241,10 @@ fn shared_config(c: &vmqtt_config::SharedSubscriptionsConfig) -> SharedConfig {
             .collect(),
         redeliver_on_disconnect: c.redeliver_on_disconnect,
         max_pending: usize::try_from(c.max_pending).unwrap_or(usize::MAX),
+        across_nodes: match c.across_nodes {
+            vmqtt_config::AcrossNodes::LocalFirst => AcrossNodes::LocalFirst,
+            vmqtt_config::AcrossNodes::Spread => AcrossNodes::Spread,
+        },
     }
 }
 

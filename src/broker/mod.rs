@@ -30,8 +30,9 @@ pub use node::{Epoch, NodeId};
 pub use retain::RetainedStore;
 pub use session::{Session, Subscription};
 pub use shard::{
-    glob_match, shrink_if_sparse, CloseReason, ClusterOut, ClusterStatus, CoreConfig, GroupInfo,
-    GroupMsg, IoEvent, MemberState, ShardCore, SharedConfig, Strategy, LIMITED_LOG_INTERVAL,
+    glob_match, shrink_if_sparse, AcrossNodes, CloseReason, ClusterOut, ClusterStatus, CoreConfig,
+    GroupInfo, GroupMsg, IoEvent, MemberState, ShardCore, SharedConfig, Strategy,
+    LIMITED_LOG_INTERVAL,
 };
 
 /// Index of a shard (one per core), `0..shards`.

@@ -2,8 +2,9 @@
 
 use std::fmt;
 
-/// A node of a cluster (`[cluster] node_id`, 1 to 65535).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A node of a cluster (`[cluster] node_id`, 1 to 65535; 0 only before a
+/// node knows its own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub u16);
 
 impl fmt::Display for NodeId {

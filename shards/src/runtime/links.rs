@@ -41,6 +41,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Redial backoff: first and longest wait.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Between two pings of an established link (its round trip, measured).
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// A ping unanswered this long: the peer is gone or the path is (a
+/// half-open connection): the link is closed and dialed again.
+const PING_DEAD: Duration = Duration::from_secs(10);
 
 /// What a shard needs to be a member of a cluster.
 #[derive(Debug, Clone)]
@@ -78,6 +83,8 @@ struct Peer {
     gone: Cell<bool>,
     dialing: Cell<bool>,
     connected_once: Cell<bool>,
+    /// The link's last measured round trip (ping to pong).
+    rtt: Cell<Option<Duration>>,
 }
 
 /// One other node's stream into this shard.
@@ -169,6 +176,7 @@ impl Links {
                     queued_bytes: out.held_bytes() as u64,
                     unacked: out.unacked() as u64,
                     stats: out.stats(),
+                    rtt: p.rtt.get(),
                 }
             })
             .collect();
@@ -230,8 +238,13 @@ impl Links {
         let mut touched: Vec<Rc<Peer>> = Vec::new();
         for o in out {
             match o {
-                ClusterOut::Publish { node, msg, token } => match peers.get(&node) {
-                    Some(p) => push(p, OutItem::Publish(msg), token, done, &mut touched),
+                ClusterOut::Publish {
+                    node,
+                    msg,
+                    token,
+                    groups,
+                } => match peers.get(&node) {
+                    Some(p) => push(p, OutItem::Publish(msg, groups), token, done, &mut touched),
                     None => done.extend(token),
                 },
                 ClusterOut::Retain(msg) => {
@@ -310,6 +323,7 @@ impl Links {
                         gone: Cell::new(false),
                         dialing: Cell::new(false),
                         connected_once: Cell::new(false),
+                        rtt: Cell::new(None),
                     }),
                 );
             }
@@ -438,6 +452,7 @@ async fn dial_loop(shard: Rc<Shard>, peer: Rc<Peer>) {
                 backoff = BACKOFF_MIN;
                 carry(&shard, &peer, stream, &mut scratch).await;
                 peer.out.borrow_mut().on_disconnected();
+                peer.rtt.set(None);
                 if !peer.gone.get() {
                     info!(shard = shard.index, node = peer.node.0, %addr, "node link: down, redialing");
                 }
@@ -512,12 +527,37 @@ async fn carry(
         .as_ref()
         .map_or(Duration::from_micros(200), |l| l.spec.flush);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
+    // The ping in flight: its number and when it went.
+    let ping: Cell<Option<(u64, Instant)>> = Cell::new(None);
     let writer = async {
         let mut out = BytesMut::new();
+        let mut pings = 0u64;
+        let mut last_ping = Instant::now();
         loop {
-            peer.notify.wait().await;
+            let due = PING_EVERY.saturating_sub(last_ping.elapsed());
+            futures_lite::future::or(peer.notify.wait(), timer::sleep(due)).await;
             if peer.gone.get() || shard.stopping.get() {
                 return;
+            }
+            if last_ping.elapsed() >= PING_EVERY {
+                last_ping = Instant::now();
+                match ping.get() {
+                    Some((_, sent)) if sent.elapsed() >= PING_DEAD => {
+                        warn!(
+                            shard = shard.index,
+                            node = peer.node.0,
+                            "node link: no answer to a ping for {} s, closing",
+                            PING_DEAD.as_secs()
+                        );
+                        return;
+                    }
+                    Some(_) => {}
+                    None => {
+                        pings += 1;
+                        ping.set(Some((pings, Instant::now())));
+                        Frame::Ping(pings).encode(Instant::now(), &mut out);
+                    }
+                }
             }
             // Gather: until enough waits, the longest wait passed, or a
             // turn of the executor brought nothing new (the shard is idle).
@@ -558,6 +598,14 @@ async fn carry(
                     let mut done = Vec::new();
                     peer.out.borrow_mut().on_ack(seq, &mut done);
                     complete(shard, done);
+                }
+                Frame::Pong(n) => {
+                    if let Some((sent_n, sent)) = ping.get() {
+                        if sent_n == n {
+                            peer.rtt.set(Some(sent.elapsed()));
+                            ping.set(None);
+                        }
+                    }
                 }
                 other => {
                     warn!(shard = shard.index, node = peer.node.0, frame = ?std::mem::discriminant(&other), "node link: unexpected frame from the acceptor");
@@ -664,10 +712,19 @@ async fn serve_link(shard: Rc<Shard>, mut stream: TcpStream) {
         "node link: accepted"
     );
     let (mut rd, mut wr) = futures_lite::io::split(stream);
+    // A ping to answer.
+    let pong: Cell<Option<u64>> = Cell::new(None);
     let writer = async {
         let mut acks = BytesMut::new();
         loop {
             ack_ready.wait().await;
+            if let Some(n) = pong.take() {
+                acks.clear();
+                Frame::Pong(n).encode(Instant::now(), &mut acks);
+                if wr.write_all(&acks).await.is_err() {
+                    return;
+                }
+            }
             let ack = links
                 .inbound
                 .borrow_mut()
@@ -705,6 +762,11 @@ async fn serve_link(shard: Rc<Shard>, mut stream: TcpStream) {
                 }
             }
             for frame in frames {
+                if let Frame::Ping(n) = frame {
+                    pong.set(Some(n));
+                    ack_ready.notify();
+                    continue;
+                }
                 let Frame::Batch { seq, items } = frame else {
                     warn!(
                         shard = shard.index,
@@ -760,7 +822,7 @@ fn apply(shard: &Rc<Shard>, links: &Links, key: StreamKey, seq: Seq, items: Vec<
     let mut awaited = 0;
     for item in items {
         match item {
-            Item::Publish(msg) => {
+            Item::Publish(msg, groups) => {
                 let ticket = (msg.qos != QoS::AtMostOnce).then(|| {
                     awaited += 1;
                     links.new_ticket(key, seq)
@@ -768,7 +830,7 @@ fn apply(shard: &Rc<Shard>, links: &Links, key: StreamKey, seq: Seq, items: Vec<
                 shard
                     .core
                     .borrow_mut()
-                    .handle_cluster_publish(now, msg, ticket);
+                    .handle_cluster_publish(now, msg, ticket, groups);
             }
             Item::Retain(msg) => shard.core.borrow_mut().handle_cluster_retain(now, msg),
             Item::Routes(all) => node_routes(shard, node, Some(all), Vec::new(), Vec::new()),

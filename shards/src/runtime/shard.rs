@@ -310,7 +310,7 @@ pub async fn run(spec: ShardSpec) {
         }
         None => None,
     };
-    let in_cluster = cluster.is_some();
+    let in_cluster = cluster.as_ref().map(|c| c.node);
     let shard = Rc::new(Shard {
         index,
         shards,
@@ -334,9 +334,9 @@ pub async fn run(spec: ShardSpec) {
         links: cluster.map(|c| Rc::new(Links::new(c))),
     });
     let q = shard.queues;
-    if in_cluster {
+    if let Some(node) = in_cluster {
         // Before restore: the node's routes are counted from the start.
-        shard.core.borrow_mut().enable_cluster();
+        shard.core.borrow_mut().enable_cluster(node);
     }
     debug!(
         shard = index,

@@ -690,8 +690,19 @@ fn cluster_status_lists_members_and_links() {
             && json.contains("\"up\":true")
             && metrics.contains("vmqtt_cluster_nodes 2")
             && metrics.contains("vmqtt_cluster_link_up{shard=\"0\",peer=\"1\"} 1")
+            && metrics.contains("vmqtt_cluster_link_rtt_seconds{shard=\"0\",peer=\"1\"} ")
         {
             assert!(json.contains("\"etcd_up\":true"), "{json}");
+            // The round trip of a ping over loopback: measured, and short.
+            let rtt: f64 = metrics
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("vmqtt_cluster_link_rtt_seconds{shard=\"0\",peer=\"1\"} ")
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap();
+            assert!(rtt > 0.0 && rtt < 1.0, "rtt {rtt}");
+            assert!(json.contains("\"rtt_us\":"), "{json}");
             break;
         }
         assert!(Instant::now() < deadline, "{json}\n{metrics}");
@@ -793,10 +804,16 @@ async fn cluster_survives_the_etcd_leader_killed_mid_traffic() {
     }
     std::thread::sleep(Duration::from_secs(TTL + 1));
     for (i, n) in c.nodes.iter().enumerate() {
+        let log = n.log();
+        let etcd: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("etcd") || l.contains("lease") || l.contains("node gone"))
+            .collect();
         assert!(
-            !n.log().contains("node gone"),
-            "node {} dropped a peer while etcd had a quorum",
-            i + 1
+            !log.contains("node gone"),
+            "node {} dropped a peer while etcd had a quorum:\n{}",
+            i + 1,
+            etcd.join("\n")
         );
     }
     p.disconnect().await;
@@ -839,4 +856,139 @@ fn cluster_paho_clients_across_nodes() {
         status.success(),
         "paho_cluster.py failed ({status}):\n{text}"
     );
+}
+
+/// A mosquitto_sub of `filter` on `port` (QoS 1, protocol `v`), once it
+/// has its SUBACK, and its output lines.
+fn mosquitto_sub_on(
+    port: u16,
+    id: &str,
+    filter: &str,
+    v: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut sub = Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1"])
+        .args(["-p", &port.to_string(), "-i", id, "-t", filter])
+        .args(["-q", "1", "-V", v, "-d", "-W", "90"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mosquitto_sub");
+    let lines = lines_of(&mut sub);
+    assert!(
+        line_within(&lines, "received SUBACK", WAIT),
+        "{id}: no SUBACK"
+    );
+    (sub, lines)
+}
+
+/// `payloads`, one message each, from mosquitto_pub at QoS 1 on `port`.
+fn mosquitto_pub_lines(port: u16, id: &str, topic: &str, payloads: &[String]) {
+    let mut publ = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-i", id, "-t", topic, "-q", "1", "-V", "mqttv5", "-l"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mosquitto_pub");
+    {
+        let mut stdin = publ.stdin.take().unwrap();
+        for p in payloads {
+            writeln!(stdin, "{p}").unwrap();
+        }
+    }
+    let st = wait_exit(&mut publ, "mosquitto_pub", WAIT * 4);
+    assert!(st.success(), "mosquitto_pub {id}: {st}");
+}
+
+/// What `lines` printed within `within` that is not a probe or a trace.
+fn drain_real(lines: &std::sync::mpsc::Receiver<String>, within: Duration) -> Vec<String> {
+    real(lines, usize::MAX, within)
+}
+
+/// `$share/g/...` with members on nodes 2 (3.1.1) and 3 (5), publisher on
+/// node 1 (no member): each message reaches exactly one member, both
+/// nodes' members take some. Then a member on node 1 too: node 1's
+/// publishes stay with it (`across_nodes = "local_first"`), and a plain
+/// subscriber beside the node 2 member does not make that member take
+/// them a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_shared_subscription_takes_each_message_once() {
+    let test = "cluster_shared_subscription_takes_each_message_once";
+    let have = runs("mosquitto_pub", &["--help"]) && runs("mosquitto_sub", &["--help"]);
+    if skip_missing_external(test, "mosquitto_pub/mosquitto_sub", have) {
+        return;
+    }
+    let Some(c) = Cluster::start(test, 3) else {
+        return;
+    };
+    c.wait_linked();
+    let group = "$share/workers/jobs/#";
+    let members = [
+        mosquitto_sub_on(c.port(1), "worker-2", group, "mqttv311"),
+        mosquitto_sub_on(c.port(2), "worker-3", group, "mqttv5"),
+    ];
+    // Both nodes' group routes reach node 1: probes alternate between
+    // them once they have.
+    let mut seen = [false, false];
+    probe_until(c.port(0), "jobs/probe", || {
+        for (i, (_, lines)) in members.iter().enumerate() {
+            seen[i] |= lines.try_iter().any(|l| l == "probe");
+        }
+        seen == [true, true]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (_, lines) in &members {
+        let _: Vec<_> = lines.try_iter().collect();
+    }
+    let sent: Vec<String> = (1..=40).map(|i| format!("job-{i}")).collect();
+    mosquitto_pub_lines(c.port(0), "boss-1", "jobs/a", &sent);
+    let got: Vec<Vec<String>> = members
+        .iter()
+        .map(|(_, lines)| drain_real(lines, Duration::from_secs(2)))
+        .collect();
+    let mut all: Vec<String> = got.concat();
+    all.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(all, want, "each message to exactly one member: {got:?}");
+    assert!(
+        got.iter().all(|g| !g.is_empty()),
+        "both nodes' members take a share: {got:?}"
+    );
+
+    // A member and a publisher on node 1, a plain subscriber on node 2.
+    let local = mosquitto_sub_on(c.port(0), "worker-1", group, "mqttv5");
+    let plain = mosquitto_sub_on(c.port(1), "watcher-2", "jobs/#", "mqttv5");
+    probe_until(c.port(0), "jobs/probe2", || {
+        plain.1.try_iter().any(|l| l == "probe")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (_, lines) in members.iter().chain([&local, &plain]) {
+        let _: Vec<_> = lines.try_iter().collect();
+    }
+    let sent: Vec<String> = (1..=20).map(|i| format!("local-{i}")).collect();
+    mosquitto_pub_lines(c.port(0), "boss-1b", "jobs/b", &sent);
+    assert_eq!(
+        drain_real(&local.1, Duration::from_secs(2)),
+        sent,
+        "node 1's member takes node 1's publishes, in order"
+    );
+    assert_eq!(drain_real(&plain.1, Duration::from_millis(500)), sent);
+    for (i, (_, lines)) in members.iter().enumerate() {
+        let extra = drain_real(lines, Duration::from_millis(300));
+        assert!(
+            extra.is_empty(),
+            "member on node {} also took {extra:?}",
+            i + 2
+        );
+    }
+    for (mut child, _) in members.into_iter().chain([local, plain]) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

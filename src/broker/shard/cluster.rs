@@ -9,6 +9,14 @@
 //! not publish `$` topics at all). Shard 0 is
 //! the node's speaker: it sees every shard's routes (the route table is
 //! replicated to every shard) and reports the node's 0 ↔ 1 transitions.
+//!
+//! A shared subscription's group is one group across the cluster: a node
+//! announces `$share/{group}/{filter}` while it has members, and the
+//! publishing shard picks the one node that takes each message for the
+//! group ([`AcrossNodes`]: its own where it has members, by default). The
+//! message carries the groups the receiving node is to serve; a node
+//! offers a message from another node only to those groups, so each
+//! message reaches one member cluster-wide.
 
 use super::*;
 
@@ -27,6 +35,9 @@ pub enum ClusterOut {
         msg: Arc<Message>,
         /// The publisher's token.
         token: Option<u64>,
+        /// The shared groups (`$share/...` filters) whose member on that
+        /// node is to take the message.
+        groups: Vec<TopicFilter>,
     },
     /// A retained message (or its deletion) for every other node.
     Retain(Arc<Message>),
@@ -40,8 +51,20 @@ pub enum ClusterOut {
 /// filters (counted over its shards) on the speaker.
 #[derive(Debug, Default)]
 pub(super) struct ClusterState {
+    /// This node.
+    node: NodeId,
     /// filter → nodes with subscribers.
     remote: SubscriptionTrie<NodeId, ()>,
+    /// filter → (node, `$share/{group}/{filter}`): nodes with members of
+    /// a group.
+    remote_groups: SubscriptionTrie<(NodeId, TopicFilter), ()>,
+    /// Per group, the turn of the next node (round robin across nodes).
+    turns: HashMap<TopicFilter, usize, crate::hash::FastState>,
+    /// For groups with the `random` strategy.
+    rng: u64,
+    /// While a message from another node is routed: the groups it is
+    /// for here.
+    pub(super) serve_groups: Vec<TopicFilter>,
     /// Per node, its filters (to drop them all when it leaves).
     by_node: HashMap<NodeId, HashSet<TopicFilter>>,
     /// On shard 0: shards of this node with a plain subscriber, per filter.
@@ -75,7 +98,73 @@ fn is_sys(topic: &TopicName) -> bool {
     t == "$SYS" || t.starts_with("$SYS/")
 }
 
+/// Adds `node`'s route `f` (a plain filter, or a group it has members of).
+fn route(
+    plain: &mut SubscriptionTrie<NodeId, ()>,
+    groups: &mut SubscriptionTrie<(NodeId, TopicFilter), ()>,
+    node: NodeId,
+    f: &TopicFilter,
+) {
+    if f.is_shared() {
+        groups.insert(f.matching_filter(), (node, f.clone()), ());
+    } else {
+        plain.insert(f.as_str(), node, ());
+    }
+}
+
+/// Removes `node`'s route `f`.
+fn unroute(
+    plain: &mut SubscriptionTrie<NodeId, ()>,
+    groups: &mut SubscriptionTrie<(NodeId, TopicFilter), ()>,
+    node: NodeId,
+    f: &TopicFilter,
+) {
+    if f.is_shared() {
+        groups.remove(f.matching_filter(), &(node, f.clone()));
+    } else {
+        plain.remove(f.as_str(), &node);
+    }
+}
+
 impl ClusterState {
+    /// Which of `nodes` (sorted, not empty) takes a message of `group`:
+    /// the hash strategies and `sticky` by rendezvous hashing (the same
+    /// node from every publisher, moving only a departed node's share),
+    /// `random` at random, the others in turn.
+    fn pick_node(
+        &mut self,
+        group: &TopicFilter,
+        nodes: &[NodeId],
+        msg: &Message,
+        strategy: Strategy,
+    ) -> NodeId {
+        let Some(&first) = nodes.first() else {
+            return self.node;
+        };
+        let by_hash = |key: &str| {
+            nodes
+                .iter()
+                .copied()
+                .max_by_key(|n| super::groups::rendezvous(key, &n.0.to_string()))
+                .unwrap_or(first)
+        };
+        match strategy {
+            Strategy::HashClient => by_hash(msg.origin.as_ref().map_or("", |c| c.as_str())),
+            Strategy::HashTopic => by_hash(msg.topic.as_str()),
+            Strategy::Sticky => by_hash(group.as_str()),
+            Strategy::Random => {
+                let r = super::groups::next_random(&mut self.rng);
+                nodes[(r % nodes.len() as u64) as usize]
+            }
+            Strategy::RoundRobin | Strategy::LeastInflight => {
+                let turn = self.turns.entry(group.clone()).or_insert(0);
+                let node = nodes[*turn % nodes.len()];
+                *turn = turn.wrapping_add(1);
+                node
+            }
+        }
+    }
+
     /// The nodes with subscribers matching `topic`.
     pub(super) fn nodes(&self, topic: &TopicName) -> Vec<NodeId> {
         let mut nodes = Vec::new();
@@ -93,9 +182,13 @@ impl ShardCore {
     /// nodes' routes go out through [`ShardCore::take_cluster_out`]. Called
     /// before [`ShardCore::restore`] and any connection, so the speaker
     /// counts every route from the start.
-    pub fn enable_cluster(&mut self) {
+    pub fn enable_cluster(&mut self, node: NodeId) {
         if self.cluster.is_none() {
-            self.cluster = Some(Box::default());
+            self.cluster = Some(Box::new(ClusterState {
+                node,
+                rng: 0x9e37_79b9_7f4a_7c15 ^ (u64::from(node.0) << 16) ^ self.id.get() as u64,
+                ..ClusterState::default()
+            }));
         }
     }
 
@@ -149,7 +242,7 @@ impl ShardCore {
     /// the node's own 0 ↔ 1 transitions go to the links.
     pub(super) fn cluster_route(&mut self, filter: &TopicFilter, add: bool) {
         // (`$SYS` never crosses: its filters are not announced.)
-        if self.id.get() != 0 || filter.is_shared() || filter.as_str().starts_with("$SYS") {
+        if self.id.get() != 0 || filter.matching_filter().starts_with("$SYS") {
             return;
         }
         let Some(c) = self.cluster.as_mut() else {
@@ -170,22 +263,98 @@ impl ShardCore {
         }
     }
 
+    /// Of the shared groups matching `msg` (`local`: those with members on
+    /// this node), the ones this node serves; the others go to the node
+    /// picked for each, returned as (node, group). A message from another
+    /// node is for the groups it named only.
+    pub(super) fn split_groups(
+        &mut self,
+        msg: &Message,
+        local: Vec<TopicFilter>,
+    ) -> (Vec<TopicFilter>, Vec<(NodeId, TopicFilter)>) {
+        let Some(c) = self.cluster.as_mut() else {
+            return (local, Vec::new());
+        };
+        if c.from_remote {
+            return (std::mem::take(&mut c.serve_groups), Vec::new());
+        }
+        let mut remote: Vec<(TopicFilter, NodeId)> = Vec::new();
+        c.remote_groups
+            .for_each_match(msg.topic.as_str(), |(n, g), _| remote.push((g.clone(), *n)));
+        if remote.is_empty() || is_sys(&msg.topic) {
+            return (local, Vec::new());
+        }
+        remote.sort_unstable();
+        remote.dedup();
+        let mut groups: Vec<TopicFilter> = remote.iter().map(|(g, _)| g.clone()).collect();
+        groups.extend(local.iter().cloned());
+        groups.sort_unstable();
+        groups.dedup();
+        let (mut here, mut away) = (Vec::new(), Vec::new());
+        for g in groups {
+            let has_local = local.contains(&g);
+            if has_local && self.config.shared.across_nodes == AcrossNodes::LocalFirst {
+                here.push(g);
+                continue;
+            }
+            let mut nodes: Vec<NodeId> = remote
+                .iter()
+                .filter(|(rg, _)| *rg == g)
+                .map(|(_, n)| *n)
+                .collect();
+            if has_local {
+                nodes.push(c.node);
+                nodes.sort_unstable();
+            }
+            let strategy = self
+                .config
+                .shared
+                .strategy_for(g.share_group().unwrap_or(""));
+            let node = c.pick_node(&g, &nodes, msg, strategy);
+            if node == c.node {
+                here.push(g);
+            } else {
+                away.push((node, g));
+            }
+        }
+        (here, away)
+    }
+
     /// The other nodes a message goes to (none for `$SYS`, for a message
-    /// that came from another node, or without a cluster); each is handed
-    /// to the links with the publisher's `token`. Returns how many.
-    pub(super) fn route_to_nodes(&mut self, msg: &Arc<Message>, token: Option<u64>) -> usize {
+    /// that came from another node, or without a cluster): those with
+    /// subscribers and those picked for a group (`groups`, from
+    /// [`ShardCore::split_groups`]); each once, handed to the links with
+    /// the publisher's `token`. Returns how many.
+    pub(super) fn route_to_nodes(
+        &mut self,
+        msg: &Arc<Message>,
+        token: Option<u64>,
+        mut groups: Vec<(NodeId, TopicFilter)>,
+    ) -> usize {
         let Some(c) = self.cluster.as_mut() else {
             return 0;
         };
         if c.from_remote || is_sys(&msg.topic) {
             return 0;
         }
-        let nodes = c.nodes(&msg.topic);
+        let mut nodes = c.nodes(&msg.topic);
+        if !groups.is_empty() {
+            nodes.extend(groups.iter().map(|(n, _)| *n));
+            nodes.sort_unstable();
+            nodes.dedup();
+            groups.sort_unstable();
+        }
         for &node in &nodes {
+            let groups = groups
+                .iter()
+                .filter(|(n, _)| *n == node)
+                .map(|(_, g)| g.clone())
+                .collect();
             c.out.push(ClusterOut::Publish {
                 node,
                 msg: msg.clone(),
                 token,
+                groups,
             });
         }
         nodes.len()
@@ -213,6 +382,7 @@ impl ShardCore {
         now: Instant,
         msg: Message,
         ticket: Option<u64>,
+        groups: Vec<TopicFilter>,
     ) -> bool {
         self.clock = now;
         if msg.is_expired(now) {
@@ -224,12 +394,14 @@ impl ShardCore {
         let msg = Arc::new(msg);
         if let Some(c) = self.cluster.as_mut() {
             c.from_remote = true;
+            c.serve_groups = groups.into_iter().filter(TopicFilter::is_shared).collect();
         }
         self.outcome = Outcome::default();
         let token = ticket.map(|_| self.new_token());
         let (matched, acked) = self.route(now, msg, token);
         if let Some(c) = self.cluster.as_mut() {
             c.from_remote = false;
+            c.serve_groups.clear();
         }
         if let (Some(token), Some(ticket)) = (token, ticket) {
             let after = self.store.own_barrier();
@@ -311,25 +483,26 @@ impl ShardCore {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
+        let c = &mut **c;
         let known = c.by_node.entry(node).or_default();
         if let Some(all) = snapshot {
             let all: HashSet<TopicFilter> = all.into_iter().collect();
             for gone in known.difference(&all) {
-                c.remote.remove(gone.matching_filter(), &node);
+                unroute(&mut c.remote, &mut c.remote_groups, node, gone);
             }
             for new in all.difference(known) {
-                c.remote.insert(new.matching_filter(), node, ());
+                route(&mut c.remote, &mut c.remote_groups, node, new);
             }
             *known = all;
         }
         for f in add {
             if known.insert(f.clone()) {
-                c.remote.insert(f.matching_filter(), node, ());
+                route(&mut c.remote, &mut c.remote_groups, node, f);
             }
         }
         for f in remove {
             if known.remove(f) {
-                c.remote.remove(f.matching_filter(), &node);
+                unroute(&mut c.remote, &mut c.remote_groups, node, f);
             }
         }
     }
@@ -339,7 +512,7 @@ impl ShardCore {
         if let Some(c) = self.cluster.as_mut() {
             if let Some(filters) = c.by_node.remove(&node) {
                 for f in filters {
-                    c.remote.remove(f.matching_filter(), &node);
+                    unroute(&mut c.remote, &mut c.remote_groups, node, &f);
                 }
             }
         }

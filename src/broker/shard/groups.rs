@@ -71,6 +71,19 @@ impl Strategy {
     }
 }
 
+/// In a cluster, which node takes a message of a group with members on
+/// several nodes (every node's members are one group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AcrossNodes {
+    /// A member on the publisher's node where the group has one; else the
+    /// other nodes' members, picked by the group's strategy.
+    #[default]
+    LocalFirst,
+    /// Every node with members, the publisher's included, picked by the
+    /// group's strategy.
+    Spread,
+}
+
 /// How shared subscriptions behave (`[shared_subscriptions]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedConfig {
@@ -86,6 +99,8 @@ pub struct SharedConfig {
     /// Messages a group holds while no member can take them; more are
     /// dropped and counted.
     pub max_pending: usize,
+    /// In a cluster, which node's members take a message.
+    pub across_nodes: AcrossNodes,
 }
 
 impl Default for SharedConfig {
@@ -95,6 +110,7 @@ impl Default for SharedConfig {
             rules: Vec::new(),
             redeliver_on_disconnect: true,
             max_pending: 10_000,
+            across_nodes: AcrossNodes::LocalFirst,
         }
     }
 }
@@ -398,7 +414,7 @@ impl Group {
 
 /// A 64-bit xorshift step: a cheap, seeded, reproducible choice (not for
 /// anything secret).
-fn next_random(state: &mut u64) -> u64 {
+pub(super) fn next_random(state: &mut u64) -> u64 {
     let mut x = *state;
     x ^= x << 13;
     x ^= x >> 7;
@@ -409,7 +425,7 @@ fn next_random(state: &mut u64) -> u64 {
 
 /// The rendezvous weight of `member` for `key`: stable across processes (a
 /// keyed hasher would move keys between members at every restart).
-fn rendezvous(key: &str, member: &str) -> u64 {
+pub(super) fn rendezvous(key: &str, member: &str) -> u64 {
     let mut h = FnvHasher(0xcbf2_9ce4_8422_2325);
     h.write(key.as_bytes());
     h.write_u8(0xff);

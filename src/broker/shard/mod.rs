@@ -40,7 +40,9 @@ pub use cluster::{ClusterOut, ClusterStatus};
 use connect::peek_connect_level;
 use connection::{outbound_publish, quota_exceeded, Conn, ConnState};
 use durable::Store;
-pub use groups::{glob_match, GroupInfo, GroupMsg, MemberState, SharedConfig, Strategy};
+pub use groups::{
+    glob_match, AcrossNodes, GroupInfo, GroupMsg, MemberState, SharedConfig, Strategy,
+};
 use groups::{group_home, Dispatch, GroupTable, Offer};
 use publish::Outcome;
 use router::{Agg, Pending, RouteTable, Targets, Waiter};

@@ -299,7 +299,7 @@ impl ShardCore {
             wide,
             shared,
         } = self.routes.targets(&msg.topic);
-        let mut matched = !shared.is_empty() || !wide.is_empty();
+        let mut matched = !wide.is_empty();
         let targets = (0..self.shards.min(64))
             .filter(|&s| shards[s])
             .map(|s| ShardId::new(s as u16))
@@ -323,10 +323,12 @@ impl ShardCore {
                 self.stats.forwarded += 1;
             }
         }
-        for filter in shared {
+        let (here, away) = self.split_groups(&msg, shared);
+        matched |= !here.is_empty();
+        for filter in here {
             acked += self.route_to_group(now, filter, &msg, ack);
         }
-        let nodes = self.route_to_nodes(&msg, ack);
+        let nodes = self.route_to_nodes(&msg, ack, away);
         if nodes > 0 {
             matched = true;
             if ack.is_some() {

@@ -1,13 +1,13 @@
-//! Two nodes of a cluster, each a [`Cluster`] of simulated shards, joined by
-//! a simulated link that carries what [`ShardCore::take_cluster_out`] gives
+//! Nodes of a cluster, each a [`Cluster`] of simulated shards, joined by
+//! simulated links that carry what [`ShardCore::take_cluster_out`] gives
 //! (as the runtime's node links do): routes from each node's speaker,
 //! messages once per node, acknowledgements back to the publishing shard.
+//! Node `i` is `NodeId(i + 1)`.
 
 use super::*;
 
 struct Nodes {
-    a: Cluster,
-    b: Cluster,
+    n: Vec<Cluster>,
     /// Publish tokens the links have not acknowledged yet: (node, shard, token).
     unacked: Vec<(usize, usize, u64)>,
     /// Acknowledge links at once.
@@ -20,40 +20,48 @@ struct Nodes {
 
 impl Nodes {
     fn new(shards: usize) -> Nodes {
+        Nodes::with(2, shards, CoreConfig::default())
+    }
+
+    /// `nodes` nodes of `shards` shards each, with storage attached (as
+    /// [`Cluster::new`]).
+    fn with(nodes: usize, shards: usize, config: CoreConfig) -> Nodes {
+        let config = CoreConfig {
+            persistence: true,
+            ..config
+        };
         let mut n = Nodes {
-            a: Cluster::new(shards),
-            b: Cluster::new(shards),
+            n: (0..nodes)
+                .map(|_| Cluster::with_config(shards, config.clone()))
+                .collect(),
             unacked: Vec::new(),
             ack_links: true,
             tickets: HashMap::new(),
             next_ticket: 0,
         };
-        for core in n.a.cores.iter_mut().chain(n.b.cores.iter_mut()) {
-            core.enable_cluster();
+        for (i, node) in n.n.iter_mut().enumerate() {
+            for core in &mut node.cores {
+                core.enable_cluster(NodeId(i as u16 + 1));
+            }
         }
         n
     }
 
     fn node(&mut self, i: usize) -> &mut Cluster {
-        if i == 0 {
-            &mut self.a
-        } else {
-            &mut self.b
-        }
+        &mut self.n[i]
     }
 
     /// Moves what crosses between the nodes until nothing does.
     fn link(&mut self) {
         loop {
             let mut moved = false;
-            for from in 0..2 {
-                let peer = NodeId(if from == 0 { 2 } else { 1 });
-                let me = NodeId(if from == 0 { 1 } else { 2 });
-                for shard in 0..self.node(from).cores.len() {
-                    let out = self.node(from).cores[shard].take_cluster_out();
+            for from in 0..self.n.len() {
+                let me = NodeId(from as u16 + 1);
+                for shard in 0..self.n[from].cores.len() {
+                    let out = self.n[from].cores[shard].take_cluster_out();
                     for o in out {
                         moved = true;
-                        let now = self.node(from).now;
+                        let now = self.n[from].now;
                         let ticket = match &o {
                             ClusterOut::Publish { token: Some(t), .. } => {
                                 self.next_ticket += 1;
@@ -62,37 +70,63 @@ impl Nodes {
                             }
                             _ => None,
                         };
-                        let to = if from == 0 { &mut self.b } else { &mut self.a };
+                        let others: Vec<usize> = (0..self.n.len()).filter(|&i| i != from).collect();
                         match o {
-                            ClusterOut::Publish { node, msg, .. } => {
-                                assert_eq!(node, peer);
+                            ClusterOut::Publish {
+                                node, msg, groups, ..
+                            } => {
+                                assert_ne!(node, me, "never to itself");
+                                let to = &mut self.n[usize::from(node.0) - 1];
                                 to.cores[0].handle_cluster_publish(
                                     now,
                                     Message::clone(&msg),
                                     ticket,
+                                    groups,
                                 );
+                                to.run();
                             }
                             ClusterOut::Retain(msg) => {
-                                to.cores[0].handle_cluster_retain(now, Message::clone(&msg))
+                                for i in others {
+                                    let to = &mut self.n[i];
+                                    to.cores[0].handle_cluster_retain(now, Message::clone(&msg));
+                                    to.run();
+                                }
                             }
                             ClusterOut::RouteAdd(f) => {
                                 assert_eq!(shard, 0, "only the speaker announces");
-                                for c in &mut to.cores {
-                                    c.handle_node_routes(me, None, std::slice::from_ref(&f), &[]);
+                                for i in others {
+                                    let to = &mut self.n[i];
+                                    for c in &mut to.cores {
+                                        c.handle_node_routes(
+                                            me,
+                                            None,
+                                            std::slice::from_ref(&f),
+                                            &[],
+                                        );
+                                    }
+                                    to.run();
                                 }
                             }
                             ClusterOut::RouteRemove(f) => {
-                                for c in &mut to.cores {
-                                    c.handle_node_routes(me, None, &[], std::slice::from_ref(&f));
+                                for i in others {
+                                    let to = &mut self.n[i];
+                                    for c in &mut to.cores {
+                                        c.handle_node_routes(
+                                            me,
+                                            None,
+                                            &[],
+                                            std::slice::from_ref(&f),
+                                        );
+                                    }
+                                    to.run();
                                 }
                             }
                         }
-                        to.run();
                     }
                 }
             }
             // The receivers' done tickets: the link acknowledges them.
-            for n in 0..2 {
+            for n in 0..self.n.len() {
                 let done: Vec<u64> = self
                     .node(n)
                     .cores
@@ -139,12 +173,12 @@ fn publishes_reach_subscribers_on_the_other_node_once_both_ways() {
         let mut ns = Nodes::new(2);
         let sa = sub_on(&mut ns, 0, "sub-a", "t/+", v);
         let sb = sub_on(&mut ns, 1, "sub-b", "t/#", v);
-        let pa = ns.a.connect(v, "pub-a");
-        let pb = ns.b.connect(v, "pub-b");
+        let pa = ns.n[0].connect(v, "pub-a");
+        let pb = ns.n[1].connect(v, "pub-b");
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
-            ns.a.publish(&pa, "t/1", b"from a", qos, 1);
+            ns.n[0].publish(&pa, "t/1", b"from a", qos, 1);
             ns.link();
-            ns.b.publish(&pb, "t/2", b"from b", qos, 2);
+            ns.n[1].publish(&pb, "t/2", b"from b", qos, 2);
             ns.link();
             // Each subscriber once per message, with the publisher's QoS: no
             // loop back over the link.
@@ -167,8 +201,8 @@ fn publishes_reach_subscribers_on_the_other_node_once_both_ways() {
                     }
                 }
             }
-            ns.a.recv(&pa);
-            ns.b.recv(&pb);
+            ns.n[0].recv(&pa);
+            ns.n[1].recv(&pb);
         }
     }
 }
@@ -177,16 +211,16 @@ fn publishes_reach_subscribers_on_the_other_node_once_both_ways() {
 fn puback_waits_for_the_link_to_acknowledge() {
     let mut ns = Nodes::new(2);
     let _sb = sub_on(&mut ns, 1, "sub-b", "x/#", V5);
-    let pa = ns.a.connect(V5, "pub-a");
+    let pa = ns.n[0].connect(V5, "pub-a");
     ns.ack_links = false;
-    ns.a.publish(&pa, "x/1", b"m", QoS::AtLeastOnce, 7);
+    ns.n[0].publish(&pa, "x/1", b"m", QoS::AtLeastOnce, 7);
     ns.link();
     assert!(
-        ns.a.recv(&pa).is_empty(),
+        ns.n[0].recv(&pa).is_empty(),
         "PUBACK before the other node had it"
     );
     ns.release_acks();
-    let got = ns.a.recv(&pa);
+    let got = ns.n[0].recv(&pa);
     assert!(
         matches!(&got[..], [Packet::PubAck(a)] if a.reason == ReasonCode::SUCCESS),
         "{got:?}"
@@ -197,13 +231,15 @@ fn puback_waits_for_the_link_to_acknowledge() {
 fn routes_follow_subscriptions_and_leave_with_the_node() {
     let mut ns = Nodes::new(2);
     let sb = sub_on(&mut ns, 1, "sub-b", "r/+", V5);
-    let pa = ns.a.connect(V5, "pub-a");
-    ns.a.publish(&pa, "r/1", b"m", QoS::AtLeastOnce, 1);
+    let pa = ns.n[0].connect(V5, "pub-a");
+    ns.n[0].publish(&pa, "r/1", b"m", QoS::AtLeastOnce, 1);
     ns.link();
-    assert!(matches!(&ns.a.recv(&pa)[..], [Packet::PubAck(a)] if a.reason == ReasonCode::SUCCESS));
-    assert_eq!(ns.b.publishes(&sb).len(), 1);
+    assert!(
+        matches!(&ns.n[0].recv(&pa)[..], [Packet::PubAck(a)] if a.reason == ReasonCode::SUCCESS)
+    );
+    assert_eq!(ns.n[1].publishes(&sb).len(), 1);
     // Unsubscribed on B: A no longer routes there (v5 says no subscribers).
-    ns.b.send(
+    ns.n[1].send(
         &sb,
         Packet::Unsubscribe(Unsubscribe {
             packet_id: pid(3),
@@ -211,40 +247,40 @@ fn routes_follow_subscriptions_and_leave_with_the_node() {
             filters: vec![filter("r/+")],
         }),
     );
-    let got = ns.b.recv(&sb);
+    let got = ns.n[1].recv(&sb);
     assert!(matches!(&got[..], [Packet::UnsubAck(_)]), "{got:?}");
     ns.link();
-    ns.a.publish(&pa, "r/1", b"m", QoS::AtLeastOnce, 2);
+    ns.n[0].publish(&pa, "r/1", b"m", QoS::AtLeastOnce, 2);
     ns.link();
     assert!(
-        matches!(&ns.a.recv(&pa)[..], [Packet::PubAck(a)] if a.reason == ReasonCode::NO_MATCHING_SUBSCRIBERS)
+        matches!(&ns.n[0].recv(&pa)[..], [Packet::PubAck(a)] if a.reason == ReasonCode::NO_MATCHING_SUBSCRIBERS)
     );
     // Subscribed again, then node B leaves: its routes go with it.
-    ns.b.subscribe(&sb, "r/+", q(QoS::AtLeastOnce));
+    ns.n[1].subscribe(&sb, "r/+", q(QoS::AtLeastOnce));
     ns.link();
-    for core in &mut ns.a.cores {
+    for core in &mut ns.n[0].cores {
         core.handle_node_gone(NodeId(2));
     }
-    ns.a.publish(&pa, "r/1", b"m", QoS::AtLeastOnce, 3);
+    ns.n[0].publish(&pa, "r/1", b"m", QoS::AtLeastOnce, 3);
     ns.link();
     assert!(
-        matches!(&ns.a.recv(&pa)[..], [Packet::PubAck(a)] if a.reason == ReasonCode::NO_MATCHING_SUBSCRIBERS)
+        matches!(&ns.n[0].recv(&pa)[..], [Packet::PubAck(a)] if a.reason == ReasonCode::NO_MATCHING_SUBSCRIBERS)
     );
 }
 
 #[test]
 fn a_snapshot_replaces_what_a_node_knew() {
     let mut ns = Nodes::new(1);
-    let pa = ns.a.connect(V5, "pub-a");
-    let core = &mut ns.a.cores[0];
+    let pa = ns.n[0].connect(V5, "pub-a");
+    let core = &mut ns.n[0].cores[0];
     core.handle_node_routes(NodeId(2), None, &[filter("old/#")], &[]);
     core.handle_node_routes(NodeId(2), Some(vec![filter("new/#")]), &[], &[]);
-    ns.a.publish(&pa, "old/1", b"m", QoS::AtLeastOnce, 1);
+    ns.n[0].publish(&pa, "old/1", b"m", QoS::AtLeastOnce, 1);
     assert!(
-        matches!(&ns.a.recv(&pa)[..], [Packet::PubAck(a)] if a.reason == ReasonCode::NO_MATCHING_SUBSCRIBERS)
+        matches!(&ns.n[0].recv(&pa)[..], [Packet::PubAck(a)] if a.reason == ReasonCode::NO_MATCHING_SUBSCRIBERS)
     );
-    ns.a.publish(&pa, "new/1", b"m", QoS::AtMostOnce, 0);
-    let out = ns.a.cores[0].take_cluster_out();
+    ns.n[0].publish(&pa, "new/1", b"m", QoS::AtMostOnce, 0);
+    let out = ns.n[0].cores[0].take_cluster_out();
     assert!(matches!(
         &out[..],
         [ClusterOut::Publish {
@@ -259,38 +295,38 @@ fn a_snapshot_replaces_what_a_node_knew() {
 fn sys_topics_stay_home_and_retained_messages_reach_every_node() {
     let mut ns = Nodes::new(2);
     let sb = sub_on(&mut ns, 1, "sub-b", "$SYS/#", V5);
-    ns.a.advance(Duration::from_secs(60));
+    ns.n[0].advance(Duration::from_secs(60));
     ns.link();
     // B's subscriber sees B's own $SYS only: each carries B's uptime etc.;
     // none crossed (A's retained $SYS are not replicated either).
-    let before = ns.b.publishes(&sb).len();
-    ns.a.advance(Duration::from_secs(60));
+    let before = ns.n[1].publishes(&sb).len();
+    ns.n[0].advance(Duration::from_secs(60));
     ns.link();
     assert_eq!(
-        ns.b.publishes(&sb).len(),
+        ns.n[1].publishes(&sb).len(),
         0,
         "A's $SYS crossed ({before} before)"
     );
     // A retained message set on A is delivered to a later subscriber on B;
     // an empty one clears it there too.
-    let pa = ns.a.connect(V5, "pub-a");
+    let pa = ns.n[0].connect(V5, "pub-a");
     let mut p = Publish::new(topic("state/lamp"), Bytes::from_static(b"on"));
     p.retain = true;
-    ns.a.send(&pa, Packet::Publish(p));
+    ns.n[0].send(&pa, Packet::Publish(p));
     ns.link();
     let late = sub_on(&mut ns, 1, "late-b", "state/#", V5);
-    let got = ns.b.publishes(&late);
+    let got = ns.n[1].publishes(&late);
     assert!(
         matches!(&got[..], [p] if &p.payload[..] == b"on" && p.retain),
         "{got:?}"
     );
     let mut clear = Publish::new(topic("state/lamp"), Bytes::new());
     clear.retain = true;
-    ns.a.send(&pa, Packet::Publish(clear));
+    ns.n[0].send(&pa, Packet::Publish(clear));
     ns.link();
-    ns.b.publishes(&late);
+    ns.n[1].publishes(&late);
     let later = sub_on(&mut ns, 1, "later-b", "state/#", V5);
-    assert!(ns.b.publishes(&later).is_empty());
+    assert!(ns.n[1].publishes(&later).is_empty());
 }
 
 #[test]
@@ -303,26 +339,26 @@ fn puback_waits_until_the_other_node_stored_the_message() {
         .map(|i| format!("durable-b-{i}"))
         .find(|id| home_shard(id, 2).get() == 1)
         .unwrap();
-    let (sb, _) = ns.b.connect_with(persistent(V5, &id));
-    ns.b.subscribe(&sb, "d/#", q(QoS::AtLeastOnce));
+    let (sb, _) = ns.n[1].connect_with(persistent(V5, &id));
+    ns.n[1].subscribe(&sb, "d/#", q(QoS::AtLeastOnce));
     ns.link();
-    ns.b.send(&sb, Packet::Disconnect(Disconnect::default()));
-    ns.b.run();
+    ns.n[1].send(&sb, Packet::Disconnect(Disconnect::default()));
+    ns.n[1].run();
     ns.link();
-    ns.b.hold_store = true;
-    let pa = ns.a.connect(V5, "pub-a");
-    ns.a.publish(&pa, "d/1", b"keep me", QoS::AtLeastOnce, 9);
+    ns.n[1].hold_store = true;
+    let pa = ns.n[0].connect(V5, "pub-a");
+    ns.n[0].publish(&pa, "d/1", b"keep me", QoS::AtLeastOnce, 9);
     ns.link();
     assert!(
-        ns.a.recv(&pa).is_empty(),
+        ns.n[0].recv(&pa).is_empty(),
         "PUBACK before the other node stored the message"
     );
-    ns.b.hold_store = false;
+    ns.n[1].hold_store = false;
     for shard in 0..2 {
-        ns.b.write_store(shard);
+        ns.n[1].write_store(shard);
     }
     ns.link();
-    let got = ns.a.recv(&pa);
+    let got = ns.n[0].recv(&pa);
     assert!(
         matches!(&got[..], [Packet::PubAck(a)] if a.reason == ReasonCode::SUCCESS),
         "{got:?}"
@@ -333,24 +369,24 @@ fn puback_waits_until_the_other_node_stored_the_message() {
 fn sys_reports_the_cluster() {
     let mut ns = Nodes::new(2);
     let _sub = sub_on(&mut ns, 0, "sub-a", "t/#", V5);
-    ns.a.cores[0].set_cluster_status(ClusterStatus {
+    ns.n[0].cores[0].set_cluster_status(ClusterStatus {
         nodes: 3,
         peers_linked: 1,
         etcd_up: false,
     });
     let s = sub_on(&mut ns, 0, "sys-a", "$SYS/broker/cluster/#", V5);
-    ns.a.advance(Duration::from_secs(60));
+    ns.n[0].advance(Duration::from_secs(60));
     ns.link();
-    let got: HashMap<String, String> =
-        ns.a.publishes(&s)
-            .into_iter()
-            .map(|p| {
-                (
-                    p.topic.as_str().to_owned(),
-                    String::from_utf8_lossy(&p.payload).into_owned(),
-                )
-            })
-            .collect();
+    let got: HashMap<String, String> = ns.n[0]
+        .publishes(&s)
+        .into_iter()
+        .map(|p| {
+            (
+                p.topic.as_str().to_owned(),
+                String::from_utf8_lossy(&p.payload).into_owned(),
+            )
+        })
+        .collect();
     assert_eq!(
         got.get("$SYS/broker/cluster/nodes").map(String::as_str),
         Some("3")
@@ -367,5 +403,132 @@ fn sys_reports_the_cluster() {
     assert_eq!(
         got.get("$SYS/broker/cluster/routes").map(String::as_str),
         Some("1")
+    );
+}
+
+/// A QoS 0 member of `filter` on node `node`.
+fn member_on(ns: &mut Nodes, node: usize, id: &str, filter: &str) -> Client {
+    let c = ns.node(node).connect(V5, id);
+    ns.node(node).subscribe(&c, filter, q(QoS::AtMostOnce));
+    ns.link();
+    c
+}
+
+/// `n` QoS 0 messages on `topic` from a fresh publisher on `node`.
+fn publish_n(ns: &mut Nodes, node: usize, id: &str, topic: &str, n: u16) {
+    let p = ns.node(node).connect(V5, id);
+    for i in 0..n {
+        ns.node(node)
+            .publish(&p, topic, b"job", QoS::AtMostOnce, i + 1);
+        ns.node(node).run();
+        ns.link();
+    }
+}
+
+fn counts(ns: &mut Nodes, members: &[(usize, &Client)]) -> Vec<usize> {
+    members
+        .iter()
+        .map(|(node, c)| ns.node(*node).publishes(c).len())
+        .collect()
+}
+
+#[test]
+fn a_group_across_nodes_takes_each_message_once_its_own_node_first() {
+    let mut ns = Nodes::with(3, 2, CoreConfig::default());
+    let m1 = member_on(&mut ns, 0, "m1", "$share/g/jobs/+");
+    let m2 = member_on(&mut ns, 1, "m2", "$share/g/jobs/+");
+    // A plain subscriber beside m2: the message crosses to node 2 for it,
+    // and node 2's member must not take it a second time.
+    let plain = member_on(&mut ns, 1, "plain", "jobs/#");
+    let ms = [(0, &m1), (1, &m2)];
+
+    publish_n(&mut ns, 0, "pub-1", "jobs/a", 20);
+    assert_eq!(
+        counts(&mut ns, &ms),
+        [20, 0],
+        "node 1's publishes to node 1's member"
+    );
+    assert_eq!(ns.node(1).publishes(&plain).len(), 20);
+
+    publish_n(&mut ns, 1, "pub-2", "jobs/b", 20);
+    assert_eq!(counts(&mut ns, &ms), [0, 20], "node 2's to node 2's");
+    assert_eq!(ns.node(1).publishes(&plain).len(), 20);
+
+    // Node 3 has no member: its publishes are spread over the nodes that
+    // do, one member each time.
+    publish_n(&mut ns, 2, "pub-3", "jobs/c", 20);
+    assert_eq!(counts(&mut ns, &ms), [10, 10], "round robin over nodes");
+    assert_eq!(ns.node(1).publishes(&plain).len(), 20);
+
+    // m2 leaves: node 2's route for the group goes, node 3 sends all to m1.
+    ns.node(1).send(
+        &m2,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: pid(9),
+            filters: vec![filter("$share/g/jobs/+")],
+            properties: Default::default(),
+        }),
+    );
+    ns.node(1).run();
+    ns.link();
+    ns.node(1).recv(&m2);
+    publish_n(&mut ns, 2, "pub-3b", "jobs/c", 10);
+    assert_eq!(counts(&mut ns, &ms), [10, 0]);
+}
+
+#[test]
+fn spread_gives_every_node_with_members_its_turn_and_hash_keeps_a_publisher() {
+    let mut config = CoreConfig::default();
+    config.shared.across_nodes = AcrossNodes::Spread;
+    config.shared.rules = vec![("by-client".into(), Strategy::HashClient)];
+    let mut ns = Nodes::with(3, 2, config);
+    let m: Vec<Client> = (0..3)
+        .map(|i| member_on(&mut ns, i, &format!("m{i}"), "$share/g/jobs/#"))
+        .collect();
+    let ms: Vec<(usize, &Client)> = m.iter().enumerate().collect();
+    publish_n(&mut ns, 0, "pub", "jobs/1", 30);
+    assert_eq!(counts(&mut ns, &ms), [10, 10, 10]);
+
+    let h: Vec<Client> = (0..3)
+        .map(|i| member_on(&mut ns, i, &format!("h{i}"), "$share/by-client/jobs/#"))
+        .collect();
+    let hs: Vec<(usize, &Client)> = h.iter().enumerate().collect();
+    counts(&mut ns, &ms);
+    for p in 0..6 {
+        publish_n(&mut ns, p % 3, &format!("hp{p}"), "jobs/2", 5);
+        let got = counts(&mut ns, &hs);
+        assert_eq!(got.iter().sum::<usize>(), 5, "{got:?}");
+        assert!(got.contains(&5), "one publisher, one member: {got:?}");
+        assert_eq!(counts(&mut ns, &ms).iter().sum::<usize>(), 5);
+    }
+}
+
+#[test]
+fn puback_for_a_group_on_another_node_waits_for_its_store() {
+    let mut ns = Nodes::new(2);
+    let m = ns.node(1).connect(V5, "worker");
+    ns.node(1)
+        .subscribe(&m, "$share/w/task", q(QoS::AtLeastOnce));
+    ns.link();
+    ns.ack_links = false;
+    let p = ns.node(0).connect(V5, "boss");
+    ns.node(0)
+        .publish(&p, "task", b"do it", QoS::AtLeastOnce, 1);
+    ns.node(0).run();
+    ns.link();
+    assert!(
+        ns.node(0).recv(&p).is_empty(),
+        "no PUBACK before the other node has it"
+    );
+    let got = ns.node(1).publishes(&m);
+    assert!(
+        matches!(&got[..], [g] if &g.payload[..] == b"do it"),
+        "{got:?}"
+    );
+    ns.release_acks();
+    let acks = ns.node(0).recv(&p);
+    assert!(
+        matches!(&acks[..], [Packet::PubAck(a)] if a.reason == ReasonCode::SUCCESS),
+        "{acks:?}"
     );
 }
