@@ -226,31 +226,7 @@ async fn cluster_mosquitto_clients_across_nodes() {
     let subs = [(1, "mqttv311", "x/+/t"), (2, "mqttv5", "x/#")];
     let mut running = Vec::new();
     for (node, v, filter) in subs {
-        let port = c.port(node).to_string();
-        let mut sub = Command::new("stdbuf")
-            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port])
-            .args([
-                "-i",
-                &format!("sub-{node}"),
-                "-t",
-                filter,
-                "-q",
-                "2",
-                "-V",
-                v,
-            ])
-            .args(["-d", "-W", "60"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mosquitto_sub");
-        let lines = lines_of(&mut sub);
-        assert!(
-            line_within(&lines, "received SUBACK", WAIT),
-            "node {}: no SUBACK",
-            node + 1
-        );
+        let (sub, lines) = mosquitto_sub_on(c.port(node), &format!("sub-{node}"), filter, v, "2");
         running.push((sub, lines));
     }
     // Both routes reach node 1.
@@ -858,18 +834,19 @@ fn cluster_paho_clients_across_nodes() {
     );
 }
 
-/// A mosquitto_sub of `filter` on `port` (QoS 1, protocol `v`), once it
-/// has its SUBACK, and its output lines.
+/// A mosquitto_sub of `filter` on `port` (QoS `qos`, protocol `v`), once
+/// it has its SUBACK, and its output lines.
 fn mosquitto_sub_on(
     port: u16,
     id: &str,
     filter: &str,
     v: &str,
+    qos: &str,
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut sub = Command::new("stdbuf")
         .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1"])
         .args(["-p", &port.to_string(), "-i", id, "-t", filter])
-        .args(["-q", "1", "-V", v, "-d", "-W", "90"])
+        .args(["-q", qos, "-V", v, "-d", "-W", "90"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -927,8 +904,8 @@ async fn cluster_shared_subscription_takes_each_message_once() {
     c.wait_linked();
     let group = "$share/workers/jobs/#";
     let members = [
-        mosquitto_sub_on(c.port(1), "worker-2", group, "mqttv311"),
-        mosquitto_sub_on(c.port(2), "worker-3", group, "mqttv5"),
+        mosquitto_sub_on(c.port(1), "worker-2", group, "mqttv311", "1"),
+        mosquitto_sub_on(c.port(2), "worker-3", group, "mqttv5", "1"),
     ];
     // Both nodes' group routes reach node 1: probes alternate between
     // them once they have.
@@ -961,8 +938,8 @@ async fn cluster_shared_subscription_takes_each_message_once() {
     );
 
     // A member and a publisher on node 1, a plain subscriber on node 2.
-    let local = mosquitto_sub_on(c.port(0), "worker-1", group, "mqttv5");
-    let plain = mosquitto_sub_on(c.port(1), "watcher-2", "jobs/#", "mqttv5");
+    let local = mosquitto_sub_on(c.port(0), "worker-1", group, "mqttv5", "1");
+    let plain = mosquitto_sub_on(c.port(1), "watcher-2", "jobs/#", "mqttv5", "1");
     probe_until(c.port(0), "jobs/probe2", || {
         plain.1.try_iter().any(|l| l == "probe")
     })
