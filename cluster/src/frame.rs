@@ -8,13 +8,13 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use vmqtt::broker::{Epoch, Message, NodeId};
+use vmqtt::broker::{Epoch, Message, NodeId, RetainVersion, ShardId};
 use vmqtt::codec::{PublishProperties, QoS};
 use vmqtt::topic::{TopicFilter, TopicName};
 use vmqtt::{ByteStr, ClientId};
 
 /// The link protocol's version, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The largest frame accepted (a batch of messages): 64 MiB.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -81,8 +81,9 @@ pub enum Item {
     /// groups (`$share/...` filters) whose member there is to take it (the
     /// sending node picked that node for them).
     Publish(Message, Vec<TopicFilter>),
-    /// A retained message (or, empty, its deletion) for every replica.
-    Retain(Message),
+    /// A retained message (or, empty, its deletion) for every replica,
+    /// with the update's version (the newest wins).
+    Retain(Message, RetainVersion),
     /// Every filter the sending node has subscribers of: replaces what the
     /// receiver knew of the sender's routes.
     Routes(Vec<TopicFilter>),
@@ -269,8 +270,11 @@ fn encode_item(item: &Item, now: Instant, buf: &mut BytesMut) {
             encode_message(m, now, buf);
             put_filters(buf, groups);
         }
-        Item::Retain(m) => {
+        Item::Retain(m, v) => {
             buf.put_u8(RETAIN);
+            buf.put_u64(v.ms);
+            buf.put_u16(v.node.0);
+            buf.put_u16(u16::try_from(v.shard.get()).unwrap_or(u16::MAX));
             encode_message(m, now, buf);
         }
         Item::Routes(filters) => {
@@ -295,7 +299,14 @@ fn decode_item(b: &mut Bytes, now: Instant) -> Result<Item, FrameError> {
             let m = decode_message(b, now)?;
             Item::Publish(m, get_filters(b, "publish groups")?)
         }
-        RETAIN => Item::Retain(decode_message(b, now)?),
+        RETAIN => {
+            let version = RetainVersion {
+                ms: get_u64(b, "retain version")?,
+                node: NodeId(get_u16(b, "retain version")?),
+                shard: ShardId::new(get_u16(b, "retain version")?),
+            };
+            Item::Retain(decode_message(b, now)?, version)
+        }
         ROUTES => Item::Routes(get_filters(b, "routes")?),
         ROUTE_ADD => Item::RouteAdd(get_filter(b)?),
         ROUTE_REMOVE => Item::RouteRemove(get_filter(b)?),
@@ -501,11 +512,18 @@ mod tests {
                         m.clone(),
                         vec![TopicFilter::try_from("$share/g/a/+").unwrap()],
                     ),
-                    Item::Retain(Message {
-                        payload: Bytes::new(),
-                        origin: None,
-                        ..msg("x")
-                    }),
+                    Item::Retain(
+                        Message {
+                            payload: Bytes::new(),
+                            origin: None,
+                            ..msg("x")
+                        },
+                        RetainVersion {
+                            ms: 1_800_000_000_123,
+                            node: NodeId(7),
+                            shard: ShardId::new(3),
+                        },
+                    ),
                     Item::Routes(vec![
                         TopicFilter::try_from("a/+").unwrap(),
                         TopicFilter::try_from("#").unwrap(),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use vmqtt::broker::Message;
+use vmqtt::broker::{Message, RetainVersion};
 use vmqtt::topic::TopicFilter;
 
 use crate::frame::{Frame, Item, Seq};
@@ -27,8 +27,8 @@ pub enum OutItem {
     /// A message for the peer's subscribers, and the shared groups whose
     /// member there is to take it.
     Publish(Arc<Message>, Vec<TopicFilter>),
-    /// A retained message for the peer's replicas.
-    Retain(Arc<Message>),
+    /// A retained update for the peer's replicas, with its version.
+    Retain(Arc<Message>, RetainVersion),
     /// This node's every route (first in a stream to a fresh peer).
     Routes(Vec<TopicFilter>),
     /// A route appeared on this node.
@@ -45,7 +45,7 @@ impl OutItem {
                     + m.payload.len()
                     + groups.iter().map(|g| 2 + g.as_str().len()).sum::<usize>()
             }
-            OutItem::Retain(m) => 32 + m.topic.as_str().len() + m.payload.len(),
+            OutItem::Retain(m, _) => 44 + m.topic.as_str().len() + m.payload.len(),
             OutItem::Routes(fs) => 8 + fs.iter().map(|f| 2 + f.as_str().len()).sum::<usize>(),
             OutItem::RouteAdd(f) | OutItem::RouteRemove(f) => 3 + f.as_str().len(),
         }
@@ -61,7 +61,7 @@ impl OutItem {
     fn to_item(&self) -> Item {
         match self {
             OutItem::Publish(m, groups) => Item::Publish(Message::clone(m), groups.clone()),
-            OutItem::Retain(m) => Item::Retain(Message::clone(m)),
+            OutItem::Retain(m, v) => Item::Retain(Message::clone(m), *v),
             OutItem::Routes(fs) => Item::Routes(fs.clone()),
             OutItem::RouteAdd(f) => Item::RouteAdd(f.clone()),
             OutItem::RouteRemove(f) => Item::RouteRemove(f.clone()),

@@ -204,7 +204,7 @@ impl Run {
                             Item::RouteRemove(f) => {
                                 self.rx.routes.remove(&f);
                             }
-                            Item::Retain(_) => {}
+                            Item::Retain(..) => {}
                         }
                     }
                     self.rx.inbound.processed(seq, awaited);

@@ -71,7 +71,11 @@ pub fn open(config: &Config, shards: usize) -> anyhow::Result<(RocksStorage, Vec
     info!(
         dir = %dir.display(),
         sessions,
-        retained = restored.first().map_or(0, |r| r.retained.len()),
+        retained = restored.first().map_or(0, |r| r
+            .retained
+            .iter()
+            .filter(|(m, _)| !m.payload.is_empty())
+            .count()),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "storage recovered"
     );
@@ -130,8 +134,8 @@ pub fn restore_all(storage: &mut dyn Storage, shards: usize) -> anyhow::Result<V
     let mut retained = Vec::new();
     let mut routes = BTreeSet::new();
     for st in &states {
-        for m in st.retained.values() {
-            retained.push(Arc::new(m.to_message(now, now_ms)));
+        for (m, version) in st.retained.values() {
+            retained.push((Arc::new(m.to_message(now, now_ms)), *version));
         }
         for c in st.clients.values() {
             for f in c.subscriptions.keys() {
@@ -291,8 +295,8 @@ pub fn to_write_batch(ops: Vec<StoreOp>, now: Instant, now_ms: u64) -> WriteBatc
             } => {
                 b.delete_inbound_qos2(client_id, packet_id);
             }
-            StoreOp::PutRetained(m) => {
-                b.put_retained(stored(&m));
+            StoreOp::PutRetained(m, version) => {
+                b.put_retained(stored(&m), version);
             }
             StoreOp::DeleteRetained(t) => {
                 b.delete_retained(t);

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{GroupMsg, ShardId};
+use super::{GroupMsg, RetainVersion, ShardId};
 use crate::codec::{PublishProperties, QoS};
 use crate::topic::{TopicFilter, TopicName};
 use crate::ClientId;
@@ -224,6 +224,8 @@ pub enum ShardMsg {
     Retain {
         /// The message.
         msg: Arc<Message>,
+        /// The update's version: applied only if newer than the replica's.
+        version: RetainVersion,
         /// The publishing shard.
         from: ShardId,
         /// If set, answer [`ShardMsg::Ack`] once applied: the publisher's

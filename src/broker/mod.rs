@@ -27,7 +27,7 @@ pub use auth::{Authorizer, Identity};
 pub use budget::QueueBudget;
 pub use message::{Limit, Message, ShardMsg, ShardStats};
 pub use node::{Epoch, NodeId};
-pub use retain::RetainedStore;
+pub use retain::{RetainVersion, RetainedStore, TOMBSTONE_KEEP_MS};
 pub use session::{Session, Subscription};
 pub use shard::{
     glob_match, shrink_if_sparse, AcrossNodes, CloseReason, ClusterOut, ClusterStatus, CoreConfig,
@@ -36,7 +36,7 @@ pub use shard::{
 };
 
 /// Index of a shard (one per core), `0..shards`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardId(u16);
 
 impl ShardId {

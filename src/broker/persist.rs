@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::session::Subscription;
-use super::{Message, ShardId};
+use super::{Message, RetainVersion, ShardId};
 use crate::codec::{LastWill, ProtocolVersion, QoS};
 use crate::topic::{TopicFilter, TopicName};
 use crate::{ClientId, MessageId, PacketId};
@@ -138,8 +138,9 @@ pub enum StoreOp {
         /// The packet id.
         packet_id: PacketId,
     },
-    /// Store the retained message of its topic.
-    PutRetained(Arc<Message>),
+    /// Store the retained message of its topic with its version; an empty
+    /// payload is a tombstone (a cleared topic, in a cluster).
+    PutRetained(Arc<Message>, RetainVersion),
     /// Delete the retained message of a topic.
     DeleteRetained(TopicName),
 }
@@ -185,8 +186,9 @@ pub struct RestoredSession {
 pub struct Restored {
     /// The sessions whose home is this shard.
     pub sessions: Vec<RestoredSession>,
-    /// Every retained message of the node (each shard holds a replica).
-    pub retained: Vec<Arc<Message>>,
+    /// Every retained message of the node (each shard holds a replica),
+    /// with its version; tombstones (empty payloads) too.
+    pub retained: Vec<(Arc<Message>, RetainVersion)>,
     /// Every stored subscription filter of the node with the shard that has
     /// it, so routes exist before the first publish.
     pub routes: Vec<(TopicFilter, ShardId)>,

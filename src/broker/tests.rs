@@ -1574,13 +1574,13 @@ fn retained_messages_are_stored_by_the_home_shard_of_their_topic() {
     }
     for shard in 0..2 {
         for op in cl.store_ops(shard) {
-            if let StoreOp::PutRetained(m) = op {
+            if let StoreOp::PutRetained(m, _) = op {
                 assert_eq!(home_shard(m.topic.as_str(), 2).get(), shard);
             }
         }
     }
     let stored: usize = (0..2)
-        .map(|s| count_ops(&cl.store_ops(s), |o| matches!(o, StoreOp::PutRetained(_))))
+        .map(|s| count_ops(&cl.store_ops(s), |o| matches!(o, StoreOp::PutRetained(..))))
         .sum();
     assert_eq!(stored, 4, "each once");
     let mut del = Publish::new(topic("r/1"), Bytes::new());

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
+use vmqtt::broker::{NodeId, RetainVersion, ShardId};
 use vmqtt::codec::{
     LastWill, ProtocolVersion, PublishProperties, QoS, RetainHandling, SubscriptionOptions,
     WillProperties,
@@ -246,8 +247,15 @@ pub(crate) fn record() -> impl Strategy<Value = Record> {
             client_id,
             packet_id
         }),
-        message().prop_map(|m| Record::Retained {
-            message: Arc::new(m)
+        (message(), any::<u64>(), any::<u16>(), any::<u16>()).prop_map(|(m, ms, node, shard)| {
+            Record::Retained {
+                message: Arc::new(m),
+                version: RetainVersion {
+                    ms,
+                    node: NodeId(node),
+                    shard: ShardId::new(shard),
+                },
+            }
         }),
     ]
 }

@@ -1,7 +1,8 @@
 //! Value bytes: the versioned binary encoding of every record, compact and
 //! big-endian. Keys are in [`crate::keys`]. Schema version
-//! [`SCHEMA_VERSION`] (2) is written; version 1 session values are read by
-//! the migration only (`decode_session_v1`).
+//! [`SCHEMA_VERSION`] (3) is written; version 1 session values and version
+//! 2 retained values are read by the migrations only (`decode_session_v1`;
+//! a v2 retained value is a v3 one without its version).
 //!
 //! Primitives: `u8`, `u16`, `u32`, `u64` big-endian; `str` = `len:u16` +
 //! UTF-8 bytes (MQTT strings are at most 65,535 bytes); `bin` = `len:u32` +
@@ -22,7 +23,9 @@
 //!                  (0 queued, 1 awaiting PUBACK, 2 awaiting PUBREC, 3 awaiting PUBCOMP;
 //!                  packet_id present unless queued)
 //! inbound QoS 2  empty
-//! retained       as message
+//! retained (v3)  version_ms:u64 node:u16 shard:u16, then as message (an
+//!                  empty payload: a tombstone, a topic cleared in a cluster)
+//! retained (v2)  as message (read by the migration only)
 //! props          present:u8, then in bit order:
 //!                  0x01 payload_format_indicator:u8   0x02 message_expiry_interval:u32
 //!                  0x04 content_type:str              0x08 response_topic:str
@@ -34,6 +37,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use vmqtt::broker::{NodeId, RetainVersion, ShardId};
 use vmqtt::codec::{
     LastWill, ProtocolVersion, PublishProperties, QoS, RetainHandling, SubscriptionOptions,
     UserProperties, WillProperties,
@@ -47,7 +51,7 @@ use crate::record::{
 };
 
 /// The schema version this build writes, and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The oldest schema version this build can migrate from.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -632,7 +636,13 @@ pub(crate) fn encode_value(rec: &Record, buf: &mut Vec<u8>) -> EncodeResult {
     match rec {
         Record::Session { session, .. } => encode_session(session, buf),
         Record::Subscription { subscription, .. } => encode_subscription(subscription, buf),
-        Record::Message { message, .. } | Record::Retained { message } => {
+        Record::Message { message, .. } => encode_message(message, buf),
+        Record::Retained { message, version } => {
+            buf.extend_from_slice(&version.ms.to_be_bytes());
+            buf.extend_from_slice(&version.node.0.to_be_bytes());
+            let shard = u16::try_from(version.shard.get())
+                .map_err(|_| StorageError::TooLarge("shard index"))?;
+            buf.extend_from_slice(&shard.to_be_bytes());
             encode_message(message, buf)
         }
         Record::QueueEntry { entry, .. } => encode_queue_entry(entry, buf),
@@ -672,16 +682,30 @@ pub(crate) fn decode_record(key: crate::record::RecordKey, v: Bytes) -> DecodeRe
             }
         }
         K::Retained(topic) => {
-            let message = decode_message(v)?;
+            if v.len() < RETAIN_VERSION_LEN {
+                return Err(DecodeError("retained value shorter than its version"));
+            }
+            let mut ms = [0; 8];
+            ms.copy_from_slice(&v[..8]);
+            let version = RetainVersion {
+                ms: u64::from_be_bytes(ms),
+                node: NodeId(u16::from_be_bytes([v[8], v[9]])),
+                shard: ShardId::new(u16::from_be_bytes([v[10], v[11]])),
+            };
+            let message = decode_message(v.slice(RETAIN_VERSION_LEN..))?;
             if message.topic != topic {
                 return Err(DecodeError("retained message topic differs from its key"));
             }
             Record::Retained {
                 message: Arc::new(message),
+                version,
             }
         }
     })
 }
+
+/// Bytes of the version that leads a retained value (schema 3).
+pub(crate) const RETAIN_VERSION_LEN: usize = 12;
 
 /// Encodes a `meta` value (`schema_version`, `shards`): a big-endian u32.
 pub(crate) fn encode_meta_u32(v: u32) -> [u8; 4] {

@@ -134,7 +134,7 @@ pub(crate) fn encode_record_key(rec: &Record, buf: &mut Vec<u8>) -> Result<(), S
             put_client(buf, tag::INBOUND_QOS2, client_id)?;
             buf.extend_from_slice(&packet_id.get().to_be_bytes());
         }
-        Record::Retained { message } => {
+        Record::Retained { message, .. } => {
             buf.push(tag::RETAINED);
             buf.extend_from_slice(message.topic.as_str().as_bytes());
         }

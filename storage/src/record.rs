@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use vmqtt::broker::Message;
+use vmqtt::broker::{Message, RetainVersion};
 use vmqtt::codec::{LastWill, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions};
 use vmqtt::topic::{TopicFilter, TopicName};
 use vmqtt::{ClientId, PacketId};
@@ -211,10 +211,13 @@ pub enum Record {
         /// The packet id.
         packet_id: PacketId,
     },
-    /// The retained message of its topic (non-empty payload).
+    /// The retained message of its topic with its version; an empty
+    /// payload is a tombstone (a topic cleared in a cluster).
     Retained {
         /// The message; its topic is the key.
         message: Arc<StoredMessage>,
+        /// Which update it is (newest wins across replicas).
+        version: RetainVersion,
     },
 }
 
@@ -234,7 +237,7 @@ impl Record {
                 client_id,
                 packet_id,
             } => RecordKey::InboundQos2(client_id.clone(), *packet_id),
-            Record::Retained { message } => RecordKey::Retained(message.topic.clone()),
+            Record::Retained { message, .. } => RecordKey::Retained(message.topic.clone()),
         }
     }
 }
@@ -396,15 +399,15 @@ impl WriteBatch {
         self.push(Op::Delete(RecordKey::InboundQos2(client_id, packet_id)))
     }
 
-    /// Stores the retained message of `message.topic`, or deletes it if
-    /// the payload is empty ([MQTT-3.3.1-6], [MQTT-3.3.1-7]).
-    pub fn put_retained(&mut self, message: Arc<StoredMessage>) -> &mut Self {
-        if message.payload.is_empty() {
-            let topic = message.topic.clone();
-            self.delete_retained(topic)
-        } else {
-            self.push(Op::Put(Record::Retained { message }))
-        }
+    /// Stores the retained message of `message.topic` made at `version`;
+    /// an empty payload stores a tombstone (a clear in a cluster; on one
+    /// node a clear is [`WriteBatch::delete_retained`]).
+    pub fn put_retained(
+        &mut self,
+        message: Arc<StoredMessage>,
+        version: RetainVersion,
+    ) -> &mut Self {
+        self.push(Op::Put(Record::Retained { message, version }))
     }
 
     /// Deletes the retained message of a topic.

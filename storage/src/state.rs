@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use vmqtt::broker::{home_shard, ShardId};
+use vmqtt::broker::{home_shard, RetainVersion, ShardId};
 use vmqtt::topic::{TopicFilter, TopicName};
 use vmqtt::{ClientId, PacketId};
 
@@ -71,7 +71,7 @@ pub struct ShardState {
     /// The retained messages this shard is home for
     /// ([`retained_home`]). Every shard keeps a full replica in memory: the
     /// broker gives each shard the union of all shards' `retained`.
-    pub retained: BTreeMap<TopicName, Arc<StoredMessage>>,
+    pub retained: BTreeMap<TopicName, (Arc<StoredMessage>, RetainVersion)>,
     /// Deletes for messages that no queue entry refers to: the
     /// garbage-collection rule applied at load (a message goes when its last
     /// queue entry goes). [`crate::recover`] writes them.
@@ -127,8 +127,9 @@ impl ShardState {
                     client_id,
                     packet_id,
                 } => inbound.push((client_id, packet_id)),
-                Record::Retained { message } => {
-                    st.retained.insert(message.topic.clone(), message);
+                Record::Retained { message, version } => {
+                    st.retained
+                        .insert(message.topic.clone(), (message, version));
                 }
             }
         }
@@ -227,10 +228,10 @@ impl ShardState {
                 packet_id: *p,
             })
         });
-        let retained = self
-            .retained
-            .values()
-            .map(|m| Record::Retained { message: m.clone() });
+        let retained = self.retained.values().map(|(m, version)| Record::Retained {
+            message: m.clone(),
+            version: *version,
+        });
         sessions
             .chain(subs)
             .chain(messages)
@@ -304,7 +305,7 @@ impl ShardState {
         let gone: Vec<TopicName> = self
             .retained
             .iter()
-            .filter(|(_, m)| m.is_expired(now_ms))
+            .filter(|(_, (m, _))| m.is_expired(now_ms))
             .map(|(t, _)| t.clone())
             .collect();
         for t in gone {

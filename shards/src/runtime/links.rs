@@ -8,7 +8,7 @@
 //! receiving shard hands it to the node's other shards over the mesh.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::timer;
 use tracing::{debug, info, warn};
 
-use vmqtt::broker::{ClusterOut, Epoch, NodeId};
+use vmqtt::broker::{ClusterOut, Epoch, Message, NodeId, RetainVersion};
 use vmqtt::codec::QoS;
 use vmqtt::topic::TopicFilter;
 use vmqtt_cluster::{
@@ -85,6 +85,33 @@ struct Peer {
     connected_once: Cell<bool>,
     /// The link's last measured round trip (ping to pong).
     rtt: Cell<Option<Duration>>,
+    /// (Shard 0) the retained replica still to send this life of the
+    /// peer, which may have missed updates while it was away; fed into
+    /// the stream as it has room ([`Peer::feed_resync`]).
+    resync: RefCell<VecDeque<(Arc<Message>, RetainVersion)>>,
+}
+
+impl Peer {
+    /// Moves retained messages of the resync into the stream while it holds
+    /// less than half its bound (the rest waits for acknowledgements).
+    fn feed_resync(&self, max_bytes: usize) {
+        let mut resync = self.resync.borrow_mut();
+        if resync.is_empty() {
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        while out.held_bytes() < max_bytes / 2 {
+            let Some((msg, version)) = resync.pop_front() else {
+                break;
+            };
+            if out.push(OutItem::Retain(msg, version), None).is_err() {
+                break;
+            }
+        }
+        if resync.is_empty() {
+            debug!(node = self.node.0, "node link: retained replica sent");
+        }
+    }
 }
 
 /// One other node's stream into this shard.
@@ -247,9 +274,10 @@ impl Links {
                     Some(p) => push(p, OutItem::Publish(msg, groups), token, done, &mut touched),
                     None => done.extend(token),
                 },
-                ClusterOut::Retain(msg) => {
+                ClusterOut::Retain(msg, version) => {
                     for p in peers.values() {
-                        push(p, OutItem::Retain(msg.clone()), None, done, &mut touched);
+                        let item = OutItem::Retain(msg.clone(), version);
+                        push(p, item, None, done, &mut touched);
                     }
                 }
                 ClusterOut::RouteAdd(f) => {
@@ -324,6 +352,7 @@ impl Links {
                         dialing: Cell::new(false),
                         connected_once: Cell::new(false),
                         rtt: Cell::new(None),
+                        resync: RefCell::new(VecDeque::new()),
                     }),
                 );
             }
@@ -508,6 +537,20 @@ async fn dial(
     // node's routes yet (only shard 0's stream carries them).
     let fresh = (!peer.connected_once.replace(true) && shard.index == 0)
         .then(|| shard.core.borrow().node_filters());
+    if fresh.is_some() {
+        // Nor may it have every retained update (it may have been away):
+        // it gets this node's replica, versions included, and keeps what
+        // is newer than its own.
+        let replica = shard.core.borrow().retained_snapshot();
+        if !replica.is_empty() {
+            info!(
+                node = peer.node.0,
+                retained = replica.len(),
+                "node link: sending the retained replica to a new life of the peer"
+            );
+        }
+        *peer.resync.borrow_mut() = replica.into();
+    }
     peer.out.borrow_mut().on_connected(received, fresh);
     peer.notify.notify();
     info!(shard = shard.index, node = peer.node.0, %addr, resumed_after = received.0, "node link: up");
@@ -522,10 +565,12 @@ async fn carry(
     (stream, mut buf): (TcpStream, BytesMut),
     scratch: &mut [u8],
 ) {
-    let flush = shard
+    let (flush, max_link_bytes) = shard
         .links
         .as_ref()
-        .map_or(Duration::from_micros(200), |l| l.spec.flush);
+        .map_or((Duration::from_micros(200), usize::MAX), |l| {
+            (l.spec.flush, l.spec.max_link_bytes)
+        });
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     // The ping in flight: its number and when it went.
     let ping: Cell<Option<(u64, Instant)>> = Cell::new(None);
@@ -572,6 +617,7 @@ async fn carry(
                     break;
                 }
             }
+            peer.feed_resync(max_link_bytes);
             {
                 let mut o = peer.out.borrow_mut();
                 o.cut();
@@ -598,6 +644,9 @@ async fn carry(
                     let mut done = Vec::new();
                     peer.out.borrow_mut().on_ack(seq, &mut done);
                     complete(shard, done);
+                    if !peer.resync.borrow().is_empty() {
+                        peer.notify.notify();
+                    }
                 }
                 Frame::Pong(n) => {
                     if let Some((sent_n, sent)) = ping.get() {
@@ -832,7 +881,10 @@ fn apply(shard: &Rc<Shard>, links: &Links, key: StreamKey, seq: Seq, items: Vec<
                     .borrow_mut()
                     .handle_cluster_publish(now, msg, ticket, groups);
             }
-            Item::Retain(msg) => shard.core.borrow_mut().handle_cluster_retain(now, msg),
+            Item::Retain(msg, version) => shard
+                .core
+                .borrow_mut()
+                .handle_cluster_retain(now, msg, version),
             Item::Routes(all) => node_routes(shard, node, Some(all), Vec::new(), Vec::new()),
             Item::RouteAdd(f) => node_routes(shard, node, None, vec![f], Vec::new()),
             Item::RouteRemove(f) => node_routes(shard, node, None, Vec::new(), vec![f]),

@@ -336,7 +336,11 @@ pub async fn run(spec: ShardSpec) {
     let q = shard.queues;
     if let Some(node) = in_cluster {
         // Before restore: the node's routes are counted from the start.
-        shard.core.borrow_mut().enable_cluster(node);
+        let wall = (
+            Instant::now(),
+            vmqtt_storage::unix_ms(std::time::SystemTime::now()),
+        );
+        shard.core.borrow_mut().enable_cluster(node, wall);
     }
     debug!(
         shard = index,

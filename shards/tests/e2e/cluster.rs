@@ -4,6 +4,7 @@
 //! mosquitto_pub/sub and rumqttc, retained messages everywhere, a node
 //! killed with -9, and a peer port that refuses strangers. vmqtt only.
 
+use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -432,6 +433,93 @@ async fn cluster_retained_messages_reach_every_node() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The retained messages (topic → payload) a new subscriber to `filter`
+/// on `port` gets now: what came before 400 ms without one.
+async fn retained_now(port: u16, id: &str, filter: &str) -> BTreeMap<String, String> {
+    let mut s = V5::new(port, id).await;
+    s.subscribe(filter, QoS5::AtLeastOnce).await;
+    let mut got = BTreeMap::new();
+    while let Some((t, p)) = next_within(&mut s, Duration::from_millis(400), |pk| match pk {
+        p5::Packet::Publish(x) if x.retain => Some((
+            String::from_utf8_lossy(&x.topic).into_owned(),
+            String::from_utf8_lossy(&x.payload).into_owned(),
+        )),
+        _ => None,
+    })
+    .await
+    {
+        got.insert(t, p);
+    }
+    s.disconnect().await;
+    got
+}
+
+/// Polls [`retained_now`] on `port` until it is `want` (20 s at most).
+async fn wait_retained(port: u16, what: &str, want: &BTreeMap<String, String>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for round in 0.. {
+        let got = retained_now(port, &format!("ret-{port}-{round}"), "r/#").await;
+        if &got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: retained {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A node killed with -9 misses retained updates made elsewhere while it
+/// is down: a change, a clear, a new topic. Restarted, it learns them
+/// (the other node sends its replica to the new life), and its own stale
+/// copies (the old value, the cleared topic) come back nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_away_gets_retained_updates_when_it_rejoins() {
+    let test = "cluster_node_away_gets_retained_updates_when_it_rejoins";
+    let Some(mut c) = Cluster::start(test, 2) else {
+        return;
+    };
+    c.wait_linked();
+    let map = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let mut p = V5::new(c.port(0), "rj-pub").await;
+    p.publish("r/keep", QoS5::AtLeastOnce, true, "1").await;
+    p.publish("r/gone", QoS5::AtLeastOnce, true, "1").await;
+    p.wait_acks(2).await;
+    let before = map(&[("r/gone", "1"), ("r/keep", "1")]);
+    wait_retained(c.port(1), "node 2 before the kill", &before).await;
+
+    c.nodes[1].kill9();
+    p.publish("r/keep", QoS5::AtLeastOnce, true, "2").await;
+    p.publish("r/gone", QoS5::AtLeastOnce, true, "").await;
+    p.publish("r/new", QoS5::AtLeastOnce, true, "3").await;
+    p.wait_acks(3).await;
+    p.disconnect().await;
+
+    c.nodes[1].restart();
+    let after = map(&[("r/keep", "2"), ("r/new", "3")]);
+    wait_retained(c.port(1), "node 2 after it rejoined", &after).await;
+    // Node 2's stale copies did not overwrite node 1's (give its replica
+    // time to arrive there).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.nodes[1].log().contains("node link: up") {
+        assert!(Instant::now() < deadline, "node 2 never linked again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(retained_now(c.port(0), "rj-check-1", "r/#").await, after);
+    // And what node 2 learned is in its own store: restarted while node 1
+    // is down, it still has it.
+    c.nodes[0].kill9();
+    c.nodes[1].kill9();
+    c.nodes[1].restart();
+    wait_retained(c.port(1), "node 2 restarted alone", &after).await;
 }
 
 /// A node killed with -9: the other node drops its routes when its lease

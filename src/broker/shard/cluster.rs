@@ -39,8 +39,9 @@ pub enum ClusterOut {
         /// node is to take the message.
         groups: Vec<TopicFilter>,
     },
-    /// A retained message (or its deletion) for every other node.
-    Retain(Arc<Message>),
+    /// A retained update (an empty payload clears the topic) and its
+    /// version, for every other node.
+    Retain(Arc<Message>, RetainVersion),
     /// (Shard 0) this node now has subscribers of the filter.
     RouteAdd(TopicFilter),
     /// (Shard 0) this node has no subscriber of the filter any more.
@@ -78,6 +79,9 @@ pub(super) struct ClusterState {
     pub(super) from_remote: bool,
     /// What the runtime last said of the cluster (for `$SYS`).
     pub(super) status: ClusterStatus,
+    /// The wall clock: an instant and its unix milliseconds (retained
+    /// versions).
+    wall: Option<(Instant, u64)>,
 }
 
 /// The cluster as this node sees it, for `$SYS/broker/cluster/...`
@@ -182,13 +186,64 @@ impl ShardCore {
     /// nodes' routes go out through [`ShardCore::take_cluster_out`]. Called
     /// before [`ShardCore::restore`] and any connection, so the speaker
     /// counts every route from the start.
-    pub fn enable_cluster(&mut self, node: NodeId) {
+    ///
+    /// `wall` is an instant with its wall-clock time (unix milliseconds):
+    /// retained updates made here are versioned by it, so the newest wins
+    /// on every node (see [`RetainVersion`]); nodes' clocks should be kept
+    /// in sync (NTP).
+    pub fn enable_cluster(&mut self, node: NodeId, wall: (Instant, u64)) {
         if self.cluster.is_none() {
             self.cluster = Some(Box::new(ClusterState {
                 node,
                 rng: 0x9e37_79b9_7f4a_7c15 ^ (u64::from(node.0) << 16) ^ self.id.get() as u64,
+                wall: Some(wall),
                 ..ClusterState::default()
             }));
+            self.retained.keep_tombstones();
+        }
+    }
+
+    /// This node (0 outside a cluster).
+    pub(super) fn node(&self) -> NodeId {
+        self.cluster.as_ref().map_or(NodeId(0), |c| c.node)
+    }
+
+    /// Unix milliseconds at `now` (0 outside a cluster: there a retained
+    /// version only counts up).
+    pub(super) fn wall_ms(&self, now: Instant) -> u64 {
+        match self.cluster.as_ref().and_then(|c| c.wall) {
+            Some((at, ms)) if now >= at => ms.saturating_add(
+                u64::try_from(now.duration_since(at).as_millis()).unwrap_or(u64::MAX),
+            ),
+            Some((at, ms)) => ms.saturating_sub(
+                u64::try_from(at.duration_since(now).as_millis()).unwrap_or(u64::MAX),
+            ),
+            None => 0,
+        }
+    }
+
+    /// Every retained entry of this shard's replica with its version,
+    /// tombstones included: what a node that rejoins the cluster is sent
+    /// (by shard 0's link to it), so it learns of updates made while it was
+    /// away.
+    pub fn retained_snapshot(&self) -> Vec<(Arc<Message>, RetainVersion)> {
+        self.retained.snapshot(self.clock)
+    }
+
+    /// Drops tombstones older than [`crate::broker::TOMBSTONE_KEEP_MS`]
+    /// (the `$SYS` tick, in a cluster); the topic's home shard deletes its
+    /// record.
+    pub(super) fn purge_tombstones(&mut self, now: Instant) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let before = self
+            .wall_ms(now)
+            .saturating_sub(crate::broker::TOMBSTONE_KEEP_MS);
+        for topic in self.retained.purge_tombstones(before) {
+            if self.config.persistence && home_shard(topic.as_str(), self.shards) == self.id {
+                self.store.ops.push(StoreOp::DeleteRetained(topic));
+            }
         }
     }
 
@@ -361,10 +416,10 @@ impl ShardCore {
     }
 
     /// A retained update made here goes to every other node's replicas.
-    pub(super) fn cluster_retain(&mut self, msg: &Arc<Message>) {
+    pub(super) fn cluster_retain(&mut self, msg: &Arc<Message>, version: RetainVersion) {
         if let Some(c) = self.cluster.as_mut() {
             if !c.from_remote && !is_sys(&msg.topic) {
-                c.out.push(ClusterOut::Retain(msg.clone()));
+                c.out.push(ClusterOut::Retain(msg.clone(), version));
             }
         }
     }
@@ -444,29 +499,27 @@ impl ShardCore {
             .unwrap_or_default()
     }
 
-    /// A retained update from another node: applied to this shard's
-    /// replica (stored if this shard is the topic's home) and to every
-    /// other shard's.
-    pub fn handle_cluster_retain(&mut self, now: Instant, msg: Message) {
+    /// A retained update from another node, made at `version`: applied to
+    /// this shard's replica (stored if this shard is the topic's home) and
+    /// to every other shard's — unless this replica holds a newer one (a
+    /// rejoining node's stale copy, or updates crossing each other): then
+    /// it is ignored here and everywhere.
+    pub fn handle_cluster_retain(&mut self, now: Instant, msg: Message, version: RetainVersion) {
         self.clock = now;
         let msg = Arc::new(msg);
-        if let Some(c) = self.cluster.as_mut() {
-            c.from_remote = true;
+        if !self.apply_retained(&msg, version) {
+            return;
         }
-        self.store_retained(&msg);
-        self.retained.apply(msg.clone());
         for s in 0..self.shards {
             if s != self.id.get() {
                 let from = self.id;
                 self.outbox[s].push(ShardMsg::Retain {
                     msg: msg.clone(),
+                    version,
                     from,
                     token: None,
                 });
             }
-        }
-        if let Some(c) = self.cluster.as_mut() {
-            c.from_remote = false;
         }
     }
 

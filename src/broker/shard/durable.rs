@@ -208,8 +208,15 @@ impl ShardCore {
             expired_wills,
         } = restored;
         self.store.next_msg_id = self.store.next_msg_id.max(next_message_id);
-        for m in retained {
-            self.retained.apply(m);
+        for (m, version) in retained {
+            if m.payload.is_empty()
+                && self.cluster.is_none()
+                && home_shard(m.topic.as_str(), self.shards) == self.id
+            {
+                // A tombstone of a cluster, now one node: not needed.
+                self.store.ops.push(StoreOp::DeleteRetained(m.topic.clone()));
+            }
+            self.retained.apply(m, version);
         }
         for (filter, shard) in routes {
             if shard != self.id && shard.get() < self.shards {
@@ -399,18 +406,27 @@ impl ShardCore {
         }
     }
 
-    /// The shard that is home to a retained message's topic stores it.
-    pub(super) fn store_retained(&mut self, msg: &Arc<Message>) {
+    /// Applies a retained update made at `version` to this shard's replica;
+    /// the shard that is home to its topic stores it. Returns `false` (and
+    /// changes nothing) if the replica holds a newer one.
+    pub(super) fn apply_retained(&mut self, msg: &Arc<Message>, version: RetainVersion) -> bool {
+        if !self.retained.apply(msg.clone(), version) {
+            return false;
+        }
         if !self.config.persistence
             || msg.topic.as_str().starts_with('$')
             || home_shard(msg.topic.as_str(), self.shards) != self.id
         {
-            return;
+            return true;
         }
-        self.store.ops.push(if msg.payload.is_empty() {
-            StoreOp::DeleteRetained(msg.topic.clone())
-        } else {
-            StoreOp::PutRetained(msg.clone())
-        });
+        // In a cluster a clear is stored as a tombstone (see `retain.rs`).
+        self.store
+            .ops
+            .push(if msg.payload.is_empty() && self.cluster.is_none() {
+                StoreOp::DeleteRetained(msg.topic.clone())
+            } else {
+                StoreOp::PutRetained(msg.clone(), version)
+            });
+        true
     }
 }

@@ -11,8 +11,8 @@ use super::alias::{AliasPlan, OutboundAliases};
 use super::persist::{OutState, QueueImage, Restored, SessionImage, StoreOp};
 use super::session::{Delivery, Dropped, Gauges, Rec, Stage, StoreRef, StoredBounds, Subscription};
 use super::{
-    home_shard, Authorizer, ConnId, Identity, Limit, Message, NodeId, QueueBudget, RetainedStore,
-    Session, ShardId, ShardMsg, ShardStats,
+    home_shard, Authorizer, ConnId, Identity, Limit, Message, NodeId, QueueBudget, RetainVersion,
+    RetainedStore, Session, ShardId, ShardMsg, ShardStats,
 };
 use crate::codec::{
     self, AckProperties, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
@@ -529,9 +529,13 @@ impl ShardCore {
                     self.ack(now, from, Some(token));
                 }
             }
-            ShardMsg::Retain { msg, from, token } => {
-                self.store_retained(&msg);
-                self.retained.apply(msg);
+            ShardMsg::Retain {
+                msg,
+                version,
+                from,
+                token,
+            } => {
+                self.apply_retained(&msg, version);
                 self.ack(now, from, token);
             }
             ShardMsg::RouteAdd {

@@ -269,14 +269,20 @@ impl ShardCore {
         ack_forwards: bool,
     ) -> (bool, usize) {
         if msg.retain {
-            self.cluster_retain(&msg);
-            self.store_retained(&msg);
-            self.retained.apply(msg.clone());
+            let version = self.retained.next_version(
+                msg.topic.as_str(),
+                self.wall_ms(now),
+                self.node(),
+                self.id,
+            );
+            self.cluster_retain(&msg, version);
+            self.apply_retained(&msg, version);
             for s in 0..self.shards {
                 if s != self.id.get() {
                     let from = self.id;
                     self.outbox[s].push(ShardMsg::Retain {
                         msg: msg.clone(),
+                        version,
                         from,
                         token,
                     });

@@ -72,6 +72,7 @@ impl ShardCore {
                 let stats = self.stats();
                 self.stats.store_write_max_us = 0;
                 self.publish_group_sys(now);
+                self.purge_tombstones(now);
                 if self.id.get() == 0 {
                     self.sys_stats[0] = stats;
                     self.publish_sys(now);

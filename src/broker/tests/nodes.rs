@@ -16,7 +16,12 @@ struct Nodes {
     /// ticket → (node, shard, token) of the publisher's side.
     tickets: HashMap<u64, (usize, usize, u64)>,
     next_ticket: u64,
+    /// Nodes cut off: nothing reaches them (until [`Nodes::rejoin`]).
+    down: HashSet<usize>,
 }
+
+/// The wall clock every simulated node starts at (unix ms).
+const WALL_MS: u64 = 1_800_000_000_000;
 
 impl Nodes {
     fn new(shards: usize) -> Nodes {
@@ -26,6 +31,12 @@ impl Nodes {
     /// `nodes` nodes of `shards` shards each, with storage attached (as
     /// [`Cluster::new`]).
     fn with(nodes: usize, shards: usize, config: CoreConfig) -> Nodes {
+        Nodes::with_walls(shards, config, &vec![WALL_MS; nodes])
+    }
+
+    /// One node per entry of `walls`, its wall clock (unix ms) at the start.
+    fn with_walls(shards: usize, config: CoreConfig, walls: &[u64]) -> Nodes {
+        let nodes = walls.len();
         let config = CoreConfig {
             persistence: true,
             ..config
@@ -38,13 +49,36 @@ impl Nodes {
             ack_links: true,
             tickets: HashMap::new(),
             next_ticket: 0,
+            down: HashSet::new(),
         };
         for (i, node) in n.n.iter_mut().enumerate() {
+            let now = node.now;
             for core in &mut node.cores {
-                core.enable_cluster(NodeId(i as u16 + 1));
+                core.enable_cluster(NodeId(i as u16 + 1), (now, walls[i]));
             }
         }
         n
+    }
+
+    /// Node `i` comes back: as the runtime's first link between two lives
+    /// does (shard 0 to shard 0, both ways), each side sends the other its
+    /// retained replica with the versions.
+    fn rejoin(&mut self, i: usize) {
+        self.down.remove(&i);
+        for j in 0..self.n.len() {
+            if j == i || self.down.contains(&j) {
+                continue;
+            }
+            for (from, to) in [(j, i), (i, j)] {
+                let snapshot = self.n[from].cores[0].retained_snapshot();
+                let now = self.n[to].now;
+                for (msg, version) in snapshot {
+                    self.n[to].cores[0].handle_cluster_retain(now, Message::clone(&msg), version);
+                }
+                self.n[to].run();
+            }
+        }
+        self.link();
     }
 
     fn node(&mut self, i: usize) -> &mut Cluster {
@@ -85,10 +119,17 @@ impl Nodes {
                                 );
                                 to.run();
                             }
-                            ClusterOut::Retain(msg) => {
+                            ClusterOut::Retain(msg, version) => {
                                 for i in others {
+                                    if self.down.contains(&i) {
+                                        continue;
+                                    }
                                     let to = &mut self.n[i];
-                                    to.cores[0].handle_cluster_retain(now, Message::clone(&msg));
+                                    to.cores[0].handle_cluster_retain(
+                                        now,
+                                        Message::clone(&msg),
+                                        version,
+                                    );
                                     to.run();
                                 }
                             }
@@ -327,6 +368,94 @@ fn sys_topics_stay_home_and_retained_messages_reach_every_node() {
     ns.n[1].publishes(&late);
     let later = sub_on(&mut ns, 1, "later-b", "state/#", V5);
     assert!(ns.n[1].publishes(&later).is_empty());
+}
+
+fn set_retained(ns: &mut Nodes, node: usize, c: &Client, t: &str, payload: &'static [u8]) {
+    let mut p = Publish::new(topic(t), Bytes::from_static(payload));
+    p.retain = true;
+    ns.n[node].send(c, Packet::Publish(p));
+    ns.link();
+}
+
+/// (topic, payload) of the retained messages a new subscriber to `f` on
+/// `node` gets.
+fn retained_on(ns: &mut Nodes, node: usize, id: &str, f: &str) -> Vec<(String, Bytes)> {
+    let c = sub_on(ns, node, id, f, V5);
+    let mut got: Vec<(String, Bytes)> = ns.n[node]
+        .publishes(&c)
+        .into_iter()
+        .map(|p| (p.topic.to_string(), p.payload))
+        .collect();
+    got.sort();
+    got
+}
+
+#[test]
+fn a_node_away_during_retained_updates_gets_them_when_it_rejoins() {
+    let mut ns = Nodes::with(3, 2, CoreConfig::default());
+    let pa = ns.n[0].connect(V5, "pub-a");
+    let pb = ns.n[1].connect(V5, "pub-b");
+    set_retained(&mut ns, 0, &pa, "cfg/old", b"1");
+    set_retained(&mut ns, 0, &pa, "cfg/kept", b"1");
+    assert_eq!(retained_on(&mut ns, 2, "c0", "cfg/#").len(), 2);
+    // C is away while A clears one topic, changes another, B sets a third.
+    ns.down.insert(2);
+    set_retained(&mut ns, 0, &pa, "cfg/old", b"");
+    set_retained(&mut ns, 0, &pa, "cfg/kept", b"2");
+    set_retained(&mut ns, 1, &pb, "cfg/new", b"3");
+    ns.n[2].advance(Duration::from_secs(5));
+    ns.rejoin(2);
+    let want = vec![
+        ("cfg/kept".to_string(), Bytes::from_static(b"2")),
+        ("cfg/new".to_string(), Bytes::from_static(b"3")),
+    ];
+    for node in 0..3 {
+        // C's stale copies (cfg/old, cfg/kept = 1) came back nowhere.
+        assert_eq!(
+            retained_on(&mut ns, node, &format!("s{node}"), "cfg/#"),
+            want,
+            "node {node}"
+        );
+    }
+    // C's topic home stored what it learned, and the clear as a tombstone.
+    let stored: Vec<(String, usize)> = (0..2)
+        .flat_map(|s| ns.n[2].store_ops(s))
+        .filter_map(|o| match o {
+            StoreOp::PutRetained(m, _) => Some((m.topic.to_string(), m.payload.len())),
+            _ => None,
+        })
+        .collect();
+    for t in ["cfg/kept", "cfg/new"] {
+        assert!(stored.contains(&(t.to_string(), 1)), "{t}: {stored:?}");
+    }
+    assert!(stored.contains(&("cfg/old".to_string(), 0)), "{stored:?}");
+}
+
+#[test]
+fn the_later_retained_update_wins_on_every_node_even_from_a_slow_clock() {
+    // B's wall clock is a minute behind A's.
+    let mut ns = Nodes::with_walls(1, CoreConfig::default(), &[WALL_MS, WALL_MS - 60_000]);
+    let (pa, pb) = (ns.n[0].connect(V5, "pa"), ns.n[1].connect(V5, "pb"));
+    set_retained(&mut ns, 0, &pa, "t", b"from-a");
+    set_retained(&mut ns, 1, &pb, "t", b"from-b-later");
+    for node in 0..2 {
+        assert_eq!(
+            retained_on(&mut ns, node, &format!("s{node}"), "t"),
+            vec![("t".to_string(), Bytes::from_static(b"from-b-later"))],
+            "node {node}"
+        );
+    }
+    // Two updates crossing each other (each made before the other
+    // arrived) end the same on both nodes.
+    ns.down.insert(1);
+    set_retained(&mut ns, 0, &pa, "x", b"a");
+    ns.down.clear();
+    ns.down.insert(0);
+    set_retained(&mut ns, 1, &pb, "x", b"b");
+    ns.rejoin(0);
+    let on_a = retained_on(&mut ns, 0, "xa", "x");
+    assert_eq!(on_a, retained_on(&mut ns, 1, "xb", "x"));
+    assert_eq!(on_a.len(), 1);
 }
 
 #[test]

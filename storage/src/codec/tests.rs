@@ -232,3 +232,59 @@ fn oversized_fields_are_refused_not_truncated() {
         Err(StorageError::TooLarge("content type"))
     ));
 }
+
+/// A retained value (schema 3) leads with its version; a tombstone is one
+/// with an empty payload; a value too short for the version is refused.
+#[test]
+fn retained_golden_bytes_and_tombstones() {
+    let message = StoredMessage {
+        topic: topic("t"),
+        payload: Bytes::from_static(b"on"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+        properties: PublishProperties::default(),
+        expires_at_ms: None,
+        origin: None,
+    };
+    let version = RetainVersion {
+        ms: 0x0102,
+        node: NodeId(3),
+        shard: ShardId::new(4),
+    };
+    let rec = Record::Retained {
+        message: Arc::new(message.clone()),
+        version,
+    };
+    let mut v = Vec::new();
+    encode_value(&rec, &mut v).unwrap();
+    assert_eq!(
+        v,
+        [
+            0, 0, 0, 0, 0, 0, 1, 2, // version ms
+            0, 3, // node
+            0, 4,    // shard
+            0x04, // message: qos 0, retain
+            0, 1, b't', // topic
+            0,    // no properties
+            b'o', b'n', // payload
+        ]
+    );
+    let key = RecordKey::Retained(topic("t"));
+    assert_eq!(decode_record(key.clone(), Bytes::from(v)).unwrap(), rec);
+    let tombstone = Record::Retained {
+        message: Arc::new(StoredMessage {
+            payload: Bytes::new(),
+            ..message
+        }),
+        version,
+    };
+    let mut v = Vec::new();
+    encode_value(&tombstone, &mut v).unwrap();
+    assert_eq!(
+        decode_record(key.clone(), Bytes::from(v)).unwrap(),
+        tombstone
+    );
+    for short in [&[][..], &[0; 11][..]] {
+        assert!(decode_record(key.clone(), Bytes::copy_from_slice(short)).is_err());
+    }
+}

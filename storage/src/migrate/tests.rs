@@ -6,9 +6,9 @@ use vmqtt::topic::{TopicFilter, TopicName};
 use vmqtt::{ByteStr, ClientId};
 
 use super::*;
-use crate::codec::{encode_session_as, encode_subscription};
+use crate::codec::{encode_message, encode_session_as, encode_subscription};
 use crate::keys::{key_bytes, shard_cf, SHARDS_KEY};
-use crate::record::{RecordKey, SessionRecord, SubscriptionRecord};
+use crate::record::{RecordKey, SessionRecord, StoredMessage, SubscriptionRecord};
 use crate::{recover, RocksOptions, RocksStorage, Storage};
 
 fn cid(s: &str) -> ClientId {
@@ -33,9 +33,28 @@ fn session(i: u32) -> SessionRecord {
     }
 }
 
+fn retained(i: u32) -> StoredMessage {
+    StoredMessage {
+        topic: TopicName::new(ByteStr::from(format!("state/{i}"))).unwrap(),
+        payload: Bytes::from(format!("value {i}")),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Default::default(),
+        expires_at_ms: None,
+        origin: None,
+    }
+}
+
 /// Writes a real version 1 directory: what a version 1 build left behind
-/// (sessions in the v1 layout, everything else as in v2), two shards.
+/// (sessions in the v1 layout, retained values in the v2 one, everything
+/// else as in v3), two shards.
 fn write_v1(path: &std::path::Path, clients: u32, corrupt_one: bool) {
+    write_old(path, 1, clients, corrupt_one);
+}
+
+/// Writes a directory of schema `version` (1 or 2) with `clients`
+/// sessions, a subscription each and a retained message each.
+fn write_old(path: &std::path::Path, version: u32, clients: u32, corrupt_one: bool) {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -43,7 +62,7 @@ fn write_v1(path: &std::path::Path, clients: u32, corrupt_one: bool) {
         ["meta", "shard-0", "shard-1"].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
     let db = Db::open_cf_descriptors(&opts, path, cfs).unwrap();
     let meta = db.cf_handle("meta").unwrap();
-    db.put_cf(&meta, SCHEMA_VERSION_KEY, 1u32.to_be_bytes())
+    db.put_cf(&meta, SCHEMA_VERSION_KEY, version.to_be_bytes())
         .unwrap();
     db.put_cf(&meta, SHARDS_KEY, 2u32.to_be_bytes()).unwrap();
     for i in 0..clients {
@@ -51,7 +70,7 @@ fn write_v1(path: &std::path::Path, clients: u32, corrupt_one: bool) {
         let shard = home_shard(c.as_str(), 2);
         let cf = db.cf_handle(&shard_cf(shard)).unwrap();
         let mut v = Vec::new();
-        encode_session_as(&session(i), &mut v, 1).unwrap();
+        encode_session_as(&session(i), &mut v, version).unwrap();
         if corrupt_one && i == clients / 2 {
             v.truncate(3);
         }
@@ -65,6 +84,13 @@ fn write_v1(path: &std::path::Path, clients: u32, corrupt_one: bool) {
         encode_subscription(&sub, &mut v).unwrap();
         let f = TopicFilter::from_static("a/#").unwrap();
         db.put_cf(&cf, key_bytes(&RecordKey::Subscription(c, f)).unwrap(), &v)
+            .unwrap();
+        let r = retained(i);
+        let mut v = Vec::new();
+        encode_message(&r, &mut v).unwrap();
+        let shard = crate::retained_home(r.topic.as_str(), 2);
+        let cf = db.cf_handle(&shard_cf(shard)).unwrap();
+        db.put_cf(&cf, key_bytes(&RecordKey::Retained(r.topic)).unwrap(), &v)
             .unwrap();
     }
     db.flush_cf(&db.cf_handle("shard-0").unwrap()).unwrap();
@@ -90,6 +116,7 @@ fn version_1_is_migrated_to_version_2() {
         }
     }
     assert_eq!(n, 50);
+    assert_retained_kept(&rec, 50);
     drop((s, storage));
 
     // The directory now says version 2 and opens without migrating.
@@ -113,6 +140,37 @@ fn version_1_is_migrated_to_version_2() {
     let storage = RocksStorage::open(&path, &RocksOptions::default()).unwrap();
     let st = storage.load_shard(shard).unwrap();
     assert_eq!(st.clients[&c].session, with_delay);
+}
+
+/// Every retained message of [`write_old`] came through, at version 0.
+fn assert_retained_kept(rec: &crate::Recovered, clients: u32) {
+    let mut n = 0;
+    for st in &rec.states {
+        for (t, (m, version)) in &st.retained {
+            let i: u32 = t.as_str()["state/".len()..].parse().unwrap();
+            assert_eq!(**m, retained(i), "{t}");
+            assert_eq!(*version, vmqtt::broker::RetainVersion::default());
+            n += 1;
+        }
+    }
+    assert_eq!(n, clients);
+}
+
+#[test]
+fn version_2_is_migrated_to_version_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    write_old(&path, 2, 30, false);
+    let storage = RocksStorage::open(&path, &RocksOptions::default()).unwrap();
+    assert_eq!(
+        storage.get_meta(SCHEMA_VERSION_KEY).unwrap(),
+        Some(SCHEMA_VERSION)
+    );
+    let mut s: Box<dyn Storage> = Box::new(storage.clone());
+    let rec = recover(s.as_mut(), 2).unwrap();
+    let sessions: usize = rec.states.iter().map(|st| st.clients.len()).sum();
+    assert_eq!(sessions, 30, "v2 sessions read as they are");
+    assert_retained_kept(&rec, 30);
 }
 
 #[test]

@@ -4,6 +4,7 @@ use vmqtt::ByteStr;
 
 use super::*;
 use crate::record::{Op, SubscriptionRecord};
+use vmqtt::broker::RetainVersion;
 
 fn cid(s: &str) -> ClientId {
     ClientId::new(ByteStr::from(s))
@@ -127,6 +128,10 @@ fn from_records_joins_and_reports_what_does_not_fit() {
         }),
         ok(Record::Retained {
             message: msg("r", None),
+            version: RetainVersion {
+                ms: 5,
+                ..RetainVersion::default()
+            },
         }),
     ];
     let st = ShardState::from_records(ShardId::new(0), records).unwrap();
@@ -202,8 +207,10 @@ fn purge_removes_expired_sessions_messages_and_retained() {
     // "forever" never expires.
     st.clients
         .insert(cid("forever"), ClientState::new(session(Some(0), u32::MAX)));
-    st.retained
-        .insert(TopicName::from_static("r").unwrap(), msg("r", Some(999)));
+    st.retained.insert(
+        TopicName::from_static("r").unwrap(),
+        (msg("r", Some(999)), RetainVersion::default()),
+    );
 
     let p = st.purge_expired(1000);
     assert_eq!(p.sessions.len(), 1);
@@ -247,10 +254,14 @@ fn plan_reshard_rehomes_and_stores_each_message_once_per_shard() {
         );
         st.clients.insert(cid(&format!("c{i}")), c);
     }
-    st.retained
-        .insert(TopicName::from_static("r1").unwrap(), msg("r1", None));
-    st.retained
-        .insert(TopicName::from_static("r2").unwrap(), msg("r2", None));
+    st.retained.insert(
+        TopicName::from_static("r1").unwrap(),
+        (msg("r1", None), RetainVersion::default()),
+    );
+    st.retained.insert(
+        TopicName::from_static("r2").unwrap(),
+        (msg("r2", None), RetainVersion::default()),
+    );
     let plan = plan_reshard(vec![st], 3);
     assert_eq!(plan.old_shards, vec![ShardId::new(0)]);
     assert!(plan.drop.is_empty());

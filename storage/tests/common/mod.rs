@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use vmqtt::broker::{home_shard, ShardId};
+use vmqtt::broker::{home_shard, NodeId, RetainVersion, ShardId};
 use vmqtt::codec::{
     LastWill, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions, WillProperties,
 };
@@ -76,6 +76,15 @@ pub fn message(n: usize) -> Arc<StoredMessage> {
         expires_at_ms: n.is_multiple_of(3).then_some(2_000_000_000_000),
         origin: Some(cid(&format!("publisher-{n}"))),
     })
+}
+
+/// The version `populate` stores retained message `n` with.
+pub fn retained_version(n: usize) -> RetainVersion {
+    RetainVersion {
+        ms: 1_800_000_000_000 + n as u64,
+        node: NodeId(1 + (n % 3) as u16),
+        shard: ShardId::new((n % 2) as u16),
+    }
 }
 
 pub fn retained(n: usize) -> Arc<StoredMessage> {
@@ -148,7 +157,7 @@ pub fn populate(
         let m = retained(n);
         let shard = retained_home(m.topic.as_str(), shards);
         let mut b = WriteBatch::new();
-        b.put_retained(m);
+        b.put_retained(m, retained_version(n));
         storage.write(shard, b, false).unwrap();
     }
 }
@@ -167,7 +176,7 @@ pub struct CanonClient {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Canon {
     pub clients: BTreeMap<String, CanonClient>,
-    pub retained: BTreeMap<String, StoredMessage>,
+    pub retained: BTreeMap<String, (StoredMessage, RetainVersion)>,
     pub messages_stored: usize,
 }
 
@@ -208,13 +217,15 @@ pub fn canon(states: &[ShardState]) -> Canon {
             );
             assert!(prev.is_none(), "{c} stored twice");
         }
-        for (t, m) in &st.retained {
+        for (t, (m, version)) in &st.retained {
             assert_eq!(
                 retained_home(t.as_str(), n),
                 st.shard,
                 "retained {t} outside its home"
             );
-            let prev = out.retained.insert(t.as_str().to_owned(), (**m).clone());
+            let prev = out
+                .retained
+                .insert(t.as_str().to_owned(), ((**m).clone(), *version));
             assert!(prev.is_none(), "retained {t} stored twice");
         }
     }
