@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::common::clients::{p5, QoS5};
 use crate::common::etcd::{free_ports, Etcd};
 use crate::common::process::{line_within, lines_of, runs, wait_exit};
@@ -365,6 +367,124 @@ async fn cluster_v5_properties_cross_the_hop() {
         .await;
     publ.disconnect().await;
     sub.disconnect().await;
+}
+
+/// Subscription options and topic aliases give the same result across the
+/// hop as on one node: Retain As Published keeps RETAIN on live messages
+/// from another node (and without it RETAIN is cleared); a publisher's
+/// topic aliases are resolved on its node, a subscriber's are its own
+/// (the link carries full topic names); No Local keeps a publisher's own
+/// messages from it while they still reach the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_subscription_options_and_topic_aliases_cross_the_hop() {
+    let test = "cluster_subscription_options_and_topic_aliases_cross_the_hop";
+    let Some(c) = Cluster::start(test, 2) else {
+        return;
+    };
+    c.wait_linked();
+    let opts = |rap: bool, no_local: bool| SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        retain_as_published: rap,
+        no_local,
+        ..Default::default()
+    };
+    let mut rap = Raw::v5(c.port(1), "opt-rap").await;
+    rap.subscribe_opts("x/#", opts(true, false), Default::default())
+        .await;
+    let mut plain = Raw::v5(c.port(1), "opt-plain").await;
+    plain.subscribe("x/#", QoS::AtLeastOnce).await;
+    let mut connect = connect_packet(V5P, "opt-aliased");
+    connect.properties.topic_alias_maximum = Some(8);
+    let (mut aliased, _) = Raw::connect_ok(c.port(1), connect).await;
+    aliased.subscribe("x/#", QoS::AtLeastOnce).await;
+    // Last on node 2's route stream: once it works on node 1, so do the
+    // routes before it.
+    plain.subscribe("probe/x", QoS::AtMostOnce).await;
+    let (mut publ, ack) = Raw::connect_ok(c.port(0), connect_packet(V5P, "opt-pub")).await;
+    assert!(ack.properties.topic_alias_maximum.unwrap_or(0) >= 1);
+    publ.subscribe_opts("x/#", opts(false, true), Default::default())
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        publ.publish_ok("probe/x", "probe", QoS::AtMostOnce, false)
+            .await;
+        if tokio::time::timeout(Duration::from_millis(200), plain.recv_publish())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no route from node 2");
+    }
+    while tokio::time::timeout(QUIET, plain.recv_publish())
+        .await
+        .is_ok()
+    {}
+
+    // (topic, alias, payload, retain) from node 1's publisher; "" uses the
+    // alias set before.
+    let sends = [
+        ("x/a", "one", true),
+        ("", "two", false),
+        ("x/b", "three", true),
+        ("", "four", false),
+        ("x/a", "five", false),
+    ];
+    for (t, m, retain) in sends {
+        let mut p = Publish::new(
+            if t.is_empty() {
+                vmqtt::topic::TopicName::empty()
+            } else {
+                topic(t)
+            },
+            Bytes::copy_from_slice(m.as_bytes()),
+        );
+        p.qos = QoS::AtLeastOnce;
+        p.retain = retain;
+        p.properties.topic_alias = Some(1);
+        let ack = publ.publish(p).await.expect("PUBACK");
+        assert!(ack.reason.0 < 0x80, "PUBACK for {m}: {ack:?}");
+    }
+    let topics = ["x/a", "x/a", "x/b", "x/b", "x/a"];
+    let payloads = ["one", "two", "three", "four", "five"];
+    for (sub, keeps_retain) in [(&mut rap, true), (&mut plain, false)] {
+        for (i, want) in payloads.iter().enumerate() {
+            let p = sub.recv_publish_acked().await;
+            assert_eq!(
+                (p.topic.as_str(), text(&p).as_str()),
+                (topics[i], *want),
+                "[{}]",
+                sub.name
+            );
+            assert_eq!(p.properties.topic_alias, None, "[{}]", sub.name);
+            let want_retain = keeps_retain && sends[i].2;
+            assert_eq!(p.retain, want_retain, "[{}] RETAIN of {want}", sub.name);
+        }
+    }
+    // The aliased subscriber: node 2 gives it aliases of its own.
+    let mut aliases: BTreeMap<u16, String> = BTreeMap::new();
+    let mut alias_only = 0;
+    for (i, want) in payloads.iter().enumerate() {
+        let p = aliased.recv_publish_acked().await;
+        let name = match p.properties.topic_alias {
+            Some(a) if p.topic.as_str().is_empty() => {
+                alias_only += 1;
+                aliases.get(&a).cloned().expect("an alias it was given")
+            }
+            Some(a) => {
+                aliases.insert(a, p.topic.to_string());
+                p.topic.to_string()
+            }
+            None => p.topic.to_string(),
+        };
+        assert_eq!((name.as_str(), text(&p).as_str()), (topics[i], *want));
+    }
+    assert!(
+        alias_only >= 1,
+        "node 2 used no outbound alias towards a client that allows them"
+    );
+    publ.expect_no_publish(QUIET, "its own message with No Local")
+        .await;
 }
 
 /// A retained message set on node 1 is delivered to a new subscriber on

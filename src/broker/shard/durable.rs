@@ -214,7 +214,9 @@ impl ShardCore {
                 && home_shard(m.topic.as_str(), self.shards) == self.id
             {
                 // A tombstone of a cluster, now one node: not needed.
-                self.store.ops.push(StoreOp::DeleteRetained(m.topic.clone()));
+                self.store
+                    .ops
+                    .push(StoreOp::DeleteRetained(m.topic.clone()));
             }
             self.retained.apply(m, version);
         }
