@@ -13,6 +13,8 @@
 #   p2p QoS 1: 100 publisher/subscriber pairs at 100 msg/s each (10k msg/s)
 #   p2p QoS 0: the same at QoS 0
 #   fan-in QoS 0: 100 publishers at 200 msg/s -> 1 subscriber (20k msg/s)
+#   shared QoS 1: 100 publishers at 100 msg/s -> a group of 4 (10k msg/s)
+#   saturation QoS 1: 10 pairs, each as fast as its window of 64 allows
 # For each: delivered msgs/s, P50/P99 publish-to-deliver, broker CPU %
 # (utime+stime of the broker processes over the run / its wall time).
 # Then route propagation: SUBACK on B → first message from A
@@ -152,19 +154,25 @@ scenario() {
 scenario p2p-q1 --shape p2p --publishers 100 --qos 1 --rate 100
 scenario p2p-q0 --shape p2p --publishers 100 --qos 0 --rate 100
 scenario fanin-q0 --shape fan-in --publishers 100 --qos 0 --rate 200
+# A shared group (4 members, all on B when cross) at a fixed rate.
+scenario shared-q1 --shape shared --publishers 100 --subscribers 4 --qos 1 --rate 100
+# Saturation: QoS 1 pairs as fast as their inflight windows allow.
+scenario p2p-q1-sat --shape p2p --publishers 10 --qos 1 --rate 0
 
 python3 - "$OUT" "$REPEATS" <<'EOF' | tee "$OUT/table.md"
 import sys, statistics as st
 out, n = sys.argv[1], int(sys.argv[2])
-print("| load | one node: msgs/s, P50 / P99 ms, CPU | two nodes (A → B): msgs/s, P50 / P99 ms, CPU | CPU ratio | P99 added |")
-print("|---|---|---|---|---|")
-for name in ["p2p-q1", "p2p-q0", "fanin-q0"]:
+print("| load | one node: msgs/s, P50 / P99 ms, CPU | two nodes (A → B): msgs/s, P50 / P99 ms, CPU | CPU ratio | P99 added | per-CPU throughput, cross / one | missing one / cross |")
+print("|---|---|---|---|---|---|---|")
+for name in ["p2p-q1", "p2p-q0", "fanin-q0", "shared-q1", "p2p-q1-sat"]:
     rows = {}
     for t in ["single", "cross"]:
         vals = [list(map(float, open(f"{out}/{name}-{t}-{k}.row").read().split())) for k in range(1, n + 1)]
         rows[t] = [st.median(v[i] for v in vals) for i in range(5)]
     s, c = rows["single"], rows["cross"]
-    print(f"| {name} | {s[0]:.0f}, {s[1]/1000:.2f} / {s[2]/1000:.2f}, {s[3]:.0f}% | {c[0]:.0f}, {c[1]/1000:.2f} / {c[2]/1000:.2f}, {c[3]:.0f}% | {c[3]/max(s[3],0.1):.2f}x | {(c[2]-s[2])/1000:+.2f} ms |")
+    # Messages per CPU-second: the per-core throughput of each setup.
+    per_cpu = lambda r: r[0] / max(r[3] / 100, 0.001)
+    print(f"| {name} | {s[0]:.0f}, {s[1]/1000:.2f} / {s[2]/1000:.2f}, {s[3]:.0f}% | {c[0]:.0f}, {c[1]/1000:.2f} / {c[2]/1000:.2f}, {c[3]:.0f}% | {c[3]/max(s[3],0.1):.2f}x | {(c[2]-s[2])/1000:+.2f} ms | {per_cpu(c)/per_cpu(s)*100:.0f}% | {s[4]:.0f} / {c[4]:.0f} |")
 EOF
 echo "== route propagation (subscribe on B, first message from A)"
 python3 scripts/route-latency.py 127.0.0.1 "$AP" 127.0.0.1 "$BP" 100 | tee "$OUT/route.txt"

@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::common::clients::{p5, QoS5};
 use crate::common::etcd::{free_ports, Etcd};
-use crate::common::process::{line_within, lines_of, runs, wait_exit};
+use crate::common::process::{line_within, lines_of, mosquitto_pub_lines, runs, wait_exit};
 use crate::common::*;
 
 /// The links' shared secret in the tests.
@@ -1068,26 +1068,6 @@ fn mosquitto_sub_on(
     (sub, lines)
 }
 
-/// `payloads`, one message each, from mosquitto_pub at QoS 1 on `port`.
-fn mosquitto_pub_lines(port: u16, id: &str, topic: &str, payloads: &[String]) {
-    let mut publ = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-i", id, "-t", topic, "-q", "1", "-V", "mqttv5", "-l"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn mosquitto_pub");
-    {
-        let mut stdin = publ.stdin.take().unwrap();
-        for p in payloads {
-            writeln!(stdin, "{p}").unwrap();
-        }
-    }
-    let st = wait_exit(&mut publ, "mosquitto_pub", WAIT * 4);
-    assert!(st.success(), "mosquitto_pub {id}: {st}");
-}
-
 /// What `lines` printed within `within` that is not a probe or a trace.
 fn drain_real(lines: &std::sync::mpsc::Receiver<String>, within: Duration) -> Vec<String> {
     real(lines, usize::MAX, within)
@@ -1130,7 +1110,7 @@ async fn cluster_shared_subscription_takes_each_message_once() {
         let _: Vec<_> = lines.try_iter().collect();
     }
     let sent: Vec<String> = (1..=40).map(|i| format!("job-{i}")).collect();
-    mosquitto_pub_lines(c.port(0), "boss-1", "jobs/a", &sent);
+    mosquitto_pub_lines(c.port(0), "boss-1", "jobs/a", &sent, WAIT * 4);
     let got: Vec<Vec<String>> = members
         .iter()
         .map(|(_, lines)| drain_real(lines, Duration::from_secs(2)))
@@ -1157,7 +1137,7 @@ async fn cluster_shared_subscription_takes_each_message_once() {
         let _: Vec<_> = lines.try_iter().collect();
     }
     let sent: Vec<String> = (1..=20).map(|i| format!("local-{i}")).collect();
-    mosquitto_pub_lines(c.port(0), "boss-1b", "jobs/b", &sent);
+    mosquitto_pub_lines(c.port(0), "boss-1b", "jobs/b", &sent, WAIT * 4);
     assert_eq!(
         drain_real(&local.1, Duration::from_secs(2)),
         sent,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::common::http::{free_port, http_get};
 use crate::common::process::{
-    have_paho, line_within, lines_of, python_script, runs, sub_messages, wait_exit,
+    have_paho, line_within, lines_of, mosquitto_pub_lines, python_script, runs, sub_messages,
+    wait_exit,
 };
 use crate::common::raw::persistent;
 use crate::common::shard::id_on_shard;
@@ -127,23 +128,8 @@ fn mosquitto_clients_share_a_group() {
         );
         subs.push((sub, lines));
     }
-    let mut publ = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-i", &format!("{test}-pub")])
-        .args(["-t", "work/x", "-q", "1", "-V", "mqttv5", "-l"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn mosquitto_pub");
-    {
-        use std::io::Write as _;
-        let mut stdin = publ.stdin.take().expect("stdin");
-        for i in 0..N {
-            writeln!(stdin, "job-{i}").expect("write to mosquitto_pub");
-        }
-    }
-    let st = wait_exit(&mut publ, "mosquitto_pub", WAIT * 2);
-    assert!(st.success(), "mosquitto_pub exited with {st}");
+    let jobs: Vec<String> = (0..N).map(|i| format!("job-{i}")).collect();
+    mosquitto_pub_lines(b.port(), &format!("{test}-pub"), "work/x", &jobs, WAIT * 4);
     let mut all = std::collections::BTreeSet::new();
     for (i, (mut sub, lines)) in subs.into_iter().enumerate() {
         // -C N/3: each exits once it has its third.

@@ -105,6 +105,7 @@ impl Nodes {
                             _ => None,
                         };
                         let others: Vec<usize> = (0..self.n.len()).filter(|&i| i != from).collect();
+                        let is_add = matches!(o, ClusterOut::RouteAdd(_));
                         match o {
                             ClusterOut::Publish {
                                 node, msg, groups, ..
@@ -133,31 +134,15 @@ impl Nodes {
                                     to.run();
                                 }
                             }
-                            ClusterOut::RouteAdd(f) => {
+                            ClusterOut::RouteAdd(f) | ClusterOut::RouteRemove(f) => {
                                 assert_eq!(shard, 0, "only the speaker announces");
+                                let f = std::slice::from_ref(&f);
+                                let (add, remove) =
+                                    if is_add { (f, &[][..]) } else { (&[][..], f) };
                                 for i in others {
                                     let to = &mut self.n[i];
                                     for c in &mut to.cores {
-                                        c.handle_node_routes(
-                                            me,
-                                            None,
-                                            std::slice::from_ref(&f),
-                                            &[],
-                                        );
-                                    }
-                                    to.run();
-                                }
-                            }
-                            ClusterOut::RouteRemove(f) => {
-                                for i in others {
-                                    let to = &mut self.n[i];
-                                    for c in &mut to.cores {
-                                        c.handle_node_routes(
-                                            me,
-                                            None,
-                                            &[],
-                                            std::slice::from_ref(&f),
-                                        );
+                                        c.handle_node_routes(me, None, add, remove);
                                     }
                                     to.run();
                                 }

@@ -130,3 +130,32 @@ pub fn run_paho(test: &str, script: &str, (option, value): (&str, &str), prefix:
         "{script} {option} {value} failed ({status}):\n{stdout}\n{stderr}"
     );
 }
+
+/// Publishes each of `payloads` as one QoS 1 MQTT 5 message to `topic`
+/// with `mosquitto_pub -l` (one line each) as client `id`; asserts it
+/// exited successfully within `within`.
+pub fn mosquitto_pub_lines(
+    port: u16,
+    id: &str,
+    topic: &str,
+    payloads: &[String],
+    within: Duration,
+) {
+    use std::io::Write as _;
+    let mut publ = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-i", id, "-t", topic, "-q", "1", "-V", "mqttv5", "-l"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mosquitto_pub");
+    {
+        let mut stdin = publ.stdin.take().expect("mosquitto_pub's stdin");
+        for p in payloads {
+            writeln!(stdin, "{p}").expect("write to mosquitto_pub");
+        }
+    }
+    let st = wait_exit(&mut publ, "mosquitto_pub", within);
+    assert!(st.success(), "mosquitto_pub {id}: {st}");
+}
