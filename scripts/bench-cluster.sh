@@ -22,7 +22,9 @@
 #
 # Environment: BENCH_OUT, BENCH_REPEATS (3), BENCH_SECONDS (5),
 # BENCH_BROKER_CPU (0), BENCH_GEN_CPU (1), BENCH_NODE_B_CPU (node B's CPU;
-# default: with node A), BENCH_SKIP_BUILD=1.
+# default: with node A), BENCH_SKIP_BUILD=1, BENCH_SCENARIOS (names to run,
+# default all), BENCH_PERF=1 (perf record -g of both nodes during each
+# scenario's first cross run: $OUT/NAME.perf.data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -121,8 +123,16 @@ run() {
     fi
     local t0 w0 t1 w1
     t0=$(ticks "${pids[@]}"); w0=$(date +%s.%N)
+    local perf=
+    if [ -n "${BENCH_PERF:-}" ] && [ "$target" = cross ] && [ ! -e "$OUT/${name%-cross-*}.perf.data" ]; then
+        # Profile both nodes once per scenario, after the warmup.
+        (sleep 1.5; perf record -q -g -p "$(IFS=,; echo "${pids[*]}")" -o "$OUT/${name%-cross-*}.perf.data" \
+            -- sleep "$((SECS - 1))" >/dev/null 2>&1) &
+        perf=$!
+    fi
     "$LT" pubsub --port "$port" "${sub[@]}" --cpus "$GCPU" --warmup 1 --duration "$SECS" \
         --drain 5 --client-prefix "$name" --json "$OUT/$name.json" "$@" >"$OUT/$name.out" 2>&1 || true
+    [ -z "$perf" ] || wait "$perf" || true
     t1=$(ticks "${pids[@]}"); w1=$(date +%s.%N)
     python3 - "$OUT/$name.json" "$t0" "$t1" "$w0" "$w1" "$HZ" >"$OUT/$name.row" <<'EOF'
 import json, sys
@@ -139,9 +149,11 @@ print(int(r["rates"]["delivered_per_s"]), l.get("p50_us", float("nan")), l.get("
 EOF
 }
 
+SCENARIOS=${BENCH_SCENARIOS:-p2p-q1 p2p-q0 fanin-q0 shared-q1 p2p-q1-sat}
 scenario() {
     local name=$1
     shift
+    case " $SCENARIOS " in *" $name "*) ;; *) return 0 ;; esac
     echo "== $name"
     for k in $(seq "$REPEATS"); do
         for t in single cross; do
@@ -159,12 +171,12 @@ scenario shared-q1 --shape shared --publishers 100 --subscribers 4 --qos 1 --rat
 # Saturation: QoS 1 pairs as fast as their inflight windows allow.
 scenario p2p-q1-sat --shape p2p --publishers 10 --qos 1 --rate 0
 
-python3 - "$OUT" "$REPEATS" <<'EOF' | tee "$OUT/table.md"
+python3 - "$OUT" "$REPEATS" $SCENARIOS <<'EOF' | tee "$OUT/table.md"
 import sys, statistics as st
-out, n = sys.argv[1], int(sys.argv[2])
+out, n, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 print("| load | one node: msgs/s, P50 / P99 ms, CPU | two nodes (A → B): msgs/s, P50 / P99 ms, CPU | CPU ratio | P99 added | per-CPU throughput, cross / one | missing one / cross |")
 print("|---|---|---|---|---|---|---|")
-for name in ["p2p-q1", "p2p-q0", "fanin-q0", "shared-q1", "p2p-q1-sat"]:
+for name in names:
     rows = {}
     for t in ["single", "cross"]:
         vals = [list(map(float, open(f"{out}/{name}-{t}-{k}.row").read().split())) for k in range(1, n + 1)]
