@@ -11,8 +11,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use crate::common::clients::{p5, QoS5};
 use crate::common::etcd::{free_ports, Etcd};
 use crate::common::process::{line_within, lines_of, mosquitto_pub_lines, runs, wait_exit};
@@ -431,17 +429,8 @@ async fn cluster_subscription_options_and_topic_aliases_cross_the_hop() {
         ("x/a", "five", false),
     ];
     for (t, m, retain) in sends {
-        let mut p = Publish::new(
-            if t.is_empty() {
-                vmqtt::topic::TopicName::empty()
-            } else {
-                topic(t)
-            },
-            Bytes::copy_from_slice(m.as_bytes()),
-        );
-        p.qos = QoS::AtLeastOnce;
+        let mut p = aliased_publish(t, m, 1);
         p.retain = retain;
-        p.properties.topic_alias = Some(1);
         let ack = publ.publish(p).await.expect("PUBACK");
         assert!(ack.reason.0 < 0x80, "PUBACK for {m}: {ack:?}");
     }

@@ -55,17 +55,10 @@ async fn v5_topic_alias_client_to_server() {
         ("", "four"),
     ];
     for (t, m) in sends {
-        let mut p = Publish::new(
-            if t.is_empty() {
-                vmqtt::topic::TopicName::empty()
-            } else {
-                topic(t)
-            },
-            Bytes::copy_from_slice(m.as_bytes()),
-        );
-        p.qos = QoS::AtLeastOnce;
-        p.properties.topic_alias = Some(1);
-        let ack = publ.publish(p).await.expect("PUBACK");
+        let ack = publ
+            .publish(aliased_publish(t, m, 1))
+            .await
+            .expect("PUBACK");
         assert!(ack.reason.0 < 0x80, "PUBACK for {m}: {ack:?}");
     }
     let want = [

@@ -40,6 +40,20 @@ pub fn topic(s: &str) -> TopicName {
     TopicName::new(ByteStr::from(s)).unwrap_or_else(|e| panic!("bad topic {s:?}: {e:?}"))
 }
 
+/// A QoS 1 PUBLISH of `payload` with Topic Alias `alias`: to topic `t`
+/// (setting the alias), or with an empty topic (using it) when `t` is "".
+pub fn aliased_publish(t: &str, payload: &str, alias: u16) -> Publish {
+    let name = if t.is_empty() {
+        TopicName::empty()
+    } else {
+        topic(t)
+    };
+    let mut p = Publish::new(name, Bytes::copy_from_slice(payload.as_bytes()));
+    p.qos = QoS::AtLeastOnce;
+    p.properties.topic_alias = Some(alias);
+    p
+}
+
 /// A topic filter from a string (panics on an invalid one: test input).
 pub fn filter(s: &str) -> TopicFilter {
     TopicFilter::new(ByteStr::from(s)).unwrap_or_else(|e| panic!("bad filter {s:?}: {e:?}"))
