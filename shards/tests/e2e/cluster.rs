@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::clients::{p5, QoS5};
 use crate::common::etcd::{free_ports, Etcd};
-use crate::common::process::{line_within, lines_of, mosquitto_pub_lines, runs, wait_exit};
+use crate::common::process::{
+    line_within, lines_of, mosquitto_pub_lines, skip_without_mosquitto_clients, wait_exit,
+};
 use crate::common::*;
 
 /// The links' shared secret in the tests.
@@ -216,8 +218,7 @@ fn real(lines: &std::sync::mpsc::Receiver<String>, want: usize, within: Duration
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mosquitto_clients_across_nodes() {
     let test = "cluster_mosquitto_clients_across_nodes";
-    let have = runs("mosquitto_pub", &["--help"]) && runs("mosquitto_sub", &["--help"]);
-    if skip_missing_external(test, "mosquitto_pub/mosquitto_sub", have) {
+    if skip_without_mosquitto_clients(test) {
         return;
     }
     let Some(c) = Cluster::start(test, 3) else {
@@ -1071,8 +1072,7 @@ fn drain_real(lines: &std::sync::mpsc::Receiver<String>, within: Duration) -> Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_shared_subscription_takes_each_message_once() {
     let test = "cluster_shared_subscription_takes_each_message_once";
-    let have = runs("mosquitto_pub", &["--help"]) && runs("mosquitto_sub", &["--help"]);
-    if skip_missing_external(test, "mosquitto_pub/mosquitto_sub", have) {
+    if skip_without_mosquitto_clients(test) {
         return;
     }
     let Some(c) = Cluster::start(test, 3) else {

@@ -6,7 +6,9 @@
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use crate::common::process::{line_within, lines_of, run_paho, runs, sub_messages, wait_exit};
+use crate::common::process::{
+    line_within, lines_of, run_paho, skip_without_mosquitto_clients, sub_messages, wait_exit,
+};
 use crate::common::*;
 
 /// mosquitto_sub and mosquitto_pub exchange QoS 1 messages across shards for
@@ -14,12 +16,7 @@ use crate::common::*;
 #[test]
 fn mosquitto_clients_exchange_across_shards() {
     let test = "mosquitto_clients_exchange_across_shards";
-    let have = runs("mosquitto_pub", &["--help"]) && runs("mosquitto_sub", &["--help"]);
-    if skip_missing_external(
-        test,
-        "mosquitto_pub/mosquitto_sub (Debian: mosquitto-clients)",
-        have,
-    ) {
+    if skip_without_mosquitto_clients(test) {
         return;
     }
     let b = Broker::start(test);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::common::http::{free_port, http_get};
 use crate::common::process::{
-    have_paho, line_within, lines_of, mosquitto_pub_lines, python_script, runs, sub_messages,
-    wait_exit,
+    have_paho, line_within, lines_of, mosquitto_pub_lines, python_script,
+    skip_without_mosquitto_clients, sub_messages, wait_exit,
 };
 use crate::common::raw::persistent;
 use crate::common::shard::id_on_shard;
@@ -95,12 +95,7 @@ fn least_inflight_gives_a_slow_worker_less() {
 #[test]
 fn mosquitto_clients_share_a_group() {
     let test = "mosquitto_clients_share_a_group";
-    let have = runs("mosquitto_pub", &["--help"]) && runs("mosquitto_sub", &["--help"]);
-    if skip_missing_external(
-        test,
-        "mosquitto_pub/mosquitto_sub (mosquitto-clients)",
-        have,
-    ) {
+    if skip_without_mosquitto_clients(test) {
         return;
     }
     if skip_on_mosquitto(test, "vmqtt's round_robin over the whole group") {

@@ -159,3 +159,15 @@ pub fn mosquitto_pub_lines(
     let st = wait_exit(&mut publ, "mosquitto_pub", within);
     assert!(st.success(), "mosquitto_pub {id}: {st}");
 }
+
+/// `true` (after saying why, or failing when external clients are
+/// required) if `mosquitto_pub`/`mosquitto_sub` are not installed: the
+/// test is skipped.
+pub fn skip_without_mosquitto_clients(test: &str) -> bool {
+    let have = runs("mosquitto_pub", &["--help"]) && runs("mosquitto_sub", &["--help"]);
+    skip_missing_external(
+        test,
+        "mosquitto_pub/mosquitto_sub (Debian: mosquitto-clients)",
+        have,
+    )
+}
