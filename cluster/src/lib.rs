@@ -2,8 +2,8 @@
 //! format ([`frame`]), their authenticated handshake ([`handshake`]), the
 //! sequencing, resend and acknowledgement of batches ([`link`]), and the
 //! membership snapshot etcd's thread hands to the shards
-//! ([`membership`]), and the session registry's partitions ([`partition`],
-//! not wired into the broker yet). Time is passed in; nothing here reads a clock or does
+//! ([`membership`]), and the session registry's partitions
+//! ([`partition`]). Time is passed in; nothing here reads a clock or does
 //! I/O, so `tests/sim.rs` runs links over a simulated lossy network.
 
 pub mod frame;
@@ -15,7 +15,7 @@ pub mod partition;
 pub use frame::{Frame, FrameError, Hello, Item, Seq, PROTOCOL_VERSION};
 pub use handshake::{nonce, AcceptStep, Acceptor, DialStep, Dialer, LinkSecret, Refused};
 pub use link::{Accept, Gap, Inbound, OutItem, OutStats, Outbound};
-pub use membership::{Member, Membership};
+pub use membership::{Controller, Member, Membership};
 pub use partition::{
     partition_of, Owner, Partition, PartitionMap, Registration, Registry, PARTITIONS,
 };

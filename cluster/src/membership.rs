@@ -4,7 +4,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use vmqtt::broker::{Epoch, NodeId};
+
+use crate::partition::PartitionMap;
 
 /// A node as etcd has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,12 +85,69 @@ pub struct Membership {
     pub nodes: BTreeMap<NodeId, Member>,
     /// `false` while etcd cannot be reached: the snapshot is the last known.
     pub etcd_up: bool,
+    /// The node that keeps the partition map, if one is elected.
+    pub controller: Option<NodeId>,
+    /// The session registry's partition map, once the controller wrote one.
+    pub partitions: Option<Arc<PartitionMap>>,
+}
+
+/// The controller's claim in etcd (`/{cluster}/controller`, under the
+/// controller's lease): which node, in which life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Controller {
+    /// The node.
+    pub node: NodeId,
+    /// Its epoch (lease) when it was elected.
+    pub epoch: Epoch,
+}
+
+impl Controller {
+    /// The value under `/{cluster}/controller`.
+    pub fn to_value(&self) -> String {
+        format!("v1 node={} epoch={:x}", self.node.0, self.epoch.0)
+    }
+
+    /// Parses [`Controller::to_value`]; `None` for anything else.
+    pub fn from_value(v: &str) -> Option<Controller> {
+        let mut words = v.split_ascii_whitespace();
+        if words.next()? != "v1" {
+            return None;
+        }
+        let (mut node, mut epoch) = (None, None);
+        for w in words {
+            let (k, val) = w.split_once('=')?;
+            match k {
+                "node" => node = Some(NodeId(val.parse().ok()?)),
+                "epoch" => epoch = Some(Epoch(u64::from_str_radix(val, 16).ok()?)),
+                _ => {}
+            }
+        }
+        Some(Controller {
+            node: node?,
+            epoch: epoch?,
+        })
+    }
 }
 
 impl Membership {
     /// The key prefix of the nodes of cluster `name`.
     pub fn prefix(name: &str) -> String {
         format!("/{name}/nodes/")
+    }
+
+    /// The prefix of every key of cluster `name` (what a node watches).
+    pub fn cluster_prefix(name: &str) -> String {
+        format!("/{name}/")
+    }
+
+    /// The key of cluster `name`'s controller.
+    pub fn controller_key(name: &str) -> String {
+        format!("/{name}/controller")
+    }
+
+    /// The key of cluster `name`'s partition map.
+    pub fn partitions_key(name: &str) -> String {
+        format!("/{name}/partitions")
     }
 
     /// The key of node `id` of cluster `name`.
@@ -135,5 +196,24 @@ mod tests {
             Some(NodeId(12))
         );
         assert_eq!(Membership::node_of_key("/c/nodes/", "/c/nodes/x"), None);
+    }
+
+    #[test]
+    fn controller_values_round_trip_and_bad_ones_are_refused() {
+        let c = Controller {
+            node: NodeId(7),
+            epoch: Epoch(0x694d_8a1c_22f0_11ab),
+        };
+        assert_eq!(c.to_value(), "v1 node=7 epoch=694d8a1c22f011ab");
+        assert_eq!(Controller::from_value(&c.to_value()), Some(c));
+        for bad in [
+            "",
+            "v2 node=1 epoch=1",
+            "v1 node=x epoch=1",
+            "v1 epoch=1",
+            "v1 node=1",
+        ] {
+            assert_eq!(Controller::from_value(bad), None, "{bad}");
+        }
     }
 }

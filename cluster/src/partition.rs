@@ -1,4 +1,4 @@
-//! The session registry's shape (issue 18, not wired into the broker yet):
+//! The session registry's shape:
 //! the client-id space cut into [`PARTITIONS`] partitions, the
 //! [`PartitionMap`] that says which node (and shard) owns each, and the
 //! [`Registry`] the owner of a partition keeps in memory — client id →
@@ -62,6 +62,21 @@ impl PartitionMap {
             node,
             shard: p.0 % shards,
         }
+    }
+
+    /// Whether `other` assigns every partition as this map does (the
+    /// revision aside).
+    pub fn same_owners(&self, other: &PartitionMap) -> bool {
+        self.nodes == other.nodes && self.shards == other.shards
+    }
+
+    /// Partitions owned by each node.
+    pub fn per_node(&self) -> BTreeMap<NodeId, usize> {
+        let mut out = BTreeMap::new();
+        for &id in &self.nodes {
+            *out.entry(id).or_default() += 1;
+        }
+        out
     }
 
     /// Partitions owned by `node`.

@@ -11,6 +11,16 @@
 //! `etcd_up = false`; when the lease expired meanwhile (the node was cut
 //! off longer than the TTL, and its peers dropped it), a new lease is
 //! granted: a new epoch.
+//!
+//! The same thread takes part in electing the cluster's controller: the
+//! first node to create `/{cluster}/controller` under its lease holds it
+//! until that lease ends. The controller keeps `/{cluster}/partitions`
+//! (the session registry's [`PartitionMap`], moved as little as possible)
+//! in step with the members, writing it only while its claim on the
+//! controller key still stands (a compare in the same transaction), so a
+//! controller that lost its lease cannot overwrite its successor's map.
+//! Every node reads the map from the watch; its etcd revision is the
+//! partition epoch.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,7 +37,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use vmqtt::broker::{Epoch, NodeId};
-use vmqtt_cluster::{Member, Membership};
+use vmqtt_cluster::{Controller, Member, Membership, PartitionMap};
 use vmqtt_config::ClusterConfig;
 
 /// How long start-up may take to reach etcd and register.
@@ -164,8 +174,9 @@ impl Etcd {
     }
 }
 
-/// `vmqtt-shard cluster status`: the members as etcd has them, one line
-/// each (`node ID epoch HEX peer ADDR shards N mqtt ADDR`).
+/// `vmqtt-shard cluster status`: the controller, the members as etcd has
+/// them, one line each (`node ID epoch HEX peer ADDR shards N mqtt ADDR
+/// partitions K`), and the partition map's epoch.
 pub fn status(cfg: &ClusterConfig) -> anyhow::Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -175,36 +186,162 @@ pub fn status(cfg: &ClusterConfig) -> anyhow::Result<String> {
         let (mut client, _) = connect_any(&cfg.etcd, 0)
             .await
             .with_context(|| format!("connecting to etcd at {:?}", cfg.etcd))?;
-        let prefix = Membership::prefix(&cfg.name);
+        let root = Membership::cluster_prefix(&cfg.name);
         let r = client
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .get(root.as_str(), Some(GetOptions::new().with_prefix()))
             .await
-            .context("reading the cluster's members")?;
-        let mut out = String::new();
+            .context("reading the cluster's keys")?;
+        let mut view = View::new(&cfg.name);
         for kv in r.kvs() {
-            let key = kv.key_str().unwrap_or("");
-            let Some(node) = Membership::node_of_key(&prefix, key) else {
-                continue;
-            };
-            match Member::from_value(kv.value_str().unwrap_or("")) {
-                Some(m) => {
-                    let mqtt = m.mqtt.map_or("-".to_owned(), |a| a.to_string());
-                    out.push_str(&format!(
-                        "node {} epoch {:x} peer {} shards {} mqtt {mqtt}\n",
-                        node.0, m.epoch.0, m.peer, m.shards
-                    ));
+            view.put(
+                kv.key_str().unwrap_or(""),
+                kv.value_str().unwrap_or(""),
+                kv.mod_revision(),
+            );
+        }
+        Ok(view.status())
+    })
+}
+
+/// The cluster's keys as this node last read them: members, controller,
+/// partition map.
+struct View {
+    prefix: String,
+    controller_key: String,
+    partitions_key: String,
+    nodes: BTreeMap<NodeId, Member>,
+    controller: Option<Controller>,
+    partitions: Option<Arc<PartitionMap>>,
+    /// Member values this version could not read, by node.
+    unreadable: BTreeMap<NodeId, String>,
+}
+
+impl View {
+    fn new(cluster: &str) -> View {
+        View {
+            prefix: Membership::prefix(cluster),
+            controller_key: Membership::controller_key(cluster),
+            partitions_key: Membership::partitions_key(cluster),
+            nodes: BTreeMap::new(),
+            controller: None,
+            partitions: None,
+            unreadable: BTreeMap::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.nodes.clear();
+        self.controller = None;
+        self.partitions = None;
+        self.unreadable.clear();
+    }
+
+    /// A key was put (with etcd revision `revision`).
+    fn put(&mut self, key: &str, value: &str, revision: i64) {
+        if key == self.controller_key {
+            self.controller = Controller::from_value(value);
+            if self.controller.is_none() {
+                warn!(key, value, "a controller value this version does not read");
+            }
+        } else if key == self.partitions_key {
+            match PartitionMap::from_value(value, u64::try_from(revision).unwrap_or(0)) {
+                Some(m) => self.partitions = Some(Arc::new(m)),
+                None => {
+                    warn!(key, "a partition map this version does not read: the controller writes a new one");
+                    self.partitions = None;
                 }
-                None => out.push_str(&format!(
-                    "node {} (a value this version does not read)\n",
-                    node.0
-                )),
+            }
+        } else if let Some(node) = Membership::node_of_key(&self.prefix, key) {
+            match Member::from_value(value) {
+                Some(m) => {
+                    self.unreadable.remove(&node);
+                    self.nodes.insert(node, m);
+                }
+                None => {
+                    warn!(
+                        key,
+                        value, "skipping a member value this version does not understand"
+                    );
+                    self.unreadable.insert(node, value.to_owned());
+                }
             }
         }
-        if out.is_empty() {
-            out = format!("cluster {:?}: no node registered\n", cfg.name);
+    }
+
+    /// A key was deleted.
+    fn delete(&mut self, key: &str) {
+        if key == self.controller_key {
+            if let Some(c) = self.controller.take() {
+                info!(node = c.node.0, "the cluster's controller is gone");
+            }
+        } else if key == self.partitions_key {
+            self.partitions = None;
+        } else if let Some(node) = Membership::node_of_key(&self.prefix, key) {
+            self.unreadable.remove(&node);
+            if self.nodes.remove(&node).is_some() {
+                info!(node = node.0, "node left the cluster");
+            }
         }
-        Ok(out)
-    })
+    }
+
+    /// The text of `cluster status`.
+    fn status(&self) -> String {
+        let mut out = match self.controller {
+            Some(c) if self.nodes.get(&c.node).is_some_and(|m| m.epoch == c.epoch) => {
+                format!("controller node {} epoch {:x}\n", c.node.0, c.epoch.0)
+            }
+            Some(c) => format!("controller node {} (an earlier life)\n", c.node.0),
+            None => "controller none (being elected)\n".to_owned(),
+        };
+        let owned = self
+            .partitions
+            .as_ref()
+            .map(|p| p.per_node())
+            .unwrap_or_default();
+        let ids: std::collections::BTreeSet<NodeId> = self
+            .nodes
+            .keys()
+            .chain(self.unreadable.keys())
+            .copied()
+            .collect();
+        if ids.is_empty() {
+            out.push_str("no node registered\n");
+        }
+        for node in ids {
+            let Some(m) = self.nodes.get(&node) else {
+                out.push_str(&format!(
+                    "node {} (a value this version does not read)\n",
+                    node.0
+                ));
+                continue;
+            };
+            let mqtt = m.mqtt.map_or("-".to_owned(), |a| a.to_string());
+            out.push_str(&format!(
+                "node {} epoch {:x} peer {} shards {} mqtt {mqtt} partitions {}\n",
+                node.0,
+                m.epoch.0,
+                m.peer,
+                m.shards,
+                owned.get(&node).copied().unwrap_or(0)
+            ));
+        }
+        match &self.partitions {
+            Some(p) => {
+                let orphaned: usize = owned
+                    .iter()
+                    .filter(|(id, _)| !self.nodes.contains_key(id))
+                    .map(|(_, n)| n)
+                    .sum();
+                out.push_str(&format!("partitions epoch {}", p.revision));
+                if orphaned > 0 {
+                    out.push_str(&format!(" ({orphaned} owned by nodes that left)"));
+                }
+                out.push('\n');
+            }
+            None => out.push_str("partitions none (no map written yet)\n"),
+        }
+        out
+    }
 }
 
 /// The etcd thread's state.
@@ -214,11 +351,12 @@ struct Session {
     endpoint: usize,
     cfg: ClusterConfig,
     me: ThisNode,
-    prefix: String,
+    /// Every key of the cluster starts with this.
+    root: String,
     key: String,
     lease: i64,
     revision: i64,
-    nodes: BTreeMap<NodeId, Member>,
+    view: View,
     etcd_up: bool,
 }
 
@@ -233,27 +371,30 @@ impl Session {
         let (client, endpoint) = connect_any(&cfg.etcd, 0)
             .await
             .with_context(|| format!("connecting to etcd at {:?}", cfg.etcd))?;
-        let prefix = Membership::prefix(&cfg.name);
+        let root = Membership::cluster_prefix(&cfg.name);
         let key = Membership::key(&cfg.name, me.id);
+        let view = View::new(&cfg.name);
         let mut s = Session {
             client,
             endpoint,
             cfg,
             me,
-            prefix,
+            root,
             key,
             lease: 0,
             revision: 0,
-            nodes: BTreeMap::new(),
+            view,
             etcd_up: true,
         };
         s.register(true).await?;
         s.list().await?;
+        s.steer().await?;
         info!(
             cluster = %s.cfg.name,
             node = s.me.id.0,
             epoch = format_args!("{:x}", s.lease),
-            nodes = s.nodes.len(),
+            nodes = s.view.nodes.len(),
+            controller = s.view.controller.map(|c| c.node.0),
             "joined the cluster"
         );
         Ok(s)
@@ -338,41 +479,122 @@ impl Session {
         .to_value()
     }
 
-    /// Reads every member.
+    /// Reads every key of the cluster.
     async fn list(&mut self) -> anyhow::Result<()> {
         let r = self
             .client
-            .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .get(self.root.as_str(), Some(GetOptions::new().with_prefix()))
             .await
-            .context("reading the cluster's members")?;
+            .context("reading the cluster's keys")?;
         self.revision = r.header().map_or(0, |h| h.revision());
-        self.nodes.clear();
+        self.view.clear();
         for kv in r.kvs() {
-            self.apply_put(kv.key_str().unwrap_or(""), kv.value_str().unwrap_or(""));
+            self.view.put(
+                kv.key_str().unwrap_or(""),
+                kv.value_str().unwrap_or(""),
+                kv.mod_revision(),
+            );
         }
         Ok(())
     }
 
-    fn apply_put(&mut self, key: &str, value: &str) {
-        let Some(node) = Membership::node_of_key(&self.prefix, key) else {
-            return;
-        };
-        match Member::from_value(value) {
-            Some(m) => {
-                self.nodes.insert(node, m);
-            }
-            None => warn!(
-                key,
-                value, "skipping a member value this version does not understand"
-            ),
+    /// This node's claim on the controller key.
+    fn me_as_controller(&self) -> Controller {
+        Controller {
+            node: self.me.id,
+            epoch: Epoch(self.lease as u64),
         }
+    }
+
+    /// Takes part in the controller's election when there is none, and as
+    /// the controller writes a new partition map when the members changed.
+    /// Both are transactions: at most one node wins the controller key, and
+    /// the map is written only while this node's claim on it stands.
+    async fn steer(&mut self) -> anyhow::Result<()> {
+        let ckey = self.view.controller_key.clone();
+        let mine = self.me_as_controller();
+        let live =
+            |c: &Controller, v: &View| v.nodes.get(&c.node).is_some_and(|m| m.epoch == c.epoch);
+        if self.view.controller.is_none() {
+            let txn = Txn::new()
+                .when([Compare::create_revision(ckey.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    ckey.as_str(),
+                    mine.to_value(),
+                    Some(PutOptions::new().with_lease(self.lease)),
+                )])
+                .or_else([TxnOp::get(ckey.as_str(), None)]);
+            let r = self
+                .client
+                .txn(txn)
+                .await
+                .context("campaigning for the controller key")?;
+            if r.succeeded() {
+                info!(node = self.me.id.0, "this node is the cluster's controller");
+                self.view.controller = Some(mine);
+            } else {
+                for op in r.op_responses() {
+                    if let etcd_client::TxnOpResponse::Get(g) = op {
+                        if let Some(kv) = g.kvs().first() {
+                            self.view
+                                .put(&ckey, kv.value_str().unwrap_or(""), kv.mod_revision());
+                        }
+                    }
+                }
+            }
+        }
+        if self.view.controller != Some(mine) || !live(&mine, &self.view) {
+            return Ok(());
+        }
+        let members = self.snapshot();
+        let Some(next) = PartitionMap::assign(self.view.partitions.as_deref(), &members) else {
+            return Ok(());
+        };
+        if self
+            .view
+            .partitions
+            .as_deref()
+            .is_some_and(|cur| cur.same_owners(&next))
+        {
+            return Ok(());
+        }
+        let pkey = self.view.partitions_key.clone();
+        let txn = Txn::new()
+            .when([Compare::value(
+                ckey.as_str(),
+                CompareOp::Equal,
+                mine.to_value(),
+            )])
+            .and_then([TxnOp::put(pkey.as_str(), next.to_value(), None)]);
+        let r = self
+            .client
+            .txn(txn)
+            .await
+            .context("writing the partition map")?;
+        if r.succeeded() {
+            let revision = r.header().map_or(0, |h| h.revision());
+            let mut next = next;
+            next.revision = u64::try_from(revision).unwrap_or(0);
+            info!(
+                epoch = revision,
+                nodes = members.nodes.len(),
+                "wrote the partition map"
+            );
+            self.view.partitions = Some(Arc::new(next));
+        } else {
+            warn!("no longer the controller: the partition map is left to the new one");
+            self.view.controller = None;
+        }
+        Ok(())
     }
 
     fn snapshot(&self) -> Membership {
         Membership {
             revision: self.revision,
-            nodes: self.nodes.clone(),
+            nodes: self.view.nodes.clone(),
             etcd_up: self.etcd_up,
+            controller: self.view.controller.map(|c| c.node),
+            partitions: self.view.partitions.clone(),
         }
     }
 
@@ -457,7 +679,8 @@ impl Session {
         } else {
             self.register(false).await?;
         }
-        self.list().await
+        self.list().await?;
+        self.steer().await
     }
 
     async fn serve(
@@ -470,7 +693,7 @@ impl Session {
             let watch = self
                 .client
                 .watch(
-                    self.prefix.as_str(),
+                    self.root.as_str(),
                     Some(
                         WatchOptions::new()
                             .with_prefix()
@@ -524,24 +747,22 @@ impl Session {
                         let key = kv.key_str().unwrap_or("");
                         match ev.event_type() {
                             EventType::Put => {
-                                self.apply_put(key, kv.value_str().unwrap_or(""))
+                                self.view.put(key, kv.value_str().unwrap_or(""), kv.mod_revision())
                             }
-                            EventType::Delete => {
-                                if let Some(node) = Membership::node_of_key(&self.prefix, key) {
-                                    self.nodes.remove(&node);
-                                    info!(node = node.0, "node left the cluster");
-                                }
-                            }
+                            EventType::Delete => self.view.delete(key),
                         }
                         self.revision = self.revision.max(kv.mod_revision());
                     }
                     if let Some(h) = r.header() {
                         self.revision = self.revision.max(h.revision());
                     }
-                    if !self.nodes.contains_key(&self.me.id) {
+                    if !self.view.nodes.contains_key(&self.me.id) {
                         // Our key went (lease expired meanwhile, or someone
                         // deleted it): register again.
                         return Served::Lost(anyhow!("this node's key is gone from etcd"));
+                    }
+                    if let Err(e) = self.steer().await {
+                        return Served::Lost(e);
                     }
                     publish(Arc::new(self.snapshot()));
                 }

@@ -309,12 +309,21 @@ impl Metrics {
         let Some(c) = cluster.as_ref() else {
             return "{\"cluster\":null}\n".to_owned();
         };
+        let owned = c
+            .membership
+            .partitions
+            .as_ref()
+            .map(|p| p.per_node())
+            .unwrap_or_default();
+        let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
         let mut out = format!(
-            "{{\"cluster\":{},\"node\":{},\"etcd_up\":{},\"revision\":{},\"nodes\":[",
+            "{{\"cluster\":{},\"node\":{},\"etcd_up\":{},\"revision\":{},\"controller\":{},\"partition_epoch\":{},\"nodes\":[",
             json_str(&c.name),
             c.node,
             c.membership.etcd_up,
-            c.membership.revision
+            c.membership.revision,
+            opt(c.membership.controller.map(|n| u64::from(n.0))),
+            opt(c.membership.partitions.as_ref().map(|p| p.revision)),
         );
         for (i, (id, m)) in c.membership.nodes.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
@@ -323,11 +332,12 @@ impl Metrics {
                 .map_or("null".to_owned(), |a| json_str(&a.to_string()));
             let _ = write!(
                 out,
-                "{sep}{{\"node\":{},\"epoch\":\"{:x}\",\"peer\":{},\"shards\":{},\"mqtt\":{mqtt}}}",
+                "{sep}{{\"node\":{},\"epoch\":\"{:x}\",\"peer\":{},\"shards\":{},\"mqtt\":{mqtt},\"partitions\":{}}}",
                 id.0,
                 m.epoch.0,
                 json_str(&m.peer.to_string()),
-                m.shards
+                m.shards,
+                owned.get(id).copied().unwrap_or(0)
             );
         }
         out.push_str("],\"links\":[");
@@ -376,6 +386,19 @@ impl Metrics {
             out,
             "# HELP vmqtt_cluster_etcd_up 1 while etcd answers (else the last membership stays in force).\n# TYPE vmqtt_cluster_etcd_up gauge\nvmqtt_cluster_etcd_up {}",
             u8::from(c.membership.etcd_up)
+        );
+        if let Some(p) = &c.membership.partitions {
+            let _ = writeln!(
+                out,
+                "# HELP vmqtt_cluster_partitions_owned Session-registry partitions (of 1024) this node owns.\n# TYPE vmqtt_cluster_partitions_owned gauge\nvmqtt_cluster_partitions_owned {}\n# HELP vmqtt_cluster_partition_epoch The partition map's epoch (its etcd revision).\n# TYPE vmqtt_cluster_partition_epoch gauge\nvmqtt_cluster_partition_epoch {}",
+                p.owned_by(vmqtt::broker::NodeId(c.node)),
+                p.revision
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vmqtt_cluster_is_controller 1 while this node is the cluster's controller.\n# TYPE vmqtt_cluster_is_controller gauge\nvmqtt_cluster_is_controller {}",
+            u8::from(c.membership.controller == Some(vmqtt::broker::NodeId(c.node)))
         );
         drop(cluster);
         type LinkSeries = (

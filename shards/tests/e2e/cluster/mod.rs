@@ -18,6 +18,8 @@ use crate::common::process::{
 };
 use crate::common::*;
 
+mod partitions;
+
 /// The links' shared secret in the tests.
 const SECRET: &str = "e2e-cluster-secret-0123456789abcdef";
 /// Lease TTL of the test nodes, seconds.
@@ -105,6 +107,23 @@ impl Cluster {
 
     fn port(&self, node: usize) -> u16 {
         self.nodes[node].port()
+    }
+
+    /// `vmqtt-shard cluster status` with node `via`'s config.
+    fn status(&self, via: usize) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_vmqtt-shard"))
+            .arg("--config")
+            .arg(self.nodes[via].config_path())
+            .args(["cluster", "status"])
+            .output()
+            .expect("run cluster status");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
     }
 
     /// Waits until every node has a link up to every other (each node's
@@ -836,24 +855,14 @@ fn cluster_status_lists_members_and_links() {
     let http = crate::common::http::free_port();
     c.add_node(test, 2, Some(http));
     c.wait_linked();
-    let out = Command::new(env!("CARGO_BIN_EXE_vmqtt-shard"))
-        .arg("--config")
-        .arg(c.nodes[1].config_path())
-        .args(["cluster", "status"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<&str> = text.lines().collect();
+    let text = c.status(1);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("node ")).collect();
     assert_eq!(lines.len(), 2, "{text}");
     for (i, l) in lines.iter().enumerate() {
         assert!(l.starts_with(&format!("node {} epoch ", i + 1)), "{l}");
         assert!(l.contains(&format!("mqtt 127.0.0.1:{}", c.port(i))), "{l}");
     }
+    assert!(text.starts_with("controller node 1 epoch "), "{text}");
     // Published once a second.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -865,8 +874,16 @@ fn cluster_status_lists_members_and_links() {
             && metrics.contains("vmqtt_cluster_nodes 2")
             && metrics.contains("vmqtt_cluster_link_up{shard=\"0\",peer=\"1\"} 1")
             && metrics.contains("vmqtt_cluster_link_rtt_seconds{shard=\"0\",peer=\"1\"} ")
+            // The map of two nodes reached this one.
+            && json.contains("\"partitions\":512}")
+            && metrics.contains("vmqtt_cluster_partitions_owned 512")
         {
             assert!(json.contains("\"etcd_up\":true"), "{json}");
+            assert!(json.contains("\"controller\":1,"), "{json}");
+            assert!(
+                metrics.contains("vmqtt_cluster_is_controller 0"),
+                "{metrics}"
+            );
             // The round trip of a ping over loopback: measured, and short.
             let rtt: f64 = metrics
                 .lines()
