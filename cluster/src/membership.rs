@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use vmqtt::broker::{Epoch, NodeId};
 
-use crate::partition::PartitionMap;
+use vmqtt::broker::partition::PartitionMap;
 
 /// A node as etcd has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +158,11 @@ impl Membership {
     /// The node id of a key under [`Membership::prefix`].
     pub fn node_of_key(prefix: &str, key: &str) -> Option<NodeId> {
         key.strip_prefix(prefix)?.parse().ok().map(NodeId)
+    }
+
+    /// Each member's shards (what [`PartitionMap::assign`] takes).
+    pub fn shards(&self) -> BTreeMap<NodeId, u16> {
+        self.nodes.iter().map(|(id, m)| (*id, m.shards)).collect()
     }
 
     /// The epoch of `node`, if it is a member.

@@ -547,7 +547,8 @@ impl Session {
             return Ok(());
         }
         let members = self.snapshot();
-        let Some(next) = PartitionMap::assign(self.view.partitions.as_deref(), &members) else {
+        let Some(next) = PartitionMap::assign(self.view.partitions.as_deref(), &members.shards())
+        else {
             return Ok(());
         };
         if self

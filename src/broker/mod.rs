@@ -16,6 +16,7 @@ pub mod auth;
 mod budget;
 mod message;
 mod node;
+pub mod partition;
 pub mod persist;
 mod retain;
 mod session;

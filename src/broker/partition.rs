@@ -8,9 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use vmqtt::broker::NodeId;
-
-use crate::membership::Membership;
+use super::NodeId;
 
 /// Partitions of the client-id space, fixed for the life of a cluster.
 pub const PARTITIONS: u16 = 1024;
@@ -84,7 +82,7 @@ impl PartitionMap {
         self.nodes.iter().filter(|&&n| n == node).count()
     }
 
-    /// The map for `members`, moving as few partitions as possible from
+    /// The map for `members` (node → its shards), moving as few partitions as possible from
     /// `previous`: a partition stays with its owner while that node is a
     /// member; partitions of nodes that left go to the members owning
     /// fewest; then partitions move from the most to the least loaded until
@@ -92,8 +90,11 @@ impl PartitionMap {
     /// `1/n` of them, all from the others; a fresh map gives each node one
     /// contiguous range). Deterministic: the same inputs
     /// give the same map on any node. `None` without members.
-    pub fn assign(previous: Option<&PartitionMap>, members: &Membership) -> Option<PartitionMap> {
-        let ids: Vec<NodeId> = members.nodes.keys().copied().collect();
+    pub fn assign(
+        previous: Option<&PartitionMap>,
+        members: &BTreeMap<NodeId, u16>,
+    ) -> Option<PartitionMap> {
+        let ids: Vec<NodeId> = members.keys().copied().collect();
         if ids.is_empty() {
             return None;
         }
@@ -102,7 +103,7 @@ impl PartitionMap {
             Some(prev) if prev.nodes.len() == n => prev
                 .nodes
                 .iter()
-                .map(|id| members.nodes.contains_key(id).then_some(*id))
+                .map(|id| members.contains_key(id).then_some(*id))
                 .collect(),
             _ => vec![None; n],
         };
@@ -151,11 +152,7 @@ impl PartitionMap {
         Some(PartitionMap {
             revision: 0,
             nodes: nodes.into_iter().map(|s| s.unwrap_or(ids[0])).collect(),
-            shards: members
-                .nodes
-                .iter()
-                .map(|(id, m)| (*id, m.shards.max(1)))
-                .collect(),
+            shards: members.iter().map(|(id, s)| (*id, (*s).max(1))).collect(),
         })
     }
 
@@ -231,8 +228,21 @@ pub struct Registration {
     /// Its shard.
     pub shard: u16,
     /// The session epoch: the owner's count of claims of this client id;
-    /// a higher one is a later CONNECT.
+    /// a higher one is a later CONNECT (0: registered from a node's disk,
+    /// no claim known).
     pub epoch: u64,
+}
+
+/// What [`Registry::reregister`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reregistered {
+    /// The registration stands.
+    Accepted,
+    /// It replaced this one (another node's, older): that node must drop
+    /// its copy of the session.
+    Replaced(Registration),
+    /// A newer registration holds the client: the node must drop its copy.
+    Refused(Registration),
 }
 
 /// What the owner of a partition keeps of its client ids (in memory, never
@@ -268,18 +278,38 @@ impl Registry {
         (reg, previous)
     }
 
-    /// A node tells a new owner (after a partition moved) of a session it
-    /// has. Kept if it is not older than what the owner knows; `false`:
-    /// a later claim took the client over, the node must drop its session.
-    pub fn reregister(&mut self, client: &str, reg: Registration) -> bool {
-        match self.clients.get(client) {
-            Some(cur) if cur.epoch > reg.epoch => false,
-            Some(cur) if cur.epoch == reg.epoch && *cur != reg => false,
-            _ => {
+    /// A node tells the owner of a session it holds: after a partition
+    /// moved, or when it starts with sessions from its disk. The node that
+    /// the owner has on record keeps its registration (at the higher
+    /// epoch: a restarted node knows no epochs); another node's is taken if
+    /// it is newer, and the holder it replaces must drop its copy.
+    pub fn reregister(&mut self, client: &str, reg: Registration) -> Reregistered {
+        match self.clients.get(client).copied() {
+            None => {
                 self.clients.insert(client.to_owned(), reg);
-                true
+                Reregistered::Accepted
+            }
+            Some(cur) if cur.node == reg.node => {
+                let epoch = cur.epoch.max(reg.epoch);
+                self.clients
+                    .insert(client.to_owned(), Registration { epoch, ..reg });
+                Reregistered::Accepted
+            }
+            Some(cur) if cur.epoch >= reg.epoch => Reregistered::Refused(cur),
+            Some(cur) => {
+                self.clients.insert(client.to_owned(), reg);
+                Reregistered::Replaced(cur)
             }
         }
+    }
+
+    /// Forgets every registration of `node` (it left the cluster: its
+    /// clients connecting elsewhere get fresh sessions; when it returns it
+    /// registers what it still has). Returns how many.
+    pub fn forget_node(&mut self, node: NodeId) -> usize {
+        let before = self.clients.len();
+        self.clients.retain(|_, r| r.node != node);
+        before - self.clients.len()
     }
 
     /// The session of `client` registered as `reg` ended (expired, or

@@ -1,27 +1,9 @@
 use std::collections::BTreeSet;
 
-use vmqtt::broker::Epoch;
-
 use super::*;
-use crate::membership::Member;
 
-fn members(ids: &[u16]) -> Membership {
-    Membership {
-        nodes: ids
-            .iter()
-            .map(|&id| {
-                let m = Member {
-                    epoch: Epoch(u64::from(id) * 7),
-                    peer: format!("127.0.0.{id}:1884").parse().unwrap(),
-                    shards: 1 + id % 4,
-                    mqtt: None,
-                };
-                (NodeId(id), m)
-            })
-            .collect(),
-        etcd_up: true,
-        ..Membership::default()
-    }
+fn members(ids: &[u16]) -> BTreeMap<NodeId, u16> {
+    ids.iter().map(|&id| (NodeId(id), 1 + id % 4)).collect()
 }
 
 fn loads(m: &PartitionMap, ids: &[u16]) -> Vec<usize> {
@@ -78,7 +60,7 @@ fn a_map_is_balanced_and_moves_only_what_it_must() {
     // The shard of a partition is within its node's shards.
     for p in (0..PARTITIONS).map(Partition) {
         let o = four.owner(p);
-        assert!(o.shard < members(&[1, 3, 4]).nodes[&o.node].shards);
+        assert!(o.shard < members(&[1, 3, 4])[&o.node]);
     }
     assert_eq!(PartitionMap::assign(Some(&four), &members(&[])), None);
 }
@@ -122,14 +104,27 @@ fn the_newest_claim_wins_and_a_stale_registration_is_refused() {
     assert_eq!(prev, Some(a));
     assert_eq!(b.epoch, 2);
     // Node 1, re-registering after a partition move, is told it lost it.
-    assert!(!r.reregister("dev", a));
-    assert!(r.reregister("dev", b), "the holder keeps it");
-    // A new owner learns registrations in any order: the latest stays.
+    assert_eq!(r.reregister("dev", a), Reregistered::Refused(b));
+    assert_eq!(
+        r.reregister("dev", b),
+        Reregistered::Accepted,
+        "the holder keeps it"
+    );
+    // A new owner learns registrations in any order: the latest stays, and
+    // the node it replaces is named (it drops its copy).
     let mut fresh = Registry::new();
-    assert!(fresh.reregister("dev", a));
-    assert!(fresh.reregister("dev", b));
-    assert!(!fresh.reregister("dev", a));
+    assert_eq!(fresh.reregister("dev", a), Reregistered::Accepted);
+    assert_eq!(fresh.reregister("dev", b), Reregistered::Replaced(a));
+    assert_eq!(fresh.reregister("dev", a), Reregistered::Refused(b));
     assert_eq!(fresh.get("dev"), Some(b));
+    // Node 2 restarts and registers from its disk (epoch 0): still its own,
+    // at the epoch the owner knew.
+    let restarted = Registration { epoch: 0, ..b };
+    assert_eq!(fresh.reregister("dev", restarted), Reregistered::Accepted);
+    assert_eq!(fresh.get("dev"), Some(b));
+    // Node 2 leaves: its registrations go.
+    assert_eq!(fresh.forget_node(NodeId(2)), 1);
+    assert_eq!(fresh.get("dev"), None);
     // A release of an old registration does not forget the new one.
     r.release("dev", a);
     assert_eq!(r.get("dev"), Some(b));
