@@ -8,13 +8,20 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use vmqtt::broker::{Epoch, Message, NodeId, RetainVersion, ShardId};
-use vmqtt::codec::{PublishProperties, QoS};
-use vmqtt::topic::{TopicFilter, TopicName};
-use vmqtt::{ByteStr, ClientId};
+use std::sync::Arc;
 
-/// The link protocol's version, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 3;
+use vmqtt::broker::persist::OutState;
+use vmqtt::broker::{
+    Epoch, Message, NodeId, RetainVersion, SessionMsg, SessionTransfer, ShardId, Subscription,
+    TransferEntry,
+};
+use vmqtt::codec::{ProtocolVersion, PublishProperties, QoS, RetainHandling, SubscriptionOptions};
+use vmqtt::topic::{TopicFilter, TopicName};
+use vmqtt::{ByteStr, ClientId, PacketId};
+
+/// The link protocol's version, checked in the handshake (4: session
+/// messages).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The largest frame accepted (a batch of messages): 64 MiB.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -91,6 +98,8 @@ pub enum Item {
     RouteAdd(TopicFilter),
     /// The sending node no longer has subscribers of this filter.
     RouteRemove(TopicFilter),
+    /// About one client's session: claims, handovers, registrations.
+    Session(SessionMsg),
 }
 
 /// A frame that cannot be read.
@@ -126,6 +135,16 @@ const RETAIN: u8 = 2;
 const ROUTES: u8 = 3;
 const ROUTE_ADD: u8 = 4;
 const ROUTE_REMOVE: u8 = 5;
+const SESSION: u8 = 6;
+
+const S_CLAIM: u8 = 1;
+const S_GRANTED: u8 = 2;
+const S_NOT_OWNER: u8 = 3;
+const S_TAKE: u8 = 4;
+const S_HANDOVER: u8 = 5;
+const S_REGISTER: u8 = 6;
+const S_RELEASE: u8 = 7;
+const S_DROP: u8 = 8;
 
 /// No expiry, on the wire.
 const NO_EXPIRY: u64 = u64::MAX;
@@ -289,7 +308,258 @@ fn encode_item(item: &Item, now: Instant, buf: &mut BytesMut) {
             buf.put_u8(ROUTE_REMOVE);
             put_str(buf, f.as_str());
         }
+        Item::Session(m) => {
+            buf.put_u8(SESSION);
+            encode_session(m, now, buf);
+        }
     }
+}
+
+fn encode_session(m: &SessionMsg, now: Instant, buf: &mut BytesMut) {
+    match m {
+        SessionMsg::Claim { client, claim } => {
+            buf.put_u8(S_CLAIM);
+            put_str(buf, client.as_str());
+            buf.put_u64(*claim);
+        }
+        SessionMsg::Granted {
+            client,
+            claim,
+            epoch,
+            previous,
+        } => {
+            buf.put_u8(S_GRANTED);
+            put_str(buf, client.as_str());
+            buf.put_u64(*claim);
+            buf.put_u64(*epoch);
+            // Node 0 is no node.
+            buf.put_u16(previous.map_or(0, |n| n.0));
+        }
+        SessionMsg::NotOwner { client, claim } => {
+            buf.put_u8(S_NOT_OWNER);
+            put_str(buf, client.as_str());
+            buf.put_u64(*claim);
+        }
+        SessionMsg::Take {
+            client,
+            claim,
+            clean,
+        } => {
+            buf.put_u8(S_TAKE);
+            put_str(buf, client.as_str());
+            buf.put_u64(*claim);
+            buf.put_u8(u8::from(*clean));
+        }
+        SessionMsg::Handover {
+            client,
+            claim,
+            session,
+        } => {
+            buf.put_u8(S_HANDOVER);
+            put_str(buf, client.as_str());
+            buf.put_u64(*claim);
+            match session {
+                None => buf.put_u8(0),
+                Some(s) => {
+                    buf.put_u8(1);
+                    encode_transfer(s, now, buf);
+                }
+            }
+        }
+        SessionMsg::Register { client, epoch } => {
+            buf.put_u8(S_REGISTER);
+            put_str(buf, client.as_str());
+            buf.put_u64(*epoch);
+        }
+        SessionMsg::Release { client } => {
+            buf.put_u8(S_RELEASE);
+            put_str(buf, client.as_str());
+        }
+        SessionMsg::Drop { client } => {
+            buf.put_u8(S_DROP);
+            put_str(buf, client.as_str());
+        }
+    }
+}
+
+fn encode_transfer(s: &SessionTransfer, now: Instant, buf: &mut BytesMut) {
+    buf.put_u8(s.protocol as u8);
+    buf.put_u32(s.expiry_interval);
+    buf.put_u32(u32::try_from(s.subscriptions.len()).unwrap_or(u32::MAX));
+    for (f, sub) in &s.subscriptions {
+        put_str(buf, f.as_str());
+        let o = sub.options;
+        buf.put_u8(
+            o.qos as u8
+                | u8::from(o.no_local) << 2
+                | u8::from(o.retain_as_published) << 3
+                | (o.retain_handling as u8) << 4,
+        );
+        // Subscription identifiers are 1..=268,435,455: 0 is none.
+        buf.put_u32(sub.id.unwrap_or(0));
+    }
+    buf.put_u32(u32::try_from(s.queue.len()).unwrap_or(u32::MAX));
+    for e in &s.queue {
+        let (state, id) = match e.state {
+            OutState::Queued => (0, 0),
+            OutState::AwaitPubAck(id) => (1, id.get()),
+            OutState::AwaitPubRec(id) => (2, id.get()),
+            OutState::AwaitPubComp(id) => (3, id.get()),
+        };
+        buf.put_u8(state | (e.qos as u8) << 2 | u8::from(e.retain) << 4);
+        buf.put_u16(id);
+        buf.put_u32(u32::try_from(e.sub_ids.len()).unwrap_or(u32::MAX));
+        for i in &e.sub_ids {
+            buf.put_u32(*i);
+        }
+        encode_message(&e.msg, now, buf);
+    }
+    buf.put_u32(u32::try_from(s.inbound_qos2.len()).unwrap_or(u32::MAX));
+    for id in &s.inbound_qos2 {
+        buf.put_u16(id.get());
+    }
+}
+
+fn get_client(b: &mut Bytes) -> Result<ClientId, FrameError> {
+    Ok(ClientId::new(get_str(b, "session: client id")?))
+}
+
+fn get_packet_id(b: &mut Bytes) -> Result<PacketId, FrameError> {
+    PacketId::new(get_u16(b, "session: packet id")?)
+        .ok_or(FrameError::Malformed("session: packet id 0"))
+}
+
+/// A count of items of at least `min` bytes each, no more than the bytes
+/// left could hold (a hostile count allocates nothing).
+fn get_count(b: &mut Bytes, min: usize, what: &'static str) -> Result<usize, FrameError> {
+    let n = get_u32(b, what)? as usize;
+    if n > b.remaining() / min.max(1) {
+        return Err(FrameError::Malformed(what));
+    }
+    Ok(n)
+}
+
+fn decode_session(b: &mut Bytes, now: Instant) -> Result<SessionMsg, FrameError> {
+    let kind = get_u8(b, "session")?;
+    Ok(match kind {
+        S_CLAIM => SessionMsg::Claim {
+            client: get_client(b)?,
+            claim: get_u64(b, "session: claim")?,
+        },
+        S_GRANTED => SessionMsg::Granted {
+            client: get_client(b)?,
+            claim: get_u64(b, "session: claim")?,
+            epoch: get_u64(b, "session: epoch")?,
+            previous: Some(NodeId(get_u16(b, "session: node")?)).filter(|n| n.0 != 0),
+        },
+        S_NOT_OWNER => SessionMsg::NotOwner {
+            client: get_client(b)?,
+            claim: get_u64(b, "session: claim")?,
+        },
+        S_TAKE => SessionMsg::Take {
+            client: get_client(b)?,
+            claim: get_u64(b, "session: claim")?,
+            clean: get_u8(b, "session: clean")? != 0,
+        },
+        S_HANDOVER => {
+            let client = get_client(b)?;
+            let claim = get_u64(b, "session: claim")?;
+            let session = match get_u8(b, "session: handover")? {
+                0 => None,
+                _ => Some(Box::new(decode_transfer(b, now)?)),
+            };
+            SessionMsg::Handover {
+                client,
+                claim,
+                session,
+            }
+        }
+        S_REGISTER => SessionMsg::Register {
+            client: get_client(b)?,
+            epoch: get_u64(b, "session: epoch")?,
+        },
+        S_RELEASE => SessionMsg::Release {
+            client: get_client(b)?,
+        },
+        S_DROP => SessionMsg::Drop {
+            client: get_client(b)?,
+        },
+        kind => {
+            return Err(FrameError::UnknownKind {
+                what: "session message",
+                kind,
+            })
+        }
+    })
+}
+
+fn decode_transfer(b: &mut Bytes, now: Instant) -> Result<SessionTransfer, FrameError> {
+    let protocol = match get_u8(b, "session: protocol")? {
+        3 => ProtocolVersion::V3_1,
+        4 => ProtocolVersion::V3_1_1,
+        5 => ProtocolVersion::V5,
+        _ => return Err(FrameError::Malformed("session: protocol")),
+    };
+    let expiry_interval = get_u32(b, "session: expiry")?;
+    let n = get_count(b, 7, "session: subscriptions")?;
+    let mut subscriptions = Vec::with_capacity(n);
+    for _ in 0..n {
+        let f = get_filter(b)?;
+        let byte = get_u8(b, "session: options")?;
+        let bad = FrameError::Malformed("session: options");
+        let options = SubscriptionOptions {
+            qos: QoS::from_u8(byte & 3).map_err(|_| bad.clone())?,
+            no_local: byte & 4 != 0,
+            retain_as_published: byte & 8 != 0,
+            retain_handling: match (byte >> 4) & 3 {
+                0 => RetainHandling::SendAtSubscribe,
+                1 => RetainHandling::SendIfNew,
+                2 => RetainHandling::DoNotSend,
+                _ => return Err(bad),
+            },
+        };
+        let id = Some(get_u32(b, "session: subscription id")?).filter(|&i| i != 0);
+        subscriptions.push((f, Subscription { options, id }));
+    }
+    let n = get_count(b, 8, "session: queue")?;
+    let mut queue = Vec::with_capacity(n);
+    for _ in 0..n {
+        let flags = get_u8(b, "session: entry")?;
+        let qos = QoS::from_u8((flags >> 2) & 3)
+            .map_err(|_| FrameError::Malformed("session: entry qos"))?;
+        let raw_id = get_u16(b, "session: entry")?;
+        let id = || PacketId::new(raw_id).ok_or(FrameError::Malformed("session: packet id 0"));
+        let state = match flags & 3 {
+            0 => OutState::Queued,
+            1 => OutState::AwaitPubAck(id()?),
+            2 => OutState::AwaitPubRec(id()?),
+            _ => OutState::AwaitPubComp(id()?),
+        };
+        let k = get_count(b, 4, "session: subscription ids")?;
+        let mut sub_ids = Vec::with_capacity(k);
+        for _ in 0..k {
+            sub_ids.push(get_u32(b, "session: subscription ids")?);
+        }
+        queue.push(TransferEntry {
+            msg: Arc::new(decode_message(b, now)?),
+            qos,
+            retain: flags & 16 != 0,
+            sub_ids,
+            state,
+        });
+    }
+    let n = get_count(b, 2, "session: inbound qos 2")?;
+    let mut inbound_qos2 = Vec::with_capacity(n);
+    for _ in 0..n {
+        inbound_qos2.push(get_packet_id(b)?);
+    }
+    Ok(SessionTransfer {
+        protocol,
+        expiry_interval,
+        subscriptions,
+        queue,
+        inbound_qos2,
+    })
 }
 
 fn decode_item(b: &mut Bytes, now: Instant) -> Result<Item, FrameError> {
@@ -310,6 +580,7 @@ fn decode_item(b: &mut Bytes, now: Instant) -> Result<Item, FrameError> {
         ROUTES => Item::Routes(get_filters(b, "routes")?),
         ROUTE_ADD => Item::RouteAdd(get_filter(b)?),
         ROUTE_REMOVE => Item::RouteRemove(get_filter(b)?),
+        SESSION => Item::Session(decode_session(b, now)?),
         kind => return Err(FrameError::UnknownKind { what: "item", kind }),
     })
 }
@@ -536,6 +807,131 @@ mod tests {
         for f in &frames {
             assert_eq!(&roundtrip(f, now), f);
         }
+    }
+
+    /// A session with something of everything in it.
+    fn transfer() -> SessionTransfer {
+        let pid = |n| PacketId::new(n).unwrap();
+        let sub = |qos, id| Subscription {
+            options: SubscriptionOptions {
+                qos,
+                no_local: true,
+                retain_as_published: true,
+                retain_handling: RetainHandling::DoNotSend,
+            },
+            id,
+        };
+        let entry = |qos, state| TransferEntry {
+            msg: Arc::new(msg("t/1")),
+            qos,
+            retain: true,
+            sub_ids: vec![1, 268_435_455],
+            state,
+        };
+        SessionTransfer {
+            protocol: ProtocolVersion::V5,
+            expiry_interval: 3600,
+            subscriptions: vec![
+                ("t/#".try_into().unwrap(), sub(QoS::ExactlyOnce, Some(7))),
+                ("$share/g/a".try_into().unwrap(), sub(QoS::AtMostOnce, None)),
+            ],
+            queue: vec![
+                entry(QoS::AtLeastOnce, OutState::AwaitPubAck(pid(1))),
+                entry(QoS::ExactlyOnce, OutState::AwaitPubRec(pid(2))),
+                entry(QoS::ExactlyOnce, OutState::AwaitPubComp(pid(65535))),
+                entry(QoS::AtLeastOnce, OutState::Queued),
+            ],
+            inbound_qos2: vec![pid(9), pid(10)],
+        }
+    }
+
+    fn sessions() -> Vec<SessionMsg> {
+        let client = ClientId::new("dev-1".into());
+        vec![
+            SessionMsg::Claim {
+                client: client.clone(),
+                claim: 1,
+            },
+            SessionMsg::Granted {
+                client: client.clone(),
+                claim: 2,
+                epoch: 9,
+                previous: Some(NodeId(3)),
+            },
+            SessionMsg::Granted {
+                client: client.clone(),
+                claim: 2,
+                epoch: 1,
+                previous: None,
+            },
+            SessionMsg::NotOwner {
+                client: client.clone(),
+                claim: 3,
+            },
+            SessionMsg::Take {
+                client: client.clone(),
+                claim: 4,
+                clean: true,
+            },
+            SessionMsg::Handover {
+                client: client.clone(),
+                claim: 5,
+                session: None,
+            },
+            SessionMsg::Handover {
+                client: client.clone(),
+                claim: 5,
+                session: Some(Box::new(transfer())),
+            },
+            SessionMsg::Register {
+                client: client.clone(),
+                epoch: 0,
+            },
+            SessionMsg::Release {
+                client: client.clone(),
+            },
+            SessionMsg::Drop { client },
+        ]
+    }
+
+    #[test]
+    fn session_messages_round_trip_and_truncations_are_errors() {
+        let now = Instant::now();
+        for m in sessions() {
+            let f = Frame::Batch {
+                seq: Seq(3),
+                items: vec![Item::Session(m)],
+            };
+            assert_eq!(roundtrip(&f, now), f);
+            let mut buf = BytesMut::new();
+            f.encode(now, &mut buf);
+            for cut in 5..buf.len() {
+                let mut b = BytesMut::from(&buf[..cut]);
+                let len = (cut - 4) as u32;
+                b[..4].copy_from_slice(&len.to_be_bytes());
+                assert!(Frame::decode(&mut b, now).is_err(), "cut at {cut}");
+            }
+        }
+        // A handover announcing four billion subscriptions in a few bytes.
+        let mut buf = BytesMut::new();
+        Frame::Batch {
+            seq: Seq(1),
+            items: vec![Item::Session(SessionMsg::Handover {
+                client: ClientId::new("c".into()),
+                claim: 1,
+                session: Some(Box::new(SessionTransfer {
+                    subscriptions: Vec::new(),
+                    queue: Vec::new(),
+                    inbound_qos2: Vec::new(),
+                    ..transfer()
+                })),
+            })],
+        }
+        .encode(now, &mut buf);
+        // The subscription count sits after protocol (1) and expiry (4).
+        let at = buf.len() - 12;
+        buf[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(Frame::decode(&mut buf, now).is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use vmqtt::broker::{Message, RetainVersion};
+use vmqtt::broker::{Message, RetainVersion, SessionMsg};
 use vmqtt::topic::TopicFilter;
 
 use crate::frame::{Frame, Item, Seq};
@@ -35,6 +35,30 @@ pub enum OutItem {
     RouteAdd(TopicFilter),
     /// A route is gone from this node.
     RouteRemove(TopicFilter),
+    /// About one client's session (claims and handovers).
+    Session(SessionMsg),
+}
+
+/// About the bytes a session message takes on the wire.
+fn session_size(m: &SessionMsg) -> usize {
+    let base = 32 + m.client().as_str().len();
+    match m {
+        SessionMsg::Handover {
+            session: Some(s), ..
+        } => {
+            base + s
+                .subscriptions
+                .iter()
+                .map(|(f, _)| 7 + f.as_str().len())
+                .sum::<usize>()
+                + s.queue
+                    .iter()
+                    .map(|e| 48 + e.msg.topic.as_str().len() + e.msg.payload.len())
+                    .sum::<usize>()
+                + 2 * s.inbound_qos2.len()
+        }
+        _ => base,
+    }
 }
 
 impl OutItem {
@@ -48,6 +72,7 @@ impl OutItem {
             OutItem::Retain(m, _) => 44 + m.topic.as_str().len() + m.payload.len(),
             OutItem::Routes(fs) => 8 + fs.iter().map(|f| 2 + f.as_str().len()).sum::<usize>(),
             OutItem::RouteAdd(f) | OutItem::RouteRemove(f) => 3 + f.as_str().len(),
+            OutItem::Session(m) => session_size(m),
         }
     }
 
@@ -65,6 +90,7 @@ impl OutItem {
             OutItem::Routes(fs) => Item::Routes(fs.clone()),
             OutItem::RouteAdd(f) => Item::RouteAdd(f.clone()),
             OutItem::RouteRemove(f) => Item::RouteRemove(f.clone()),
+            OutItem::Session(m) => Item::Session(m.clone()),
         }
     }
 }

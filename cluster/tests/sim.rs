@@ -204,7 +204,7 @@ impl Run {
                             Item::RouteRemove(f) => {
                                 self.rx.routes.remove(&f);
                             }
-                            Item::Retain(..) => {}
+                            Item::Retain(..) | Item::Session(_) => {}
                         }
                     }
                     self.rx.inbound.processed(seq, awaited);

@@ -260,6 +260,14 @@ pub enum ShardMsg {
         /// The shard.
         from: ShardId,
     },
+    /// A session message from node `from` for the home shard of its
+    /// client (passed on by the shard that received it).
+    Session {
+        /// The sending node.
+        from: super::NodeId,
+        /// The message.
+        msg: super::SessionMsg,
+    },
     /// Periodic counters for `$SYS`, sent to shard 0.
     Stats {
         /// The reporting shard.

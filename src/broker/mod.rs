@@ -32,8 +32,8 @@ pub use retain::{RetainVersion, RetainedStore, TOMBSTONE_KEEP_MS};
 pub use session::{Session, Subscription};
 pub use shard::{
     glob_match, shrink_if_sparse, AcrossNodes, CloseReason, ClusterOut, ClusterStatus, CoreConfig,
-    GroupInfo, GroupMsg, IoEvent, MemberState, ShardCore, SharedConfig, Strategy,
-    LIMITED_LOG_INTERVAL,
+    GroupInfo, GroupMsg, IoEvent, MemberState, SessionMsg, SessionTransfer, ShardCore,
+    SharedConfig, Strategy, TransferEntry, CLAIM_TIMEOUT, LIMITED_LOG_INTERVAL,
 };
 
 /// Index of a shard (one per core), `0..shards`.

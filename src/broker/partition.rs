@@ -312,10 +312,10 @@ impl Registry {
         before - self.clients.len()
     }
 
-    /// The session of `client` registered as `reg` ended (expired, or
-    /// clean): forgotten unless a later claim replaced it.
-    pub fn release(&mut self, client: &str, reg: Registration) {
-        if self.clients.get(client) == Some(&reg) {
+    /// The session of `client` on `node` ended (expired, or clean):
+    /// forgotten unless another node's claim replaced it.
+    pub fn release(&mut self, client: &str, node: NodeId) {
+        if self.clients.get(client).is_some_and(|r| r.node == node) {
             self.clients.remove(client);
         }
     }

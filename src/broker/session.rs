@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::persist::OutState;
 use super::{ConnId, Limit, Message, QueueBudget};
 use crate::codec::{LastWill, ProtocolVersion, QoS, SubscriptionOptions};
 use crate::topic::TopicFilter;
@@ -466,6 +467,54 @@ impl Session {
         }
         self.recount_queued_bytes();
         refs
+    }
+
+    /// What moves with the session to another node: the deliveries in
+    /// flight (in send order, with their packet ids), then the queue. A
+    /// shared group's deliveries stay: the group hands them to another
+    /// member (or this one again, once it has joined on the other node).
+    pub(crate) fn transfer_entries(&self) -> Vec<super::TransferEntry> {
+        let entry = |d: &Delivery, state| super::TransferEntry {
+            msg: d.msg.clone(),
+            qos: d.qos,
+            retain: d.retain,
+            sub_ids: d.sub_ids.clone(),
+            state,
+        };
+        let inflight = self
+            .inflight
+            .values()
+            .filter(|f| f.delivery.group.is_none())
+            .map(|f| {
+                let state = match f.stage {
+                    Stage::AwaitAck => OutState::AwaitPubAck(f.packet_id),
+                    Stage::AwaitRec => OutState::AwaitPubRec(f.packet_id),
+                    Stage::AwaitComp => OutState::AwaitPubComp(f.packet_id),
+                };
+                entry(&f.delivery, state)
+            });
+        let queued = self
+            .queue
+            .iter()
+            .filter(|d| d.group.is_none())
+            .map(|d| entry(d, OutState::Queued));
+        inflight.chain(queued).collect()
+    }
+
+    /// In-flight QoS 1/2 deliveries not stored yet, with their state (a
+    /// session that just became persistent, or came from another node).
+    pub(crate) fn unstored_inflight(&mut self) -> impl Iterator<Item = (&mut Delivery, OutState)> {
+        self.inflight
+            .values_mut()
+            .filter(|f| f.delivery.store.is_none())
+            .map(|f| {
+                let state = match f.stage {
+                    Stage::AwaitAck => OutState::AwaitPubAck(f.packet_id),
+                    Stage::AwaitRec => OutState::AwaitPubRec(f.packet_id),
+                    Stage::AwaitComp => OutState::AwaitPubComp(f.packet_id),
+                };
+                (&mut f.delivery, state)
+            })
     }
 
     /// Queued QoS 1/2 deliveries not stored yet (a session that just became

@@ -20,7 +20,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::timer;
 use tracing::{debug, info, warn};
 
-use vmqtt::broker::{ClusterOut, Epoch, Message, NodeId, RetainVersion};
+use vmqtt::broker::{ClusterOut, Epoch, Message, NodeId, RetainVersion, SessionMsg};
 use vmqtt::codec::QoS;
 use vmqtt::topic::TopicFilter;
 use vmqtt_cluster::{
@@ -315,9 +315,17 @@ impl Links {
         done: &mut Vec<u64>,
     ) {
         let me = self.spec.node;
-        let mine_changed = {
+        let (mine_changed, new_map) = {
             let old = self.membership.borrow();
-            new.epoch_of(me).is_some() && new.epoch_of(me) != old.epoch_of(me)
+            let new_map = match (&old.partitions, &new.partitions) {
+                (Some(a), Some(b)) if a.revision == b.revision && a.same_owners(b) => None,
+                (_, Some(b)) => Some(b.clone()),
+                (_, None) => None,
+            };
+            (
+                new.epoch_of(me).is_some() && new.epoch_of(me) != old.epoch_of(me),
+                new_map,
+            )
         };
         *self.membership.borrow_mut() = new.clone();
         let mut gone = Vec::new();
@@ -377,11 +385,48 @@ impl Links {
                 core.handle_node_gone(node);
             }
         }
+        if let Some(map) = new_map {
+            if shard.index == 0 {
+                info!(
+                    epoch = map.revision,
+                    owned = map.owned_by(me),
+                    "partition map: claims of client ids go to their partition's owner"
+                );
+            }
+            shard
+                .core
+                .borrow_mut()
+                .set_partition_map(Instant::now(), map);
+        }
         if shard.index == 0 {
             let peers: Vec<_> = self.peers.borrow().values().cloned().collect();
             for p in &peers {
                 self.ensure_dialing(shard, p);
             }
+        }
+    }
+
+    /// Puts what the core says about sessions on the streams to their
+    /// nodes (one to a node that is not a member is dropped: the claim it
+    /// belonged to times out).
+    pub(super) fn send_sessions(&self, shard: &Rc<Shard>, out: Vec<(NodeId, SessionMsg)>) {
+        let peers = self.peers.borrow();
+        let mut touched: Vec<Rc<Peer>> = Vec::new();
+        let mut done = Vec::new();
+        for (node, m) in out {
+            match peers.get(&node) {
+                Some(p) => push(p, OutItem::Session(m), None, &mut done, &mut touched),
+                None => debug!(
+                    node = node.0,
+                    client_id = m.client().as_str(),
+                    "session message for a node that is not a member: dropped"
+                ),
+            }
+        }
+        drop(peers);
+        for p in &touched {
+            p.notify.notify();
+            self.ensure_dialing(shard, p);
         }
     }
 }
@@ -888,6 +933,7 @@ fn apply(shard: &Rc<Shard>, links: &Links, key: StreamKey, seq: Seq, items: Vec<
             Item::Routes(all) => node_routes(shard, node, Some(all), Vec::new(), Vec::new()),
             Item::RouteAdd(f) => node_routes(shard, node, None, vec![f], Vec::new()),
             Item::RouteRemove(f) => node_routes(shard, node, None, Vec::new(), vec![f]),
+            Item::Session(m) => shard.core.borrow_mut().handle_session_msg(now, node, m),
         }
     }
     awaited

@@ -238,10 +238,14 @@ impl Shard {
         if let Some(links) = &self.links {
             let out = core.take_cluster_out();
             let stored = core.take_cluster_done();
+            let sessions = core.take_session_out();
             drop(core);
             drop(conns);
             if !out.is_empty() {
                 links.dispatch(self, out, &mut done);
+            }
+            if !sessions.is_empty() {
+                links.send_sessions(self, sessions);
             }
             if !stored.is_empty() {
                 links.tickets_done(stored);
@@ -396,6 +400,7 @@ pub async fn run(spec: ShardSpec) {
         let mut done = Vec::new();
         links.on_membership(&shard, first, &mut done);
         links::complete(&shard, done);
+        shard.after();
     }
     for (l, tls) in bound.listeners {
         spawn_into(
@@ -503,6 +508,7 @@ async fn control_loop(
                         let mut done = Vec::new();
                         links.on_membership(&shard, m, &mut done);
                         super::links::complete(&shard, done);
+                        shard.after();
                     }
                     ack.done(shard.index);
                 }

@@ -126,9 +126,9 @@ fn the_newest_claim_wins_and_a_stale_registration_is_refused() {
     assert_eq!(fresh.forget_node(NodeId(2)), 1);
     assert_eq!(fresh.get("dev"), None);
     // A release of an old registration does not forget the new one.
-    r.release("dev", a);
+    r.release("dev", a.node);
     assert_eq!(r.get("dev"), Some(b));
-    r.release("dev", b);
+    r.release("dev", b.node);
     assert_eq!(r.get("dev"), None);
 }
 

@@ -79,6 +79,8 @@ pub(super) struct ClusterState {
     pub(super) from_remote: bool,
     /// What the runtime last said of the cluster (for `$SYS`).
     pub(super) status: ClusterStatus,
+    /// Claims, the registry, sessions moving between nodes.
+    pub(super) takeover: super::takeover::Takeover,
     /// The wall clock: an instant and its unix milliseconds (retained
     /// versions).
     wall: Option<(Instant, u64)>,
@@ -569,6 +571,9 @@ impl ShardCore {
                 }
             }
         }
+        let now = self.clock;
+        self.store.begin_input();
+        self.takeover_node_gone(now, node);
     }
 
     /// The link to a node acknowledged the batch that carried a publish

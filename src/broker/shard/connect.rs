@@ -13,6 +13,18 @@ impl ShardCore {
             self.close(now, conn_id, CloseReason::Refused(rc));
             return;
         }
+        // In a cluster the client id is claimed first (the session may
+        // have to come from another node): see `takeover.rs`.
+        if let Some(owner) = self.must_claim(c.client_id.as_str()) {
+            self.begin_claim(now, conn_id, owner, c);
+            return;
+        }
+        self.accept_connect(now, conn_id, c);
+    }
+
+    /// A CONNECT that may go on: takes the session over (on this shard),
+    /// resumes or creates it, and answers CONNACK.
+    pub(super) fn accept_connect(&mut self, now: Instant, conn_id: ConnId, c: Connect) {
         let v5 = c.protocol.is_v5();
         let assigned = c.client_id.is_empty();
         let client_id = if assigned {
@@ -50,15 +62,7 @@ impl ShardCore {
             .get_mut(&client_id)
             .and_then(|s| s.conn.take())
         {
-            if let Some(oc) = self.conns.get_mut(&old) {
-                oc.client_id = None;
-                let old_v5 = oc.version.is_v5();
-                if old_v5 {
-                    let d = Disconnect::new(ReasonCode::SESSION_TAKEN_OVER);
-                    self.send(old, &Packet::Disconnect(d));
-                }
-                self.close(now, old, CloseReason::TakenOver);
-            }
+            self.close_taken_over(now, old);
         }
         let session_present = !c.clean_start && self.sessions.contains_key(&client_id);
         if c.clean_start {
@@ -235,6 +239,7 @@ impl ShardCore {
                 self.publish_will(now, cid, *w);
             }
             self.remove_session(cid);
+            self.released(now, cid);
             return;
         }
         if let Some(s) = self.sessions.get_mut(cid) {

@@ -3,9 +3,12 @@
 
 use super::*;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ConnState {
     AwaitConnect,
+    /// CONNECT received; its client id is being claimed in the cluster
+    /// (later bytes wait in `held`).
+    Claiming,
     Connected,
     Closing,
 }
@@ -20,6 +23,9 @@ pub(super) struct Conn {
     pub(super) keep_alive: Duration,
     pub(super) last_rx: Instant,
     pub(super) out: BytesMut,
+    /// Bytes that came behind a CONNECT being claimed ([`ConnState::Claiming`]).
+    /// (Boxed: rare, and `Conn` stays small.)
+    pub(super) held: Option<Box<BytesMut>>,
     /// Output held back until storage batches are written: `(offset,
     /// batch)` = the bytes of `out` from `offset` on wait for `batch`.
     pub(super) gates: VecDeque<(usize, BatchId)>,

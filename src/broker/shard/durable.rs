@@ -381,6 +381,13 @@ impl ShardCore {
             });
         }
         let mut next = s.store_seq;
+        for (d, state) in s.unstored_inflight() {
+            let seq = next;
+            next += 1;
+            let msg_id = self.store.retain(&d.msg);
+            d.store = Some(StoreRef { msg_id, seq });
+            self.store.put_entry(cid, d, state);
+        }
         for d in s.unstored_queue() {
             let seq = next;
             next += 1;

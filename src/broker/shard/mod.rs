@@ -33,6 +33,7 @@ mod router;
 mod shared;
 mod stats;
 mod subscribe;
+mod takeover;
 mod timers;
 
 use cluster::ClusterState;
@@ -47,6 +48,7 @@ use groups::{group_home, Dispatch, GroupTable, Offer};
 use publish::Outcome;
 use router::{Agg, Pending, RouteTable, Targets, Waiter};
 use subscribe::same_authorizer;
+pub use takeover::{SessionMsg, SessionTransfer, TransferEntry, CLAIM_TIMEOUT};
 use timers::Timer;
 
 /// Limits and settings of one shard's MQTT behaviour.
@@ -392,6 +394,7 @@ impl ShardCore {
                 keep_alive: Duration::ZERO,
                 last_rx: now,
                 out: BytesMut::new(),
+                held: None,
                 gates: VecDeque::new(),
                 woken: false,
                 aliases_in: HashMap::default(),
@@ -420,12 +423,27 @@ impl ShardCore {
         loop {
             self.store.begin_input();
             let (version, max_packet, state) = match self.conns.get(&conn_id) {
-                Some(c) => (c.version, c.max_packet, &c.state),
+                Some(c) => (c.version, c.max_packet, c.state),
                 None => return,
             };
+            let state = &state;
             if *state == ConnState::Closing {
                 buf.clear();
                 return;
+            }
+            if *state == ConnState::Claiming {
+                // Behind a CONNECT being claimed: kept for when it is done.
+                if let Some(c) = self.conns.get_mut(&conn_id) {
+                    c.held.get_or_insert_default().extend_from_slice(buf);
+                }
+                buf.clear();
+                return;
+            }
+            if let Some(c) = self.conns.get_mut(&conn_id) {
+                if let Some(mut held) = c.held.take() {
+                    held.extend_from_slice(buf);
+                    *buf = *held;
+                }
             }
             let awaiting_connect = *state == ConnState::AwaitConnect;
             let level = if awaiting_connect {
@@ -510,6 +528,7 @@ impl ShardCore {
         self.outcome = Outcome::default();
         match msg {
             ShardMsg::Publish(m) => self.deliver_local(now, &m),
+            ShardMsg::Session { from, msg } => self.handle_session_msg(now, from, msg),
             ShardMsg::PublishAcked { msg, from, token } => {
                 self.deliver_local(now, &msg);
                 self.ack(now, from, Some(token));

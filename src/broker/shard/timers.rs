@@ -9,6 +9,8 @@ pub(super) enum Timer {
     KeepAlive(ConnId),
     Will(ClientId, u64),
     SessionExpiry(ClientId, u64),
+    /// A CONNECT's claim of its client id (see `takeover.rs`).
+    Claim(u64),
     Sys,
 }
 
@@ -64,8 +66,10 @@ impl ShardCore {
                         self.publish_will(now, &cid, *w);
                     }
                     self.remove_session(&cid);
+                    self.released(now, &cid);
                 }
             }
+            Timer::Claim(claim) => self.claim_timed_out(now, claim),
             Timer::Sys => {
                 self.timers
                     .push(Reverse((now + self.config.sys_interval, Timer::Sys)));

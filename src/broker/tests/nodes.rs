@@ -5,6 +5,9 @@
 //! Node `i` is `NodeId(i + 1)`.
 
 use super::*;
+use crate::broker::partition::PartitionMap;
+
+mod takeover;
 
 struct Nodes {
     n: Vec<Cluster>,
@@ -85,10 +88,61 @@ impl Nodes {
         &mut self.n[i]
     }
 
+    /// Turns claims on: every core gets the partition map of the nodes not
+    /// down (each owning about a third, etc.).
+    fn set_map(&mut self) {
+        let members = (0..self.n.len())
+            .filter(|i| !self.down.contains(i))
+            .map(|i| (NodeId(i as u16 + 1), self.n[i].cores.len() as u16))
+            .collect();
+        let map = Arc::new(PartitionMap::assign(None, &members).unwrap());
+        for node in &mut self.n {
+            let now = node.now;
+            for c in &mut node.cores {
+                c.set_partition_map(now, map.clone());
+            }
+            node.run();
+        }
+        self.link();
+    }
+
+    /// A CONNECT on node `node` whose CONNACK may wait for the cluster
+    /// (call [`Nodes::link`], then read it).
+    fn connect_pending(&mut self, node: usize, connect: Connect) -> Client {
+        let n = &mut self.n[node];
+        let shard = home_shard(&connect.client_id, n.cores.len()).get();
+        let c = n.open(shard, connect.protocol);
+        n.send(&c, Packet::Connect(Box::new(connect)));
+        c
+    }
+
+    /// Moves session messages between the nodes; whether any moved.
+    fn move_sessions(&mut self) -> bool {
+        let mut moved = false;
+        for from in 0..self.n.len() {
+            let me = NodeId(from as u16 + 1);
+            for shard in 0..self.n[from].cores.len() {
+                for (node, msg) in self.n[from].cores[shard].take_session_out() {
+                    moved = true;
+                    assert_ne!(node, me, "handled in place");
+                    let to = usize::from(node.0) - 1;
+                    if self.down.contains(&to) || self.down.contains(&from) {
+                        continue;
+                    }
+                    let t = &mut self.n[to];
+                    let now = t.now;
+                    t.cores[0].handle_session_msg(now, me, msg);
+                    t.run();
+                }
+            }
+        }
+        moved
+    }
+
     /// Moves what crosses between the nodes until nothing does.
     fn link(&mut self) {
         loop {
-            let mut moved = false;
+            let mut moved = self.move_sessions();
             for from in 0..self.n.len() {
                 let me = NodeId(from as u16 + 1);
                 for shard in 0..self.n[from].cores.len() {

@@ -1,0 +1,699 @@
+//! One session per client id across the cluster: the claim a CONNECT makes
+//! at the owner of its client id's partition, the registry the owner keeps,
+//! and the session handed from the node that held it to the node the
+//! client connected to ([`SessionMsg`]). Off until the runtime gives the
+//! core a partition map ([`ShardCore::set_partition_map`]).
+//!
+//! Everything about client `X` happens on `X`'s home shard of each node:
+//! the registry of `X` on the owner node, the session on the holder, the
+//! CONNECT on the claimant. A message arriving on another shard is passed
+//! on to that one ([`ShardMsg::Session`]).
+//!
+//! The flow of a CONNECT of `X` on node B, when the owner O says node A
+//! holds `X`: B → O `Claim`; O → B `Granted{previous: A}`; B → A `Take`; A
+//! closes its connection of `X` (v5: DISCONNECT 0x8E) and deletes its
+//! session, → B `Handover{session}`; B stores the session and sends
+//! CONNACK with session present. One claim per CONNECT, no etcd write.
+
+use super::*;
+use crate::broker::partition::{partition_of, PartitionMap, Registration, Registry, Reregistered};
+
+/// How long a CONNECT waits for the owner's answer (and the previous
+/// holder's session) before it is refused with Server Unavailable.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What nodes say to each other about one client's session. Each is about
+/// `client` and goes to its home shard on the receiving node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionMsg {
+    /// To the owner of the client's partition: the sending node has a
+    /// CONNECT of `client` (its claim number `claim`).
+    Claim {
+        /// The client.
+        client: ClientId,
+        /// The claimant's number for this CONNECT.
+        claim: u64,
+    },
+    /// The owner's answer: the claim holds with `epoch`; `previous` (if
+    /// another node) holds the session now and must hand it over.
+    Granted {
+        /// The client.
+        client: ClientId,
+        /// The claimant's number.
+        claim: u64,
+        /// The session epoch granted.
+        epoch: u64,
+        /// The node that held the client until now.
+        previous: Option<NodeId>,
+    },
+    /// The receiver does not own the client's partition (its map differs):
+    /// the CONNECT is refused, the client retries.
+    NotOwner {
+        /// The client.
+        client: ClientId,
+        /// The claimant's number.
+        claim: u64,
+    },
+    /// To the previous holder: close the client's connection and hand its
+    /// session to the sender (`clean`: the new CONNECT starts clean, the
+    /// old session ends here).
+    Take {
+        /// The client.
+        client: ClientId,
+        /// The claimant's number.
+        claim: u64,
+        /// Clean Start of the new CONNECT.
+        clean: bool,
+    },
+    /// The previous holder's answer: the session, or `None` (none here, or
+    /// a clean start).
+    Handover {
+        /// The client.
+        client: ClientId,
+        /// The claimant's number.
+        claim: u64,
+        /// The session.
+        session: Option<Box<SessionTransfer>>,
+    },
+    /// To the owner: the sender holds a session of `client` (after the
+    /// partition moved, or from its disk at start).
+    Register {
+        /// The client.
+        client: ClientId,
+        /// Its epoch as the sender knows it (0: none known).
+        epoch: u64,
+    },
+    /// To the owner: the sender's session of `client` ended.
+    Release {
+        /// The client.
+        client: ClientId,
+    },
+    /// From the owner: a later session of `client` lives elsewhere; the
+    /// receiver drops its copy.
+    Drop {
+        /// The client.
+        client: ClientId,
+    },
+}
+
+impl SessionMsg {
+    /// The client it is about.
+    pub fn client(&self) -> &ClientId {
+        match self {
+            SessionMsg::Claim { client, .. }
+            | SessionMsg::Granted { client, .. }
+            | SessionMsg::NotOwner { client, .. }
+            | SessionMsg::Take { client, .. }
+            | SessionMsg::Handover { client, .. }
+            | SessionMsg::Register { client, .. }
+            | SessionMsg::Release { client }
+            | SessionMsg::Drop { client } => client,
+        }
+    }
+}
+
+/// A session as it moves to another node: everything but its will (the new
+/// connection brings its own) and its connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionTransfer {
+    /// Protocol level of its last connection.
+    pub protocol: ProtocolVersion,
+    /// Session Expiry Interval, seconds.
+    pub expiry_interval: u32,
+    /// Subscriptions by full filter.
+    pub subscriptions: Vec<(TopicFilter, Subscription)>,
+    /// Outbound messages: those in flight first (in the order they were
+    /// sent, with their packet ids), then the queue.
+    pub queue: Vec<TransferEntry>,
+    /// Inbound QoS 2 packet ids awaiting PUBREL.
+    pub inbound_qos2: Vec<PacketId>,
+}
+
+/// One outbound message of a [`SessionTransfer`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransferEntry {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// QoS of this delivery.
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription identifiers.
+    pub sub_ids: Vec<u32>,
+    /// Where it is in its flow.
+    pub state: OutState,
+}
+
+/// A CONNECT waiting for its claim.
+#[derive(Debug)]
+pub(super) struct PendingClaim {
+    conn: ConnId,
+    connect: Box<Connect>,
+    /// The node asked to hand the session over, once granted.
+    taking: Option<NodeId>,
+}
+
+/// The takeover state of one shard (inside [`ClusterState`]).
+#[derive(Debug, Default)]
+pub(super) struct Takeover {
+    /// The partition map; `None` until the runtime gives one (claims off).
+    map: Option<Arc<PartitionMap>>,
+    /// The registry of the clients whose partition this node owns and
+    /// whose home is this shard.
+    registry: Registry,
+    /// CONNECTs waiting, by claim number.
+    claims: HashMap<u64, PendingClaim>,
+    next_claim: u64,
+    /// The epoch of each session held here, as granted.
+    epochs: HashMap<ClientId, u64>,
+    /// `Take`s that came while a CONNECT of the same client was being
+    /// claimed here (a later claim elsewhere): answered once it is done,
+    /// so the session moves on from here instead of both going on.
+    deferred: Vec<(NodeId, ClientId, u64, bool)>,
+    /// What goes to other nodes.
+    pub(super) out: Vec<(NodeId, SessionMsg)>,
+}
+
+impl ShardCore {
+    fn takeover(&mut self) -> Option<&mut Takeover> {
+        self.cluster.as_mut().map(|c| &mut c.takeover)
+    }
+
+    /// The node that owns `client`'s registry, while claims are on.
+    fn registry_owner(&self, client: &str) -> Option<NodeId> {
+        let c = self.cluster.as_ref()?;
+        let map = c.takeover.map.as_ref()?;
+        Some(map.owner(partition_of(client)).node)
+    }
+
+    /// Sends `msg` to `node` (to its home shard of the client), handling it
+    /// here when `node` is this one.
+    fn to_node(&mut self, now: Instant, node: NodeId, msg: SessionMsg) {
+        if node == self.node() {
+            self.handle_session_msg(now, node, msg);
+        } else if let Some(t) = self.takeover() {
+            t.out.push((node, msg));
+        }
+    }
+
+    /// What this shard sends other nodes about sessions (the runtime puts
+    /// each on the link to its node).
+    pub fn take_session_out(&mut self) -> Vec<(NodeId, SessionMsg)> {
+        self.takeover()
+            .map(|t| std::mem::take(&mut t.out))
+            .unwrap_or_default()
+    }
+
+    /// A new partition map: registrations of partitions this node no
+    /// longer owns are dropped, and every session of this shard whose
+    /// partition has a new owner (all of them, with the first map) is
+    /// registered there.
+    pub fn set_partition_map(&mut self, now: Instant, map: Arc<PartitionMap>) {
+        self.clock = now;
+        self.store.begin_input();
+        let me = self.node();
+        let Some(t) = self.takeover() else {
+            return;
+        };
+        let old = t.map.replace(map.clone());
+        t.registry.keep_only(|p| map.owner(p).node == me);
+        let mut moved: Vec<(NodeId, SessionMsg)> = Vec::new();
+        for cid in self.sessions.keys() {
+            let p = partition_of(cid.as_str());
+            let owner = map.owner(p).node;
+            if old.as_ref().is_some_and(|o| o.owner(p).node == owner) {
+                continue;
+            }
+            let epoch = self
+                .cluster
+                .as_ref()
+                .and_then(|c| c.takeover.epochs.get(cid).copied())
+                .unwrap_or(0);
+            moved.push((
+                owner,
+                SessionMsg::Register {
+                    client: cid.clone(),
+                    epoch,
+                },
+            ));
+        }
+        for (node, msg) in moved {
+            self.to_node(now, node, msg);
+        }
+    }
+
+    /// Whether a CONNECT of `client` must claim it first: claims are on
+    /// (a partition map is known) and the client chose its id.
+    pub(super) fn must_claim(&self, client: &str) -> Option<NodeId> {
+        if client.is_empty() {
+            return None;
+        }
+        self.registry_owner(client)
+    }
+
+    /// Starts the claim of a CONNECT at `owner`; the CONNECT goes on when
+    /// it is granted and the session (if any) is here.
+    pub(super) fn begin_claim(&mut self, now: Instant, conn_id: ConnId, owner: NodeId, c: Connect) {
+        let client_id = ClientId::new(c.client_id.clone());
+        let Some(t) = self.takeover() else {
+            return;
+        };
+        t.next_claim += 1;
+        let claim = t.next_claim;
+        t.claims.insert(
+            claim,
+            PendingClaim {
+                conn: conn_id,
+                connect: Box::new(c),
+                taking: None,
+            },
+        );
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            conn.set_state(ConnState::Claiming, &mut self.stats.connections);
+        }
+        self.timers
+            .push(Reverse((now + CLAIM_TIMEOUT, Timer::Claim(claim))));
+        self.to_node(
+            now,
+            owner,
+            SessionMsg::Claim {
+                client: client_id,
+                claim,
+            },
+        );
+    }
+
+    /// A claim's time is up: its CONNECT is refused (Server Unavailable),
+    /// the client retries.
+    pub(super) fn claim_timed_out(&mut self, now: Instant, claim: u64) {
+        let Some(p) = self.takeover().and_then(|t| t.claims.remove(&claim)) else {
+            return;
+        };
+        // No answer from the client id's owner in time.
+        self.refuse_claimed(now, p);
+    }
+
+    fn refuse_claimed(&mut self, now: Instant, p: PendingClaim) {
+        let client = ClientId::new(p.connect.client_id.clone());
+        if let Some(conn) = self.conns.get_mut(&p.conn) {
+            conn.version = p.connect.protocol;
+            self.send(
+                p.conn,
+                &Packet::ConnAck(ConnAck::refuse(ReasonCode::SERVER_UNAVAILABLE)),
+            );
+            self.close(
+                now,
+                p.conn,
+                CloseReason::Refused(ReasonCode::SERVER_UNAVAILABLE),
+            );
+        }
+        self.run_deferred_takes(now, &client);
+    }
+
+    /// The `Take`s of `client` that waited for a claim here.
+    fn run_deferred_takes(&mut self, now: Instant, client: &ClientId) {
+        let Some(t) = self.takeover() else { return };
+        if t.claims
+            .values()
+            .any(|p| p.connect.client_id == *client.as_bytestr())
+        {
+            return;
+        }
+        let (run, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut t.deferred)
+            .into_iter()
+            .partition(|(_, c, _, _)| c == client);
+        t.deferred = keep;
+        for (from, client, claim, clean) in run {
+            self.answer_take(now, from, client, claim, clean);
+        }
+    }
+
+    fn answer_take(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        client: ClientId,
+        claim: u64,
+        clean: bool,
+    ) {
+        let session = self.hand_over(now, &client, clean);
+        self.to_node(
+            now,
+            from,
+            SessionMsg::Handover {
+                client,
+                claim,
+                session,
+            },
+        );
+    }
+
+    /// Ends a claim: the CONNECT goes on here (the session, if one was
+    /// handed over, is here now).
+    fn finish_claim(&mut self, now: Instant, p: PendingClaim) {
+        let client = ClientId::new(p.connect.client_id.clone());
+        self.connect_claimed(now, p);
+        self.run_deferred_takes(now, &client);
+    }
+
+    fn connect_claimed(&mut self, now: Instant, p: PendingClaim) {
+        let alive = self
+            .conns
+            .get(&p.conn)
+            .is_some_and(|c| c.state == ConnState::Claiming);
+        if !alive {
+            return;
+        }
+        if let Some(conn) = self.conns.get_mut(&p.conn) {
+            conn.set_state(ConnState::AwaitConnect, &mut self.stats.connections);
+        }
+        self.accept_connect(now, p.conn, *p.connect);
+        // Packets the client sent behind its CONNECT.
+        let held = self.conns.get_mut(&p.conn).and_then(|c| c.held.take());
+        if let Some(mut held) = held {
+            self.handle_bytes(now, p.conn, &mut held);
+            if let Some(c) = self.conns.get_mut(&p.conn) {
+                if !held.is_empty() {
+                    c.held = Some(held);
+                }
+            }
+        }
+    }
+
+    /// A session message from `from` (this node included), for `client`'s
+    /// home shard: handled here, or passed on to that shard.
+    pub fn handle_session_msg(&mut self, now: Instant, from: NodeId, msg: SessionMsg) {
+        self.clock = now;
+        self.store.begin_input();
+        let home = home_shard(msg.client().as_str(), self.shards);
+        if home != self.id {
+            self.outbox[home.get()].push(ShardMsg::Session { from, msg });
+            return;
+        }
+        if self.cluster.is_none() {
+            return;
+        }
+        match msg {
+            SessionMsg::Claim { client, claim } => self.on_claim(now, from, client, claim),
+            SessionMsg::Granted {
+                client,
+                claim,
+                epoch,
+                previous,
+            } => self.on_granted(now, client, claim, epoch, previous),
+            SessionMsg::NotOwner { claim, .. } => {
+                if let Some(p) = self.takeover().and_then(|t| t.claims.remove(&claim)) {
+                    // The partition map is changing.
+                    self.refuse_claimed(now, p);
+                }
+            }
+            SessionMsg::Take {
+                client,
+                claim,
+                clean,
+            } => {
+                let Some(t) = self.takeover() else { return };
+                if t.claims
+                    .values()
+                    .any(|p| p.connect.client_id == *client.as_bytestr())
+                {
+                    t.deferred.push((from, client, claim, clean));
+                    return;
+                }
+                self.answer_take(now, from, client, claim, clean);
+            }
+            SessionMsg::Handover {
+                client,
+                claim,
+                session,
+            } => {
+                if let Some(s) = session {
+                    self.import_session(now, &client, *s);
+                }
+                if let Some(p) = self.takeover().and_then(|t| t.claims.remove(&claim)) {
+                    self.finish_claim(now, p);
+                }
+            }
+            SessionMsg::Register { client, epoch } => {
+                let me = self.node();
+                if self.registry_owner(client.as_str()) != Some(me) {
+                    return;
+                }
+                let reg = Registration {
+                    node: from,
+                    shard: 0,
+                    epoch,
+                };
+                let Some(t) = self.takeover() else { return };
+                match t.registry.reregister(client.as_str(), reg) {
+                    Reregistered::Accepted => {}
+                    Reregistered::Refused(_) => {
+                        self.to_node(now, from, SessionMsg::Drop { client });
+                    }
+                    Reregistered::Replaced(prev) => {
+                        if prev.node != from {
+                            self.to_node(now, prev.node, SessionMsg::Drop { client });
+                        }
+                    }
+                }
+            }
+            SessionMsg::Release { client } => {
+                if let Some(t) = self.takeover() {
+                    t.registry.release(client.as_str(), from);
+                }
+            }
+            SessionMsg::Drop { client } => {
+                if let Some(old) = self.sessions.get_mut(&client).and_then(|s| s.conn.take()) {
+                    self.close_taken_over(now, old);
+                }
+                if let Some(t) = self.takeover() {
+                    t.epochs.remove(&client);
+                }
+                self.remove_session(&client);
+            }
+        }
+    }
+
+    fn on_claim(&mut self, now: Instant, from: NodeId, client: ClientId, claim: u64) {
+        let me = self.node();
+        if self.registry_owner(client.as_str()) != Some(me) {
+            self.to_node(now, from, SessionMsg::NotOwner { client, claim });
+            return;
+        }
+        let Some(t) = self.takeover() else { return };
+        let (reg, prev) = t.registry.claim(client.as_str(), from, 0);
+        let previous = prev.map(|p| p.node).filter(|&n| n != from);
+        self.to_node(
+            now,
+            from,
+            SessionMsg::Granted {
+                client,
+                claim,
+                epoch: reg.epoch,
+                previous,
+            },
+        );
+    }
+
+    fn on_granted(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        claim: u64,
+        epoch: u64,
+        previous: Option<NodeId>,
+    ) {
+        let me = self.node();
+        let Some(t) = self.takeover() else { return };
+        let Some(p) = t.claims.get_mut(&claim) else {
+            // Timed out meanwhile: the registration is not ours to keep.
+            if let Some(owner) = self.registry_owner(client.as_str()) {
+                if !self.sessions.contains_key(&client) {
+                    self.to_node(now, owner, SessionMsg::Release { client });
+                }
+            }
+            return;
+        };
+        t.epochs.insert(client.clone(), epoch);
+        match previous {
+            Some(node) if node != me => {
+                p.taking = Some(node);
+                let clean = p.connect.clean_start;
+                self.to_node(
+                    now,
+                    node,
+                    SessionMsg::Take {
+                        client,
+                        claim,
+                        clean,
+                    },
+                );
+            }
+            _ => {
+                if let Some(p) = self.takeover().and_then(|t| t.claims.remove(&claim)) {
+                    self.finish_claim(now, p);
+                }
+            }
+        }
+    }
+
+    /// Closes connection `old` of a session taken over (v5: DISCONNECT
+    /// 0x8E first).
+    pub(super) fn close_taken_over(&mut self, now: Instant, old: ConnId) {
+        if let Some(oc) = self.conns.get_mut(&old) {
+            oc.client_id = None;
+            if oc.version.is_v5() {
+                let d = Disconnect::new(ReasonCode::SESSION_TAKEN_OVER);
+                self.send(old, &Packet::Disconnect(d));
+            }
+            self.close(now, old, CloseReason::TakenOver);
+        }
+    }
+
+    /// Another node takes `client` over: its connection here is closed and
+    /// its session leaves this node (a clean start ends it: its will goes
+    /// out). Returns what moves.
+    fn hand_over(
+        &mut self,
+        now: Instant,
+        client: &ClientId,
+        clean: bool,
+    ) -> Option<Box<SessionTransfer>> {
+        if let Some(t) = self.takeover() {
+            t.epochs.remove(client);
+        }
+        let s = self.sessions.get_mut(client)?;
+        let old = s.conn.take();
+        if let Some(old) = old {
+            self.close_taken_over(now, old);
+        }
+        if clean {
+            if let Some(will) = self.sessions.get_mut(client).and_then(|s| s.will.take()) {
+                self.publish_will(now, client, *will);
+            }
+            self.remove_session(client);
+            return None;
+        }
+        let s = self.sessions.get(client)?;
+        let transfer = SessionTransfer {
+            protocol: s.version,
+            expiry_interval: s.expiry_interval,
+            subscriptions: s
+                .subscriptions
+                .iter()
+                .map(|(f, sub)| (f.clone(), *sub))
+                .collect(),
+            queue: s.transfer_entries(),
+            inbound_qos2: s.incoming_qos2_ids().collect(),
+        };
+        self.group_member_offline(now, client);
+        self.remove_session(client);
+        Some(Box::new(transfer))
+    }
+
+    /// A session ended here: the owner forgets it.
+    pub(super) fn released(&mut self, now: Instant, client: &ClientId) {
+        let Some(owner) = self.registry_owner(client.as_str()) else {
+            return;
+        };
+        if let Some(t) = self.takeover() {
+            t.epochs.remove(client);
+        }
+        self.to_node(
+            now,
+            owner,
+            SessionMsg::Release {
+                client: client.clone(),
+            },
+        );
+    }
+
+    /// A session handed over from another node becomes this shard's, and
+    /// durable here (when it is persistent) before the CONNACK.
+    fn import_session(&mut self, now: Instant, client: &ClientId, t: SessionTransfer) {
+        if self.sessions.contains_key(client) {
+            // A session of this client appeared here meanwhile (a second
+            // CONNECT here won the race): the newer one stays.
+            return;
+        }
+        let mut s = Session::new(client.clone(), t.protocol);
+        s.share_gauges(self.gauges.clone());
+        s.budget = self.config.queue_budget.clone();
+        s.expiry_interval = t.expiry_interval;
+        self.generations += 1;
+        s.generation = self.generations;
+        let generation = s.generation;
+        s.disconnected_at = Some(now);
+        for e in t.queue {
+            let d = Delivery {
+                msg: e.msg,
+                qos: e.qos,
+                retain: e.retain,
+                sub_ids: e.sub_ids,
+                store: None,
+                group: None,
+            };
+            match e.state {
+                OutState::Queued => s.restore_queued(d),
+                OutState::AwaitPubAck(id) => s.restore_inflight(id, d, Stage::AwaitAck),
+                OutState::AwaitPubRec(id) => s.restore_inflight(id, d, Stage::AwaitRec),
+                OutState::AwaitPubComp(id) => s.restore_inflight(id, d, Stage::AwaitComp),
+            }
+        }
+        for id in t.inbound_qos2 {
+            s.restore_incoming_qos2(id);
+        }
+        self.sessions.insert(client.clone(), Box::new(s));
+        for (filter, sub) in t.subscriptions {
+            let Some(s) = self.sessions.get_mut(client) else {
+                return;
+            };
+            if s.subscriptions.insert(filter.clone(), sub).is_some() {
+                continue;
+            }
+            self.stats.subscriptions += 1;
+            self.routes.index(client, &filter, sub);
+            if filter.is_shared() {
+                self.group_join(now, client, &filter);
+            }
+            self.add_local_filter(&filter, None);
+        }
+        self.store_session(client);
+        // Detached until the CONNECT that asked for it attaches it (a
+        // newer generation then): expires like any detached session.
+        if t.expiry_interval != u32::MAX {
+            let at = now + Duration::from_secs(u64::from(t.expiry_interval));
+            self.timers.push(Reverse((
+                at,
+                Timer::SessionExpiry(client.clone(), generation),
+            )));
+        }
+    }
+
+    /// `node` left the cluster: its registrations go, and CONNECTs waiting
+    /// for its session go on without it (the session lived only there: the
+    /// client gets a fresh one).
+    pub(super) fn takeover_node_gone(&mut self, now: Instant, node: NodeId) {
+        let Some(t) = self.takeover() else { return };
+        t.registry.forget_node(node);
+        let waiting: Vec<u64> = t
+            .claims
+            .iter()
+            .filter(|(_, p)| p.taking == Some(node))
+            .map(|(k, _)| *k)
+            .collect();
+        for claim in waiting {
+            if let Some(p) = self.takeover().and_then(|t| t.claims.remove(&claim)) {
+                self.finish_claim(now, p);
+            }
+        }
+    }
+
+    /// Sessions registered here per node (for `cluster status`).
+    pub fn registered_per_node(&self) -> std::collections::BTreeMap<NodeId, usize> {
+        self.cluster
+            .as_ref()
+            .map(|c| c.takeover.registry.per_node())
+            .unwrap_or_default()
+    }
+}
