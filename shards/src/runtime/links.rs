@@ -146,6 +146,8 @@ pub(crate) struct Links {
     /// batch, acknowledged once all its tickets are done.
     tickets: RefCell<HashMap<u64, (StreamKey, Seq)>>,
     next_ticket: Cell<u64>,
+    /// The partition map the core has (claims are off until it has one).
+    map: RefCell<Option<Arc<vmqtt_cluster::PartitionMap>>>,
 }
 
 impl Links {
@@ -158,6 +160,7 @@ impl Links {
             inbound: RefCell::new(HashMap::new()),
             tickets: RefCell::new(HashMap::new()),
             next_ticket: Cell::new(0),
+            map: RefCell::new(None),
         }
     }
 
@@ -315,18 +318,18 @@ impl Links {
         done: &mut Vec<u64>,
     ) {
         let me = self.spec.node;
-        let (mine_changed, new_map) = {
+        let mine_changed = {
             let old = self.membership.borrow();
-            let new_map = match (&old.partitions, &new.partitions) {
-                (Some(a), Some(b)) if a.revision == b.revision && a.same_owners(b) => None,
-                (_, Some(b)) => Some(b.clone()),
-                (_, None) => None,
-            };
-            (
-                new.epoch_of(me).is_some() && new.epoch_of(me) != old.epoch_of(me),
-                new_map,
-            )
+            new.epoch_of(me).is_some() && new.epoch_of(me) != old.epoch_of(me)
         };
+        let new_map = match (&*self.map.borrow(), &new.partitions) {
+            (Some(a), Some(b)) if a.revision == b.revision && a.same_owners(b) => None,
+            (_, Some(b)) => Some(b.clone()),
+            (_, None) => None,
+        };
+        if let Some(m) = &new_map {
+            *self.map.borrow_mut() = Some(m.clone());
+        }
         *self.membership.borrow_mut() = new.clone();
         let mut gone = Vec::new();
         {

@@ -19,6 +19,7 @@ use crate::common::process::{
 use crate::common::*;
 
 mod partitions;
+mod takeover;
 
 /// The links' shared secret in the tests.
 const SECRET: &str = "e2e-cluster-secret-0123456789abcdef";

@@ -16,7 +16,9 @@ pub mod wire;
 
 pub use broker::{Broker, BrokerConfig, BrokerKind, RssSampler};
 pub use clients::{MqttClient, QoS5, V4, V5};
-pub use raw::{aliased_publish, connect_packet, publish, text, topic, will, Raw, QUIET, WAIT};
+pub use raw::{
+    aliased_publish, connect_packet, persistent, publish, text, topic, will, Raw, QUIET, WAIT,
+};
 pub use shard::{home_shard, ids_on_different_shards, Placement, SHARDS};
 
 pub use vmqtt::codec::{

@@ -1,0 +1,230 @@
+//! One session per client id across the cluster, with real clients: the
+//! same client id connecting to another node takes its session over
+//! (subscriptions, queued and in-flight QoS 1/2 messages), the old
+//! connection is closed with 0x8E, and two CONNECTs at once leave one.
+
+use super::*;
+use vmqtt::codec::{Packet, ProtocolVersion, PubResponse, QoS, ReasonCode};
+
+/// A cluster of `n` whose partition map is written (claims are on).
+fn claims_on(test: &str, n: u16) -> Option<Cluster> {
+    let c = Cluster::start(test, n)?;
+    c.wait_linked();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..c.nodes.len() {
+        while !c.nodes[i].log().contains("partition map: claims") {
+            assert!(Instant::now() < deadline, "node {} never got a map", i + 1);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Every node's map has every node (the last join's map).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = c.status(0);
+        let owners = status
+            .lines()
+            .filter(|l| l.starts_with("node ") && !l.ends_with(" partitions 0"))
+            .count();
+        if owners == usize::from(n) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The last map reached every shard (logged after it was applied).
+    std::thread::sleep(Duration::from_millis(300));
+    Some(c)
+}
+
+/// v3.1.1 and v5 (Raw clients): a subscriber on node 1 with QoS 1 and 2
+/// messages in flight and queued goes away; it connects to node 2 and
+/// finds its session: the in-flight ones resent with DUP and the packet
+/// ids it saw, then the queue in order, each once; later messages reach it
+/// on node 2, and node 1 no longer has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_session_moves_to_the_node_the_client_connects_to() {
+    let test = "cluster_session_moves_to_the_node_the_client_connects_to";
+    let Some(c) = claims_on(test, 3) else {
+        return;
+    };
+    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let id = format!("mover-{}", v as u8);
+        let topic_f = format!("mv{}/#", v as u8);
+        let t = |i: usize| format!("mv{}/{i}", v as u8);
+        let (mut dev, ack) = Raw::connect_ok(c.port(0), persistent(v, &id, true, 3600)).await;
+        assert!(!ack.session_present);
+        dev.subscribe(&topic_f, QoS::ExactlyOnce).await;
+        let mut publ = Raw::v5(c.port(2), &format!("mover-pub-{}", v as u8)).await;
+        // The route reaches node 3.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            publ.publish_ok(&t(0), "probe", QoS::AtMostOnce, false)
+                .await;
+            if let Ok(Packet::Publish(p)) = dev.recv(Duration::from_millis(200)).await {
+                if text(&p) == "probe" {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "no route");
+        }
+        while dev.recv(Duration::from_millis(300)).await.is_ok() {}
+        // Two in flight, unacknowledged (one QoS 2 at PUBREL).
+        publ.publish_ok(&t(1), "m1", QoS::AtLeastOnce, false).await;
+        publ.publish_ok(&t(2), "m2", QoS::ExactlyOnce, false).await;
+        let p1 = dev.recv_publish().await;
+        let p2 = dev.recv_publish().await;
+        assert_eq!((text(&p1).as_str(), text(&p2).as_str()), ("m1", "m2"));
+        let id2 = p2.packet_id.unwrap();
+        dev.send(&Packet::PubRec(PubResponse::new(id2))).await;
+        dev.wait_for("PUBREL", WAIT, |p| {
+            matches!(p, Packet::PubRel(_)).then_some(())
+        })
+        .await;
+        drop(dev);
+        // Queued while it is away.
+        for i in 3..=12 {
+            publ.publish_ok(&t(i), &format!("m{i}"), QoS::AtLeastOnce, false)
+                .await;
+        }
+        let t0 = Instant::now();
+        let (mut dev, ack) = Raw::connect_ok(c.port(1), persistent(v, &id, false, 3600)).await;
+        let took = t0.elapsed();
+        assert!(ack.session_present, "{v:?}: the session came along");
+        eprintln!(
+            "[{test}] {v:?}: takeover CONNECT -> CONNACK {} ms",
+            took.as_millis()
+        );
+        let r1 = dev.recv_publish().await;
+        assert_eq!(text(&r1), "m1");
+        assert!(r1.dup, "{v:?}: resent with DUP");
+        assert_eq!(r1.packet_id, p1.packet_id, "{v:?}: the id it saw");
+        dev.ack(&r1).await;
+        let rel = dev
+            .wait_for("PUBREL", WAIT, |p| match p {
+                Packet::PubRel(r) => Some(r.packet_id),
+                _ => None,
+            })
+            .await;
+        assert_eq!(rel, id2, "{v:?}: the QoS 2 flow goes on, not resent");
+        dev.send(&Packet::PubComp(PubResponse::new(id2))).await;
+        for i in 3..=12 {
+            let p = dev.recv_publish_acked().await;
+            assert_eq!(text(&p), format!("m{i}"), "{v:?}: in order");
+        }
+        dev.expect_no_publish(Duration::from_millis(500), "each once")
+            .await;
+        publ.publish_ok(&t(13), "after", QoS::AtLeastOnce, false)
+            .await;
+        assert_eq!(text(&dev.recv_publish_acked().await), "after");
+        dev.disconnect().await;
+        publ.disconnect().await;
+    }
+    assert!(
+        c.nodes[1].log().contains("session_present=true"),
+        "node 2 logged the resumed session"
+    );
+}
+
+/// A client connected on node 1 is taken over by a CONNECT of its id on
+/// node 2: node 1's connection gets DISCONNECT 0x8E (v5) and closes; the
+/// mosquitto_sub it replaced (v3.1.1, clean session 0) gets its messages
+/// on the new node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_takeover_closes_the_old_connection() {
+    let test = "cluster_takeover_closes_the_old_connection";
+    let Some(c) = claims_on(test, 2) else {
+        return;
+    };
+    let (mut old, _) = Raw::connect_ok(
+        c.port(0),
+        persistent(ProtocolVersion::V5, "twin", true, 600),
+    )
+    .await;
+    old.subscribe("tw/#", QoS::AtLeastOnce).await;
+    let (mut new, ack) = Raw::connect_ok(
+        c.port(1),
+        persistent(ProtocolVersion::V5, "twin", false, 600),
+    )
+    .await;
+    assert!(ack.session_present);
+    let reason = old
+        .wait_for("DISCONNECT", WAIT, |p| match p {
+            Packet::Disconnect(d) => Some(d.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, ReasonCode::SESSION_TAKEN_OVER);
+    // The subscription came along.
+    let mut publ = Raw::v5(c.port(0), "twin-pub").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        publ.publish_ok("tw/1", "hello", QoS::AtLeastOnce, false)
+            .await;
+        if let Ok(Packet::Publish(p)) = new.recv(Duration::from_millis(300)).await {
+            assert_eq!(text(&p), "hello");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no delivery on the new node");
+    }
+    old.expect_closed(WAIT).await;
+    new.disconnect().await;
+    publ.disconnect().await;
+}
+
+/// mosquitto_sub with a persistent session (3.1.1, `-c`): subscribed on
+/// node 1 and stopped; messages published meanwhile (QoS 1, mosquitto_pub
+/// on node 2) are printed by `mosquitto_sub -c` of the same id on node 2.
+#[test]
+fn cluster_mosquitto_persistent_session_follows_the_client() {
+    let test = "cluster_mosquitto_persistent_session_follows_the_client";
+    if skip_without_mosquitto_clients(test) {
+        return;
+    }
+    let Some(c) = claims_on(test, 2) else {
+        return;
+    };
+    let sub = |port: u16| {
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub", "-h", "127.0.0.1"])
+            .args(["-p", &port.to_string(), "-i", "mq-follow", "-c"])
+            .args(["-t", "mf/#", "-q", "1", "-V", "mqttv311", "-d", "-W", "60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mosquitto_sub");
+        let lines = lines_of(&mut child);
+        (child, lines)
+    };
+    let (mut first, lines) = sub(c.port(0));
+    assert!(line_within(&lines, "received SUBACK", WAIT), "no SUBACK");
+    // The route reaches node 2 before the client goes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        mosquitto_pub_lines(
+            c.port(1),
+            "mf-probe",
+            "mf/probe",
+            &["probe".to_owned()],
+            WAIT,
+        );
+        if line_within(&lines, "probe", Duration::from_millis(300)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no route");
+    }
+    let _ = first.kill();
+    let _ = first.wait();
+    let payloads: Vec<String> = (0..20).map(|i| format!("away-{i}")).collect();
+    mosquitto_pub_lines(c.port(1), "mf-pub", "mf/1", &payloads, WAIT);
+    let (mut second, lines) = sub(c.port(1));
+    let got = drain_real(&lines, Duration::from_secs(3));
+    let _ = second.kill();
+    let _ = second.wait();
+    let got: Vec<&String> = got.iter().filter(|l| l.starts_with("away-")).collect();
+    assert_eq!(
+        got,
+        payloads.iter().collect::<Vec<_>>(),
+        "each once, in order"
+    );
+}
