@@ -33,7 +33,7 @@ pub use session::{Session, Subscription};
 pub use shard::{
     glob_match, shrink_if_sparse, AcrossNodes, CloseReason, ClusterOut, ClusterStatus, CoreConfig,
     GroupInfo, GroupMsg, IoEvent, MemberState, SessionMsg, SessionTransfer, ShardCore,
-    SharedConfig, Strategy, TransferEntry, CLAIM_TIMEOUT, LIMITED_LOG_INTERVAL,
+    SharedConfig, Strategy, TransferEntry, CLAIM_RETRY, CLAIM_TIMEOUT, LIMITED_LOG_INTERVAL,
 };
 
 /// Index of a shard (one per core), `0..shards`.

@@ -48,7 +48,7 @@ use groups::{group_home, Dispatch, GroupTable, Offer};
 use publish::Outcome;
 use router::{Agg, Pending, RouteTable, Targets, Waiter};
 use subscribe::same_authorizer;
-pub use takeover::{SessionMsg, SessionTransfer, TransferEntry, CLAIM_TIMEOUT};
+pub use takeover::{SessionMsg, SessionTransfer, TransferEntry, CLAIM_RETRY, CLAIM_TIMEOUT};
 use timers::Timer;
 
 /// Limits and settings of one shard's MQTT behaviour.

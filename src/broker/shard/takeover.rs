@@ -22,6 +22,11 @@ use crate::broker::partition::{partition_of, PartitionMap, Registration, Registr
 /// holder's session) before it is refused with Server Unavailable.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// After a [`SessionMsg::NotOwner`] (the two nodes' maps differ while the
+/// map changes), the claim is sent again this much later to the owner the
+/// claimant's map names then.
+pub const CLAIM_RETRY: Duration = Duration::from_millis(100);
+
 /// What nodes say to each other about one client's session. Each is about
 /// `client` and goes to its home shard on the receiving node.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,8 +51,9 @@ pub enum SessionMsg {
         /// The node that held the client until now.
         previous: Option<NodeId>,
     },
-    /// The receiver does not own the client's partition (its map differs):
-    /// the CONNECT is refused, the client retries.
+    /// The receiver does not own the client's partition (its map differs,
+    /// one of the two is changing): the claim is sent again shortly, to the
+    /// owner of the claimant's map then.
     NotOwner {
         /// The client.
         client: ClientId,
@@ -188,7 +194,7 @@ impl ShardCore {
 
     /// Sends `msg` to `node` (to its home shard of the client), handling it
     /// here when `node` is this one.
-    fn to_node(&mut self, now: Instant, node: NodeId, msg: SessionMsg) {
+    fn send_to_node(&mut self, now: Instant, node: NodeId, msg: SessionMsg) {
         if node == self.node() {
             self.handle_session_msg(now, node, msg);
         } else if let Some(t) = self.takeover() {
@@ -238,7 +244,7 @@ impl ShardCore {
             ));
         }
         for (node, msg) in moved {
-            self.to_node(now, node, msg);
+            self.send_to_node(now, node, msg);
         }
     }
 
@@ -273,7 +279,7 @@ impl ShardCore {
         }
         self.timers
             .push(Reverse((now + CLAIM_TIMEOUT, Timer::Claim(claim))));
-        self.to_node(
+        self.send_to_node(
             now,
             owner,
             SessionMsg::Claim {
@@ -281,6 +287,22 @@ impl ShardCore {
                 claim,
             },
         );
+    }
+
+    /// A claim refused by a node that does not own its partition: sent
+    /// again, to the owner of the map now.
+    pub(super) fn retry_claim(&mut self, now: Instant, claim: u64) {
+        let Some(t) = self.takeover() else { return };
+        let Some(p) = t.claims.get(&claim) else {
+            return;
+        };
+        if p.taking.is_some() {
+            return;
+        }
+        let client = ClientId::new(p.connect.client_id.clone());
+        if let Some(owner) = self.registry_owner(client.as_str()) {
+            self.send_to_node(now, owner, SessionMsg::Claim { client, claim });
+        }
     }
 
     /// A claim's time is up: its CONNECT is refused (Server Unavailable),
@@ -337,7 +359,7 @@ impl ShardCore {
         clean: bool,
     ) {
         let session = self.hand_over(now, &client, clean);
-        self.to_node(
+        self.send_to_node(
             now,
             from,
             SessionMsg::Handover {
@@ -402,10 +424,8 @@ impl ShardCore {
                 previous,
             } => self.on_granted(now, client, claim, epoch, previous),
             SessionMsg::NotOwner { claim, .. } => {
-                if let Some(p) = self.takeover().and_then(|t| t.claims.remove(&claim)) {
-                    // The partition map is changing.
-                    self.refuse_claimed(now, p);
-                }
+                self.timers
+                    .push(Reverse((now + CLAIM_RETRY, Timer::ClaimRetry(claim))));
             }
             SessionMsg::Take {
                 client,
@@ -448,11 +468,11 @@ impl ShardCore {
                 match t.registry.reregister(client.as_str(), reg) {
                     Reregistered::Accepted => {}
                     Reregistered::Refused(_) => {
-                        self.to_node(now, from, SessionMsg::Drop { client });
+                        self.send_to_node(now, from, SessionMsg::Drop { client });
                     }
                     Reregistered::Replaced(prev) => {
                         if prev.node != from {
-                            self.to_node(now, prev.node, SessionMsg::Drop { client });
+                            self.send_to_node(now, prev.node, SessionMsg::Drop { client });
                         }
                     }
                 }
@@ -477,13 +497,13 @@ impl ShardCore {
     fn on_claim(&mut self, now: Instant, from: NodeId, client: ClientId, claim: u64) {
         let me = self.node();
         if self.registry_owner(client.as_str()) != Some(me) {
-            self.to_node(now, from, SessionMsg::NotOwner { client, claim });
+            self.send_to_node(now, from, SessionMsg::NotOwner { client, claim });
             return;
         }
         let Some(t) = self.takeover() else { return };
         let (reg, prev) = t.registry.claim(client.as_str(), from, 0);
         let previous = prev.map(|p| p.node).filter(|&n| n != from);
-        self.to_node(
+        self.send_to_node(
             now,
             from,
             SessionMsg::Granted {
@@ -509,7 +529,7 @@ impl ShardCore {
             // Timed out meanwhile: the registration is not ours to keep.
             if let Some(owner) = self.registry_owner(client.as_str()) {
                 if !self.sessions.contains_key(&client) {
-                    self.to_node(now, owner, SessionMsg::Release { client });
+                    self.send_to_node(now, owner, SessionMsg::Release { client });
                 }
             }
             return;
@@ -519,7 +539,7 @@ impl ShardCore {
             Some(node) if node != me => {
                 p.taking = Some(node);
                 let clean = p.connect.clean_start;
-                self.to_node(
+                self.send_to_node(
                     now,
                     node,
                     SessionMsg::Take {
@@ -599,7 +619,7 @@ impl ShardCore {
         if let Some(t) = self.takeover() {
             t.epochs.remove(client);
         }
-        self.to_node(
+        self.send_to_node(
             now,
             owner,
             SessionMsg::Release {

@@ -11,6 +11,8 @@ pub(super) enum Timer {
     SessionExpiry(ClientId, u64),
     /// A CONNECT's claim of its client id (see `takeover.rs`).
     Claim(u64),
+    /// A claim sent again (after `NotOwner`).
+    ClaimRetry(u64),
     Sys,
 }
 
@@ -70,6 +72,7 @@ impl ShardCore {
                 }
             }
             Timer::Claim(claim) => self.claim_timed_out(now, claim),
+            Timer::ClaimRetry(claim) => self.retry_claim(now, claim),
             Timer::Sys => {
                 self.timers
                     .push(Reverse((now + self.config.sys_interval, Timer::Sys)));

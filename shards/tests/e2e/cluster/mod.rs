@@ -649,6 +649,15 @@ async fn cluster_node_away_gets_retained_updates_when_it_rejoins() {
     c.nodes[0].kill9();
     c.nodes[1].kill9();
     c.nodes[1].restart();
+    // Until node 1's lease expires its partitions are its own: CONNECTs of
+    // client ids there are refused (Server Unavailable) until the map
+    // gives them to node 2.
+    let deadline = Instant::now() + Duration::from_secs(TTL + 10);
+    while !c.status(1).contains(" partitions 1024") {
+        assert!(Instant::now() < deadline, "node 2 never got every partition");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     wait_retained(c.port(1), "node 2 restarted alone", &after).await;
 }
 
