@@ -343,11 +343,13 @@ fn encode_session(m: &SessionMsg, now: Instant, buf: &mut BytesMut) {
         SessionMsg::Take {
             client,
             claim,
+            epoch,
             clean,
         } => {
             buf.put_u8(S_TAKE);
             put_str(buf, client.as_str());
             buf.put_u64(*claim);
+            buf.put_u64(*epoch);
             buf.put_u8(u8::from(*clean));
         }
         SessionMsg::Handover {
@@ -459,6 +461,7 @@ fn decode_session(b: &mut Bytes, now: Instant) -> Result<SessionMsg, FrameError>
         S_TAKE => SessionMsg::Take {
             client: get_client(b)?,
             claim: get_u64(b, "session: claim")?,
+            epoch: get_u64(b, "session: epoch")?,
             clean: get_u8(b, "session: clean")? != 0,
         },
         S_HANDOVER => {
@@ -871,6 +874,7 @@ mod tests {
             SessionMsg::Take {
                 client: client.clone(),
                 claim: 4,
+                epoch: 7,
                 clean: true,
             },
             SessionMsg::Handover {

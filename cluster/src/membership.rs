@@ -140,6 +140,11 @@ impl Membership {
         format!("/{name}/")
     }
 
+    /// The prefix of the nodes' load reports (sessions, connections).
+    pub fn load_prefix(name: &str) -> String {
+        format!("/{name}/load/")
+    }
+
     /// The key of cluster `name`'s controller.
     pub fn controller_key(name: &str) -> String {
         format!("/{name}/controller")

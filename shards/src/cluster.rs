@@ -48,6 +48,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY: Duration = Duration::from_millis(500);
 /// How long one endpoint may take to answer before the next is tried.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How often a node reports its sessions and connections (for `cluster
+/// status`), when they changed.
+const LOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// This node's sessions and connections now (summed over its shards).
+pub type Load = Box<dyn Fn() -> (u64, u64) + Send>;
 
 /// A client of one of `endpoints`: the first, from index `from` on in
 /// turn, that answers a status request within [`PROBE_TIMEOUT`]. Pinned to
@@ -107,6 +113,7 @@ impl Etcd {
     pub fn start(
         cfg: &ClusterConfig,
         me: ThisNode,
+        load: Load,
         publish: impl Fn(Arc<Membership>) + Send + 'static,
     ) -> anyhow::Result<(Etcd, Arc<Membership>)> {
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -144,6 +151,7 @@ impl Etcd {
                         }
                     };
                     let _ = ready_tx.send(Ok(Arc::new(session.snapshot())));
+                    session.load = Some(load);
                     session.run(stop_rx, publish).await;
                 });
             })
@@ -207,6 +215,9 @@ pub fn status(cfg: &ClusterConfig) -> anyhow::Result<String> {
 /// partition map.
 struct View {
     prefix: String,
+    load_prefix: String,
+    /// Each node's last report: (sessions, connections).
+    loads: BTreeMap<NodeId, (u64, u64)>,
     controller_key: String,
     partitions_key: String,
     nodes: BTreeMap<NodeId, Member>,
@@ -220,6 +231,8 @@ impl View {
     fn new(cluster: &str) -> View {
         View {
             prefix: Membership::prefix(cluster),
+            load_prefix: Membership::load_prefix(cluster),
+            loads: BTreeMap::new(),
             controller_key: Membership::controller_key(cluster),
             partitions_key: Membership::partitions_key(cluster),
             nodes: BTreeMap::new(),
@@ -231,6 +244,7 @@ impl View {
 
     fn clear(&mut self) {
         self.nodes.clear();
+        self.loads.clear();
         self.controller = None;
         self.partitions = None;
         self.unreadable.clear();
@@ -250,6 +264,10 @@ impl View {
                     warn!(key, "a partition map this version does not read: the controller writes a new one");
                     self.partitions = None;
                 }
+            }
+        } else if let Some(node) = Membership::node_of_key(&self.load_prefix, key) {
+            if let Some(load) = parse_load(value) {
+                self.loads.insert(node, load);
             }
         } else if let Some(node) = Membership::node_of_key(&self.prefix, key) {
             match Member::from_value(value) {
@@ -276,6 +294,8 @@ impl View {
             }
         } else if key == self.partitions_key {
             self.partitions = None;
+        } else if let Some(node) = Membership::node_of_key(&self.load_prefix, key) {
+            self.loads.remove(&node);
         } else if let Some(node) = Membership::node_of_key(&self.prefix, key) {
             self.unreadable.remove(&node);
             if self.nodes.remove(&node).is_some() {
@@ -316,8 +336,11 @@ impl View {
                 continue;
             };
             let mqtt = m.mqtt.map_or("-".to_owned(), |a| a.to_string());
+            let load = self.loads.get(&node).map_or(String::new(), |(s, c)| {
+                format!(" sessions {s} connections {c}")
+            });
             out.push_str(&format!(
-                "node {} epoch {:x} peer {} shards {} mqtt {mqtt} partitions {}\n",
+                "node {} epoch {:x} peer {} shards {} mqtt {mqtt} partitions {}{load}\n",
                 node.0,
                 m.epoch.0,
                 m.peer,
@@ -344,6 +367,28 @@ impl View {
     }
 }
 
+/// The value of a node's load report.
+fn load_value((sessions, connections): (u64, u64)) -> String {
+    format!("v1 sessions={sessions} connections={connections}")
+}
+
+/// Parses [`load_value`].
+fn parse_load(v: &str) -> Option<(u64, u64)> {
+    let mut words = v.split_ascii_whitespace();
+    if words.next()? != "v1" {
+        return None;
+    }
+    let (mut s, mut c) = (None, None);
+    for w in words {
+        match w.split_once('=')? {
+            ("sessions", n) => s = n.parse().ok(),
+            ("connections", n) => c = n.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((s?, c?))
+}
+
 /// The etcd thread's state.
 struct Session {
     client: Client,
@@ -358,6 +403,13 @@ struct Session {
     revision: i64,
     view: View,
     etcd_up: bool,
+    /// Where this node's load comes from (set once serving).
+    load: Option<Load>,
+    /// The load last written, and when.
+    last_load: Option<((u64, u64), tokio::time::Instant)>,
+    /// The last snapshot handed to the shards (another that differs only
+    /// in its revision is not sent).
+    published: Option<Membership>,
 }
 
 /// Why [`Session::serve`] returned.
@@ -385,6 +437,9 @@ impl Session {
             revision: 0,
             view,
             etcd_up: true,
+            load: None,
+            last_load: None,
+            published: None,
         };
         s.register(true).await?;
         s.list().await?;
@@ -465,6 +520,8 @@ impl Session {
             );
         }
         self.lease = lease;
+        // A new lease has no load key: written again at the next tick.
+        self.last_load = None;
         Ok(())
     }
 
@@ -589,6 +646,53 @@ impl Session {
         Ok(())
     }
 
+    /// Hands the snapshot to the shards unless only its revision changed
+    /// (another node's load report, say).
+    fn publish_if_changed(&mut self, publish: &impl Fn(Arc<Membership>)) {
+        let now = self.snapshot();
+        let same = self.published.as_ref().is_some_and(|p| {
+            Membership {
+                revision: now.revision,
+                ..p.clone()
+            } == now
+        });
+        if !same {
+            self.published = Some(now.clone());
+            publish(Arc::new(now));
+        }
+    }
+
+    /// Writes this node's sessions and connections (under its lease) when
+    /// they changed, at most every [`LOAD_EVERY`].
+    async fn report_load(&mut self) -> anyhow::Result<()> {
+        let Some(load) = &self.load else {
+            return Ok(());
+        };
+        let at = tokio::time::Instant::now();
+        if self
+            .last_load
+            .is_some_and(|(_, t)| at.duration_since(t) < LOAD_EVERY)
+        {
+            return Ok(());
+        }
+        let now = load();
+        if self.last_load.is_some_and(|(l, _)| l == now) {
+            self.last_load = Some((now, at));
+            return Ok(());
+        }
+        let key = format!("{}{}", self.view.load_prefix, self.me.id.0);
+        self.client
+            .put(
+                key,
+                load_value(now),
+                Some(PutOptions::new().with_lease(self.lease)),
+            )
+            .await
+            .context("reporting the node's load")?;
+        self.last_load = Some((now, at));
+        Ok(())
+    }
+
     fn snapshot(&self) -> Membership {
         Membership {
             revision: self.revision,
@@ -613,7 +717,7 @@ impl Session {
                     if self.etcd_up {
                         warn!(error = %format!("{e:#}"), "lost etcd: the last membership stays in force");
                         self.etcd_up = false;
-                        publish(Arc::new(self.snapshot()));
+                        self.publish_if_changed(&publish);
                     }
                     tokio::select! {
                         _ = &mut stop => break,
@@ -629,7 +733,7 @@ impl Session {
                     }
                     info!("etcd reachable again");
                     self.etcd_up = true;
-                    publish(Arc::new(self.snapshot()));
+                    self.publish_if_changed(&publish);
                 }
             }
         }
@@ -721,6 +825,9 @@ impl Session {
                     if let Err(e) = keeper.keep_alive().await {
                         return Served::Lost(e.into());
                     }
+                    if let Err(e) = self.report_load().await {
+                        return Served::Lost(e);
+                    }
                     match tokio::time::timeout(answer, alive.message()).await {
                         Ok(Ok(Some(r))) if r.ttl() > 0 => {}
                         Ok(Ok(Some(_))) => {
@@ -765,7 +872,7 @@ impl Session {
                     if let Err(e) = self.steer().await {
                         return Served::Lost(e);
                     }
-                    publish(Arc::new(self.snapshot()));
+                    self.publish_if_changed(publish);
                 }
             }
         }

@@ -264,6 +264,16 @@ impl Metrics {
         })
     }
 
+    /// Sessions and connections over every shard (as last published).
+    pub fn sessions_and_connections(&self) -> (u64, u64) {
+        self.shards.iter().fold((0, 0), |(s, c), slot| {
+            (
+                s + slot.values[1].load(Ordering::Relaxed),
+                c + slot.values[0].load(Ordering::Relaxed),
+            )
+        })
+    }
+
     /// Shard `shard` publishes its counters.
     pub fn publish(&self, shard: usize, stats: &ShardStats) {
         if let Some(slot) = self.shards.get(shard) {

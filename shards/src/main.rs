@@ -579,7 +579,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 shards: u16::try_from(shards).unwrap_or(u16::MAX),
                 mqtt: config.listen.first().copied(),
             };
-            let (etcd, first) = cluster::Etcd::start(c, me, move |m| {
+            let counters = metrics.clone();
+            let load: cluster::Load = Box::new(move || counters.sessions_and_connections());
+            let (etcd, first) = cluster::Etcd::start(c, me, load, move |m| {
                 announcer.send_all(|_| runtime::Control::Membership(m.clone()))
             })
             .with_context(|| format!("joining cluster {:?} (etcd {:?})", c.name, c.etcd))?;

@@ -68,6 +68,8 @@ pub enum SessionMsg {
         client: ClientId,
         /// The claimant's number.
         claim: u64,
+        /// The claimant's granted epoch.
+        epoch: u64,
         /// Clean Start of the new CONNECT.
         clean: bool,
     },
@@ -157,6 +159,8 @@ pub(super) struct PendingClaim {
     connect: Box<Connect>,
     /// The node asked to hand the session over, once granted.
     taking: Option<NodeId>,
+    /// The epoch granted (once it is).
+    epoch: Option<u64>,
 }
 
 /// The takeover state of one shard (inside [`ClusterState`]).
@@ -173,8 +177,9 @@ pub(super) struct Takeover {
     /// The epoch of each session held here, as granted.
     epochs: HashMap<ClientId, u64>,
     /// `Take`s that came while a CONNECT of the same client was being
-    /// claimed here (a later claim elsewhere): answered once it is done,
-    /// so the session moves on from here instead of both going on.
+    /// claimed here with an older epoch (a later claim elsewhere): answered
+    /// once it is done, so the session moves on from here instead of both
+    /// going on.
     deferred: Vec<(NodeId, ClientId, u64, bool)>,
     /// What goes to other nodes.
     pub(super) out: Vec<(NodeId, SessionMsg)>,
@@ -272,6 +277,7 @@ impl ShardCore {
                 conn: conn_id,
                 connect: Box::new(c),
                 taking: None,
+                epoch: None,
             },
         );
         if let Some(conn) = self.conns.get_mut(&conn_id) {
@@ -332,15 +338,25 @@ impl ShardCore {
         self.run_deferred_takes(now, &client);
     }
 
+    /// Whether a `Take` of `client` granted `epoch` must wait: a claim of
+    /// the same client here was granted before it (a lower epoch), and the
+    /// session is on its way here to be passed on. (A claim here not yet
+    /// granted will be granted later, with a higher epoch: the session is
+    /// handed over at once and taken back then; waiting would deadlock.)
+    fn take_waits(&self, client: &ClientId, epoch: u64) -> bool {
+        self.cluster.as_ref().is_some_and(|c| {
+            c.takeover.claims.values().any(|p| {
+                p.connect.client_id == *client.as_bytestr() && p.epoch.is_some_and(|e| e < epoch)
+            })
+        })
+    }
+
     /// The `Take`s of `client` that waited for a claim here.
     fn run_deferred_takes(&mut self, now: Instant, client: &ClientId) {
-        let Some(t) = self.takeover() else { return };
-        if t.claims
-            .values()
-            .any(|p| p.connect.client_id == *client.as_bytestr())
-        {
+        if self.take_waits(client, u64::MAX) {
             return;
         }
+        let Some(t) = self.takeover() else { return };
         let (run, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut t.deferred)
             .into_iter()
             .partition(|(_, c, _, _)| c == client);
@@ -430,14 +446,13 @@ impl ShardCore {
             SessionMsg::Take {
                 client,
                 claim,
+                epoch,
                 clean,
             } => {
-                let Some(t) = self.takeover() else { return };
-                if t.claims
-                    .values()
-                    .any(|p| p.connect.client_id == *client.as_bytestr())
-                {
-                    t.deferred.push((from, client, claim, clean));
+                if self.take_waits(&client, epoch) {
+                    if let Some(t) = self.takeover() {
+                        t.deferred.push((from, client, claim, clean));
+                    }
                     return;
                 }
                 self.answer_take(now, from, client, claim, clean);
@@ -535,6 +550,7 @@ impl ShardCore {
             return;
         };
         t.epochs.insert(client.clone(), epoch);
+        p.epoch = Some(epoch);
         match previous {
             Some(node) if node != me => {
                 p.taking = Some(node);
@@ -545,6 +561,7 @@ impl ShardCore {
                     SessionMsg::Take {
                         client,
                         claim,
+                        epoch,
                         clean,
                     },
                 );

@@ -654,7 +654,10 @@ async fn cluster_node_away_gets_retained_updates_when_it_rejoins() {
     // gives them to node 2.
     let deadline = Instant::now() + Duration::from_secs(TTL + 10);
     while !c.status(1).contains(" partitions 1024") {
-        assert!(Instant::now() < deadline, "node 2 never got every partition");
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never got every partition"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

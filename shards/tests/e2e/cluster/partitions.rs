@@ -22,7 +22,13 @@ fn parse_status(text: &str) -> Status {
         .lines()
         .filter_map(|l| {
             let id = l.strip_prefix("node ")?.split(' ').next()?.parse().ok()?;
-            let n = l.rsplit_once(" partitions ")?.1.parse().ok()?;
+            let n = l
+                .split_once(" partitions ")?
+                .1
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
             Some((id, n))
         })
         .collect();

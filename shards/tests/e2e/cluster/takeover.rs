@@ -4,7 +4,8 @@
 //! connection is closed with 0x8E, and two CONNECTs at once leave one.
 
 use super::*;
-use vmqtt::codec::{Packet, ProtocolVersion, PubResponse, QoS, ReasonCode};
+use crate::common::raw::RecvError;
+use vmqtt::codec::{Packet, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode};
 
 /// A cluster of `n` whose partition map is written (claims are on).
 fn claims_on(test: &str, n: u16) -> Option<Cluster> {
@@ -227,4 +228,108 @@ fn cluster_mosquitto_persistent_session_follows_the_client() {
         payloads.iter().collect::<Vec<_>>(),
         "each once, in order"
     );
+}
+
+/// Two CONNECTs of one client id on two nodes at the same moment, ten
+/// times: each time exactly one connection survives, the other is closed
+/// with 0x8E (or closed at once), and the messages queued for the session
+/// before the race all reach the survivor. Then `cluster status` counts
+/// the one session left where it lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_concurrent_connects_leave_one_session() {
+    let test = "cluster_concurrent_connects_leave_one_session";
+    let Some(c) = claims_on(test, 3) else {
+        return;
+    };
+    let v5 = ProtocolVersion::V5;
+    let (mut first, _) = Raw::connect_ok(c.port(2), persistent(v5, "racer", true, 600)).await;
+    first.subscribe("race/#", QoS::AtLeastOnce).await;
+    first.disconnect().await;
+    let mut publ = Raw::v5(c.port(2), "race-pub").await;
+    let mut last = 2;
+    for round in 0..10 {
+        let payloads: Vec<String> = (0..5).map(|i| format!("r{round}-{i}")).collect();
+        for p in &payloads {
+            publ.publish_ok("race/1", p, QoS::AtLeastOnce, false).await;
+        }
+        let (a, b) = (round % 3, (round + 1) % 3);
+        let ((mut x, xa), (mut y, ya)) = tokio::join!(
+            Raw::connect_with(c.port(a), persistent(v5, "racer", false, 600)),
+            Raw::connect_with(c.port(b), persistent(v5, "racer", false, 600)),
+        );
+        let mut alive = [false; 2];
+        // What each received before it was closed or went quiet.
+        let mut early: [Vec<Publish>; 2] = [Vec::new(), Vec::new()];
+        for (k, (conn, ack)) in [(&mut x, &xa), (&mut y, &ya)].into_iter().enumerate() {
+            if ack.reason != ReasonCode::SUCCESS {
+                // Refused while the other's claim was under way: no session.
+                continue;
+            }
+            // Publishes may come before the DISCONNECT of a loser.
+            alive[k] = loop {
+                match conn.recv(Duration::from_millis(1500)).await {
+                    Ok(Packet::Disconnect(d)) => {
+                        assert_eq!(d.reason, ReasonCode::SESSION_TAKEN_OVER, "round {round}");
+                        break false;
+                    }
+                    Ok(Packet::Publish(p)) => early[k].push(p),
+                    Ok(_) => {}
+                    Err(RecvError::Closed) => break false,
+                    Err(_) => break true,
+                }
+            };
+        }
+        assert_eq!(
+            alive.iter().filter(|a| **a).count(),
+            1,
+            "round {round}: exactly one connection survives ({xa:?} / {ya:?})"
+        );
+        let k = usize::from(!alive[0]);
+        let (mut survivor, at) = if k == 0 { (x, a) } else { (y, b) };
+        let mut got = std::collections::BTreeSet::new();
+        for p in std::mem::take(&mut early[k]) {
+            survivor.ack(&p).await;
+            got.insert(text(&p));
+        }
+        while got.len() < payloads.len() {
+            let p = survivor.recv_publish().await;
+            survivor.ack(&p).await;
+            got.insert(text(&p));
+        }
+        assert_eq!(got, payloads.iter().cloned().collect(), "round {round}");
+        survivor
+            .expect_no_publish(Duration::from_millis(300), "the loser's connection is gone")
+            .await;
+        survivor.disconnect().await;
+        last = at;
+    }
+    publ.disconnect().await;
+    // One session in the cluster, on the last survivor's node (each node
+    // reports its sessions every few seconds).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = c.status(0);
+        let sessions: Vec<(u16, u64)> = status
+            .lines()
+            .filter_map(|l| {
+                let node = l.strip_prefix("node ")?.split(' ').next()?.parse().ok()?;
+                let n = l
+                    .split_once(" sessions ")?
+                    .1
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((node, n))
+            })
+            .collect();
+        let want: Vec<(u16, u64)> = (1..=3u16)
+            .map(|n| (n, u64::from(usize::from(n) == last + 1)))
+            .collect();
+        if sessions == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

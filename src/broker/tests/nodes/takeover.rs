@@ -295,3 +295,46 @@ fn sessions_register_with_the_new_owner_when_the_map_changes() {
     ns.link();
     assert!(connack(&mut ns, 2, &new).session_present);
 }
+
+/// The holder of a session gets a CONNECT of it while another node's
+/// CONNECT of it was granted first (the owner is that other node, so its
+/// claim is answered at once): the holder hands the session over at once
+/// rather than wait for its own claim (which waits for the other node:
+/// that would deadlock), then takes it back. One session, no refusal.
+#[test]
+fn a_holder_claiming_again_does_not_deadlock_with_an_earlier_claim() {
+    let members = (1..=3u16).map(|i| (NodeId(i), 2u16)).collect();
+    let map = PartitionMap::assign(None, &members).unwrap();
+    let id = (0..)
+        .map(|i| format!("dl-{i}"))
+        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node == NodeId(2))
+        .unwrap();
+    let mut ns = three();
+    let first = ns.connect_pending(0, persistent(V5, &id));
+    ns.link();
+    connack(&mut ns, 0, &first);
+    ns.n[0].drop_socket(&first);
+    ns.link();
+    // Node 1 (index 0) holds it. Its CONNECT's claim waits on its links;
+    // node 2's CONNECT is granted at once, and its Take goes to node 1.
+    let x = ns.connect_pending(0, persistent(V5, &id));
+    let y = ns.connect_pending(1, persistent(V5, &id));
+    ns.link();
+    let gx = ns.n[0].recv(&x);
+    let gy = ns.n[1].recv(&y);
+    let ok = |g: &[Packet]| matches!(g.first(), Some(Packet::ConnAck(a)) if a.reason == ReasonCode::SUCCESS && a.session_present);
+    assert!(
+        ok(&gx) && ok(&gy),
+        "both answered, no refusal: {gx:?} {gy:?}"
+    );
+    let taken = |g: &[Packet]| {
+        g.iter().any(
+            |p| matches!(p, Packet::Disconnect(d) if d.reason == ReasonCode::SESSION_TAKEN_OVER),
+        )
+    };
+    // The later claim (x's, granted second) wins.
+    assert!(taken(&gy) && !taken(&gx), "{gx:?} {gy:?}");
+    let home = home_shard(&id, 2).get();
+    assert!(ns.n[0].cores[home].session(&id).is_some());
+    assert!(ns.n[1].cores[home].session(&id).is_none());
+}
