@@ -40,7 +40,8 @@ use vmqtt::broker::{Epoch, NodeId};
 use vmqtt_cluster::{Controller, Member, Membership, PartitionMap};
 use vmqtt_config::ClusterConfig;
 
-/// How long start-up may take to reach etcd and register.
+/// How long start-up may take to reach etcd and register, at least (more
+/// with a long lease TTL: a restarted node waits for its old lease).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Each etcd request's bound.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -133,8 +134,10 @@ impl Etcd {
                     }
                 };
                 rt.block_on(async move {
+                    let join_timeout =
+                        JOIN_TIMEOUT.max(Duration::from_secs(cfg.lease_ttl_seconds * 2 + 10));
                     let joined =
-                        tokio::time::timeout(JOIN_TIMEOUT, Session::join(cfg.clone(), me)).await;
+                        tokio::time::timeout(join_timeout, Session::join(cfg.clone(), me)).await;
                     let mut session = match joined {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -145,7 +148,7 @@ impl Etcd {
                             let _ = ready_tx.send(Err(anyhow!(
                                 "no answer from etcd at {:?} within {} s",
                                 cfg.etcd,
-                                JOIN_TIMEOUT.as_secs()
+                                join_timeout.as_secs()
                             )));
                             return;
                         }
@@ -472,7 +475,9 @@ impl Session {
             .context("granting the node's etcd lease")?;
         let lease = granted.id();
         let value = self.value(lease);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.ttl() as u64 + 2);
+        // A lease outlives its TTL a little (etcd checks expiry every
+        // half second, later under load): wait twice the TTL and more.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.ttl() as u64 * 2 + 5);
         loop {
             let txn = Txn::new()
                 .when([Compare::create_revision(

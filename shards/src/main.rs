@@ -593,6 +593,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 flush: Duration::from_micros(c.flush_us),
                 max_link_bytes: usize::try_from(c.max_link_bytes).unwrap_or(usize::MAX),
                 membership: first,
+                lease_ttl: Duration::from_secs(c.lease_ttl_seconds.max(1)),
             };
             (Some(etcd), Some(spec))
         }

@@ -268,6 +268,9 @@ pub enum ShardMsg {
         /// The message.
         msg: super::SessionMsg,
     },
+    /// From shard 0: this node is fenced (cut off from etcd longer than
+    /// its lease and from most of its peers) or no longer.
+    Fenced(bool),
     /// Periodic counters for `$SYS`, sent to shard 0.
     Stats {
         /// The reporting shard.

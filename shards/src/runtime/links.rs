@@ -64,6 +64,9 @@ pub struct ClusterSpec {
     pub max_link_bytes: usize,
     /// The membership when the shard starts.
     pub membership: Arc<Membership>,
+    /// The node's lease TTL: cut off from etcd longer (and from most
+    /// peers), the node fences itself.
+    pub lease_ttl: Duration,
 }
 
 /// This shard's address on the peer port.
@@ -148,6 +151,10 @@ pub(crate) struct Links {
     next_ticket: Cell<u64>,
     /// The partition map the core has (claims are off until it has one).
     map: RefCell<Option<Arc<vmqtt_cluster::PartitionMap>>>,
+    /// Since when etcd has not answered (as the etcd thread last said).
+    etcd_lost_at: Cell<Option<Instant>>,
+    /// (Shard 0) whether the node is fenced now.
+    fenced: Cell<bool>,
 }
 
 impl Links {
@@ -161,6 +168,8 @@ impl Links {
             tickets: RefCell::new(HashMap::new()),
             next_ticket: Cell::new(0),
             map: RefCell::new(None),
+            etcd_lost_at: Cell::new(None),
+            fenced: Cell::new(false),
         }
     }
 
@@ -330,6 +339,11 @@ impl Links {
         if let Some(m) = &new_map {
             *self.map.borrow_mut() = Some(m.clone());
         }
+        if new.etcd_up {
+            self.etcd_lost_at.set(None);
+        } else if self.etcd_lost_at.get().is_none() {
+            self.etcd_lost_at.set(Some(Instant::now()));
+        }
         *self.membership.borrow_mut() = new.clone();
         let mut gone = Vec::new();
         {
@@ -406,7 +420,49 @@ impl Links {
             for p in &peers {
                 self.ensure_dialing(shard, p);
             }
+            self.check_fence(shard);
         }
+    }
+
+    /// (Shard 0) Fencing: a node that has not reached etcd for longer than
+    /// its lease TTL (its peers have dropped it and given its partitions
+    /// away) and has links up to fewer than half of the other members (it
+    /// is on the minority side of a split, not merely without etcd like
+    /// everyone) accepts no CONNECT and grants no claim until either comes
+    /// back. Told to every shard's core.
+    pub(super) fn check_fence(&self, shard: &Rc<Shard>) {
+        let now = Instant::now();
+        let cut_off = self
+            .etcd_lost_at
+            .get()
+            .is_some_and(|t| now.duration_since(t) >= self.spec.lease_ttl);
+        let (others, linked) = {
+            let m = self.membership.borrow();
+            let others = m.nodes.keys().filter(|n| **n != self.spec.node).count();
+            let linked = self
+                .peers
+                .borrow()
+                .values()
+                .filter(|p| p.out.borrow().is_connected())
+                .count();
+            (others, linked)
+        };
+        let fenced = cut_off && (linked + 1) * 2 <= others + 1;
+        if fenced == self.fenced.replace(fenced) {
+            return;
+        }
+        if fenced {
+            warn!(
+                linked,
+                others,
+                "fenced: cut off from etcd longer than the lease TTL and from most peers; \
+                 refusing new connections (Server Unavailable) until etcd or the peers are back"
+            );
+        } else {
+            info!("no longer fenced: accepting connections again");
+        }
+        shard.core.borrow_mut().set_fenced(now, fenced);
+        shard.after();
     }
 
     /// Puts what the core says about sessions on the streams to their

@@ -467,6 +467,7 @@ async fn timer_loop(shard: Rc<Shard>, metrics: Arc<Metrics>) {
                 if shard.index == 0 {
                     metrics.publish_cluster(links.cluster_info());
                     shard.core.borrow_mut().set_cluster_status(links.status());
+                    links.check_fence(&shard);
                 }
             }
             shard.core.borrow_mut().release_memory();

@@ -13,6 +13,15 @@ impl ShardCore {
             self.close(now, conn_id, CloseReason::Refused(rc));
             return;
         }
+        if self.is_fenced() {
+            let rc = ReasonCode::SERVER_UNAVAILABLE;
+            if let Some(conn) = self.conns.get_mut(&conn_id) {
+                conn.version = c.protocol;
+            }
+            self.send(conn_id, &Packet::ConnAck(ConnAck::refuse(rc)));
+            self.close(now, conn_id, CloseReason::Refused(rc));
+            return;
+        }
         // In a cluster the client id is claimed first (the session may
         // have to come from another node): see `takeover.rs`.
         if let Some(owner) = self.must_claim(c.client_id.as_str()) {

@@ -529,6 +529,11 @@ impl ShardCore {
         match msg {
             ShardMsg::Publish(m) => self.deliver_local(now, &m),
             ShardMsg::Session { from, msg } => self.handle_session_msg(now, from, msg),
+            ShardMsg::Fenced(f) => {
+                if let Some(t) = self.takeover() {
+                    t.fenced = f;
+                }
+            }
             ShardMsg::PublishAcked { msg, from, token } => {
                 self.deliver_local(now, &msg);
                 self.ack(now, from, Some(token));

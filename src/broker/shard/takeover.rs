@@ -183,10 +183,34 @@ pub(super) struct Takeover {
     deferred: Vec<(NodeId, ClientId, u64, bool)>,
     /// What goes to other nodes.
     pub(super) out: Vec<(NodeId, SessionMsg)>,
+    /// Cut off (see [`ShardCore::set_fenced`]): no CONNECT is accepted
+    /// and no claim granted.
+    pub(super) fenced: bool,
 }
 
 impl ShardCore {
-    fn takeover(&mut self) -> Option<&mut Takeover> {
+    /// (Shard 0) this node is cut off from etcd for longer than its lease
+    /// and from most of its peers: the others have given its partitions
+    /// away, so it accepts no CONNECT (Server Unavailable) and grants no
+    /// claim until it is back; its connected clients carry on. Every shard
+    /// of the node is told.
+    pub fn set_fenced(&mut self, now: Instant, fenced: bool) {
+        self.clock = now;
+        let Some(t) = self.takeover() else { return };
+        t.fenced = fenced;
+        for s in 0..self.shards {
+            if s != self.id.get() {
+                self.outbox[s].push(ShardMsg::Fenced(fenced));
+            }
+        }
+    }
+
+    /// Whether this node is fenced.
+    pub fn is_fenced(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.takeover.fenced)
+    }
+
+    pub(super) fn takeover(&mut self) -> Option<&mut Takeover> {
         self.cluster.as_mut().map(|c| &mut c.takeover)
     }
 
@@ -471,7 +495,7 @@ impl ShardCore {
             }
             SessionMsg::Register { client, epoch } => {
                 let me = self.node();
-                if self.registry_owner(client.as_str()) != Some(me) {
+                if self.is_fenced() || self.registry_owner(client.as_str()) != Some(me) {
                     return;
                 }
                 let reg = Registration {
@@ -511,7 +535,7 @@ impl ShardCore {
 
     fn on_claim(&mut self, now: Instant, from: NodeId, client: ClientId, claim: u64) {
         let me = self.node();
-        if self.registry_owner(client.as_str()) != Some(me) {
+        if self.is_fenced() || self.registry_owner(client.as_str()) != Some(me) {
             self.send_to_node(now, from, SessionMsg::NotOwner { client, claim });
             return;
         }

@@ -568,22 +568,38 @@ async fn cluster_retained_messages_reach_every_node() {
 /// The retained messages (topic → payload) a new subscriber to `filter`
 /// on `port` gets now: what came before 400 ms without one.
 async fn retained_now(port: u16, id: &str, filter: &str) -> BTreeMap<String, String> {
-    let mut s = V5::new(port, id).await;
-    s.subscribe(filter, QoS5::AtLeastOnce).await;
+    let mut s = connect_when_claimed(port, id).await;
+    s.subscribe(filter, vmqtt::codec::QoS::AtLeastOnce).await;
     let mut got = BTreeMap::new();
-    while let Some((t, p)) = next_within(&mut s, Duration::from_millis(400), |pk| match pk {
-        p5::Packet::Publish(x) if x.retain => Some((
-            String::from_utf8_lossy(&x.topic).into_owned(),
-            String::from_utf8_lossy(&x.payload).into_owned(),
-        )),
-        _ => None,
-    })
-    .await
-    {
-        got.insert(t, p);
+    while let Ok(vmqtt::codec::Packet::Publish(x)) = s.recv(Duration::from_millis(400)).await {
+        s.ack(&x).await;
+        if x.retain {
+            got.insert(x.topic.as_str().to_owned(), text(&x));
+        }
     }
     s.disconnect().await;
     got
+}
+
+/// A v5 Raw client of `port`, connecting again (as clients do) while the
+/// CONNACK is Server Unavailable: right after a node joins or leaves, a
+/// client id whose partition is changing owner cannot be claimed yet.
+async fn connect_when_claimed(port: u16, id: &str) -> Raw {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (c, ack) =
+            Raw::connect_with(port, connect_packet(vmqtt::codec::ProtocolVersion::V5, id)).await;
+        if ack.reason == vmqtt::codec::ReasonCode::SUCCESS {
+            return c;
+        }
+        assert_eq!(
+            ack.reason,
+            vmqtt::codec::ReasonCode::SERVER_UNAVAILABLE,
+            "{id}"
+        );
+        assert!(Instant::now() < deadline, "{id}: never claimed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Polls [`retained_now`] on `port` until it is `want` (20 s at most).

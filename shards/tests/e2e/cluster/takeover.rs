@@ -333,3 +333,61 @@ async fn cluster_concurrent_connects_leave_one_session() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Fencing: with etcd gone and its only peer frozen (SIGSTOP), a node is
+/// on the minority side: after the lease TTL (and the link's ping timeout)
+/// it refuses new CONNECTs with Server Unavailable while its connected
+/// clients carry on; the peer back (SIGCONT), it accepts again — etcd
+/// alone being down (every node without it, linked to each other) does
+/// not fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_cut_off_from_etcd_and_peers_fences_itself() {
+    let test = "cluster_node_cut_off_from_etcd_and_peers_fences_itself";
+    let Some(mut c) = claims_on(test, 2) else {
+        return;
+    };
+    let mut keeper = Raw::v5(c.port(0), "fence-keeper").await;
+    keeper.subscribe("fe/#", QoS::AtLeastOnce).await;
+    let mut publ = Raw::v5(c.port(0), "fence-pub").await;
+    c.etcd.kill();
+    let signal = |sig: &str, pid: u32| {
+        let st = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill {sig} {pid}");
+    };
+    let frozen = c.nodes[1].pid();
+    signal("-STOP", frozen);
+    let deadline = Instant::now() + Duration::from_secs(TTL + 40);
+    while !c.nodes[0].log().contains("fenced: cut off") {
+        if Instant::now() > deadline {
+            signal("-CONT", frozen);
+            panic!("node 1 never fenced itself");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, ack) =
+        Raw::connect_with(c.port(0), connect_packet(ProtocolVersion::V5, "fence-new")).await;
+    assert_eq!(ack.reason, ReasonCode::SERVER_UNAVAILABLE, "fenced");
+    // Connected clients carry on.
+    publ.publish_ok("fe/1", "still", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(text(&keeper.recv_publish_acked().await), "still");
+    signal("-CONT", frozen);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !c.nodes[0].log().contains("no longer fenced") {
+        assert!(Instant::now() < deadline, "node 1 never unfenced");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (new, ack) =
+        Raw::connect_with(c.port(0), connect_packet(ProtocolVersion::V5, "fence-new")).await;
+    assert_eq!(
+        ack.reason,
+        ReasonCode::SUCCESS,
+        "accepting again, etcd still down"
+    );
+    new.disconnect().await;
+    keeper.disconnect().await;
+    publ.disconnect().await;
+}

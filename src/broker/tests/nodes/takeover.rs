@@ -338,3 +338,57 @@ fn a_holder_claiming_again_does_not_deadlock_with_an_earlier_claim() {
     assert!(ns.n[0].cores[home].session(&id).is_some());
     assert!(ns.n[1].cores[home].session(&id).is_none());
 }
+
+/// A fenced node (cut off on the minority side) accepts no CONNECT and
+/// grants no claim, on every shard; its connected clients carry on; once
+/// it is no longer fenced it accepts again.
+#[test]
+fn a_fenced_node_refuses_connects_and_claims() {
+    let mut ns = three();
+    let sub = ns.connect_pending(0, Connect::new(V5, "stays"));
+    ns.link();
+    connack(&mut ns, 0, &sub);
+    ns.n[0].subscribe(&sub, "f/#", q(QoS::AtLeastOnce));
+    let now = ns.n[0].now;
+    ns.n[0].cores[0].set_fenced(now, true);
+    ns.n[0].run();
+    for core in &ns.n[0].cores {
+        assert!(core.is_fenced(), "every shard is told");
+    }
+    for id in ["a", "b", "c", "d"] {
+        let c = ns.connect_pending(0, Connect::new(V5, id));
+        ns.link();
+        let a = connack(&mut ns, 0, &c);
+        assert_eq!(a.reason, ReasonCode::SERVER_UNAVAILABLE, "{id}");
+    }
+    // Claims of client ids whose partition it owns are not granted there:
+    // a CONNECT elsewhere keeps asking, and is refused when its time is up.
+    let members = (1..=3u16).map(|i| (NodeId(i), 2u16)).collect();
+    let map = PartitionMap::assign(None, &members).unwrap();
+    let id = (0..)
+        .map(|i| format!("fz-{i}"))
+        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node == NodeId(1))
+        .unwrap();
+    let other = ns.connect_pending(1, Connect::new(V5, &id));
+    ns.link();
+    assert!(ns.n[1].recv(&other).is_empty());
+    // The connected client still gets its messages (from a publisher
+    // whose client id another node owns).
+    let pub_id = (0..)
+        .map(|i| format!("fpub-{i}"))
+        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node != NodeId(1))
+        .unwrap();
+    let p = ns.connect_pending(2, Connect::new(V5, &pub_id));
+    ns.link();
+    connack(&mut ns, 2, &p);
+    ns.n[2].publish(&p, "f/1", b"still", QoS::AtLeastOnce, 1);
+    ns.link();
+    assert_eq!(ns.n[0].publishes(&sub).len(), 1);
+    // Back: accepting again.
+    let now = ns.n[0].now;
+    ns.n[0].cores[0].set_fenced(now, false);
+    ns.n[0].run();
+    let c = ns.connect_pending(0, Connect::new(V5, "after"));
+    ns.link();
+    assert_eq!(connack(&mut ns, 0, &c).reason, ReasonCode::SUCCESS);
+}
