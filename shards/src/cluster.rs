@@ -468,17 +468,20 @@ impl Session {
     /// free: a node id held by a live lease is another node's (or this
     /// node's previous life, killed: waited for, up to its TTL).
     async fn register(&mut self, starting: bool) -> anyhow::Result<()> {
-        let granted = self
-            .client
-            .lease_grant(self.ttl(), None)
-            .await
-            .context("granting the node's etcd lease")?;
-        let lease = granted.id();
-        let value = self.value(lease);
         // A lease outlives its TTL a little (etcd checks expiry every
         // half second, later under load): wait twice the TTL and more.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(self.ttl() as u64 * 2 + 5);
-        loop {
+        let lease = loop {
+            // A lease per attempt: one granted before a long wait would
+            // expire (nobody keeps it alive yet) right after the key is
+            // put under it.
+            let granted = self
+                .client
+                .lease_grant(self.ttl(), None)
+                .await
+                .context("granting the node's etcd lease")?;
+            let lease = granted.id();
+            let value = self.value(lease);
             let txn = Txn::new()
                 .when([Compare::create_revision(
                     self.key.as_str(),
@@ -496,10 +499,10 @@ impl Session {
                 .await
                 .context("registering the node in etcd")?;
             if r.succeeded() {
-                break;
+                break lease;
             }
+            let _ = self.client.lease_revoke(lease).await;
             if tokio::time::Instant::now() >= deadline {
-                let _ = self.client.lease_revoke(lease).await;
                 bail!(
                     "node id {} is already registered in cluster {:?} by a live node ({} in etcd): \
                      each node needs its own node_id",
@@ -515,7 +518,7 @@ impl Session {
                 );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        };
         if self.lease != 0 && self.lease != lease {
             warn!(
                 old = format_args!("{:x}", self.lease),

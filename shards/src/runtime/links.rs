@@ -414,6 +414,8 @@ impl Links {
                 .core
                 .borrow_mut()
                 .set_partition_map(Instant::now(), map);
+        } else if mine_changed {
+            shard.core.borrow_mut().reregister_all(Instant::now());
         }
         if shard.index == 0 {
             let peers: Vec<_> = self.peers.borrow().values().cloned().collect();

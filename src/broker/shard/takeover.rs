@@ -239,6 +239,38 @@ impl ShardCore {
             .unwrap_or_default()
     }
 
+    /// This node began a new life (its lease was lost and granted again):
+    /// the owners forgot its registrations when its old life left, so every
+    /// session of this shard registers again.
+    pub fn reregister_all(&mut self, now: Instant) {
+        self.clock = now;
+        self.store.begin_input();
+        let Some(map) = self.cluster.as_ref().and_then(|c| c.takeover.map.clone()) else {
+            return;
+        };
+        let msgs: Vec<(NodeId, SessionMsg)> = self
+            .sessions
+            .keys()
+            .map(|cid| {
+                let epoch = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.takeover.epochs.get(cid).copied())
+                    .unwrap_or(0);
+                (
+                    map.owner(partition_of(cid.as_str())).node,
+                    SessionMsg::Register {
+                        client: cid.clone(),
+                        epoch,
+                    },
+                )
+            })
+            .collect();
+        for (node, msg) in msgs {
+            self.send_to_node(now, node, msg);
+        }
+    }
+
     /// A new partition map: registrations of partitions this node no
     /// longer owns are dropped, and every session of this shard whose
     /// partition has a new owner (all of them, with the first map) is

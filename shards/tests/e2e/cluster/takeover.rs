@@ -391,3 +391,47 @@ async fn cluster_node_cut_off_from_etcd_and_peers_fences_itself() {
     keeper.disconnect().await;
     publ.disconnect().await;
 }
+
+/// A node killed with -9 comes back with the sessions on its disk: they
+/// register with their partitions' owners again, and a client connecting
+/// to another node takes its session over with the messages queued
+/// before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_sessions_of_a_restarted_node_can_be_taken_over() {
+    let test = "cluster_sessions_of_a_restarted_node_can_be_taken_over";
+    let Some(mut c) = claims_on(test, 2) else {
+        return;
+    };
+    let v5 = ProtocolVersion::V5;
+    let (mut dev, _) = Raw::connect_ok(c.port(1), persistent(v5, "back", true, 3600)).await;
+    dev.subscribe("bk/#", QoS::AtLeastOnce).await;
+    dev.disconnect().await;
+    let mut publ = connect_when_claimed(c.port(1), "back-pub").await;
+    for i in 0..5 {
+        publ.publish_ok("bk/1", &format!("q{i}"), QoS::AtLeastOnce, false)
+            .await;
+    }
+    publ.disconnect().await;
+    c.nodes[1].kill9();
+    c.nodes[1].restart();
+    // Back in the map, with half of the partitions.
+    let deadline = Instant::now() + Duration::from_secs(TTL + 20);
+    while !c.status(0).contains(" partitions 512") {
+        assert!(Instant::now() < deadline, "node 2 never got its share back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut dev, ack) = loop {
+        let (d, ack) = Raw::connect_with(c.port(0), persistent(v5, "back", false, 3600)).await;
+        if ack.reason == ReasonCode::SUCCESS {
+            break (d, ack);
+        }
+        assert!(Instant::now() < deadline, "never accepted: {ack:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(ack.session_present, "the session from node 2's disk");
+    for i in 0..5 {
+        assert_eq!(text(&dev.recv_publish_acked().await), format!("q{i}"));
+    }
+    dev.disconnect().await;
+}

@@ -392,3 +392,46 @@ fn a_fenced_node_refuses_connects_and_claims() {
     ns.link();
     assert_eq!(connack(&mut ns, 0, &c).reason, ReasonCode::SUCCESS);
 }
+
+/// A node in a new life (its lease lost and granted again) registers its
+/// sessions again: the owners forgot them when its old life left.
+#[test]
+fn a_new_life_registers_its_sessions_again() {
+    let members = (1..=3u16).map(|i| (NodeId(i), 2u16)).collect();
+    let map = PartitionMap::assign(None, &members).unwrap();
+    let id = (0..)
+        .map(|i| format!("life-{i}"))
+        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node == NodeId(2))
+        .unwrap();
+    let mut ns = three();
+    let dev = ns.connect_pending(0, persistent(V5, &id));
+    ns.link();
+    connack(&mut ns, 0, &dev);
+    ns.n[0].drop_socket(&dev);
+    ns.link();
+    let registered = |ns: &Nodes| -> usize {
+        ns.n[1]
+            .cores
+            .iter()
+            .map(|c| c.registered_per_node().values().sum::<usize>())
+            .sum()
+    };
+    assert_eq!(registered(&ns), 1);
+    // Its old life leaves: the owner forgets it.
+    for n in [1, 2] {
+        for c in &mut ns.n[n].cores {
+            c.handle_node_gone(NodeId(1));
+        }
+    }
+    assert_eq!(registered(&ns), 0);
+    let now = ns.n[0].now;
+    for c in &mut ns.n[0].cores {
+        c.reregister_all(now);
+    }
+    ns.n[0].run();
+    ns.link();
+    assert_eq!(registered(&ns), 1, "registered again");
+    let new = ns.connect_pending(2, persistent(V5, &id));
+    ns.link();
+    assert!(connack(&mut ns, 2, &new).session_present);
+}
