@@ -22,6 +22,12 @@ use crate::broker::partition::{partition_of, PartitionMap, Registration, Registr
 /// holder's session) before it is refused with Server Unavailable.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a claim whose CONNECT was refused at [`CLAIM_TIMEOUT`] is
+/// still followed: if it is granted meanwhile the session still moves here
+/// (the owner's registry says it is here), detached, so the chain of
+/// handovers stays whole.
+pub const CLAIM_FOLLOW: Duration = Duration::from_secs(30);
+
 /// After a [`SessionMsg::NotOwner`] (the two nodes' maps differ while the
 /// map changes), the claim is sent again this much later to the owner the
 /// claimant's map names then.
@@ -161,6 +167,15 @@ pub(super) struct PendingClaim {
     taking: Option<NodeId>,
     /// The epoch granted (once it is).
     epoch: Option<u64>,
+    /// Granted with the session here (or none anywhere), waiting for an
+    /// older claim of the same client here whose session is on its way.
+    ready: bool,
+    /// Its CONNECT was refused at [`CLAIM_TIMEOUT`]; the claim is still
+    /// followed (see [`CLAIM_FOLLOW`]).
+    refused: bool,
+    /// This node handed the session to a claim of this epoch while this
+    /// one was not granted yet: a grant below it is stale (lost already).
+    superseded_below: u64,
 }
 
 /// The takeover state of one shard (inside [`ClusterState`]).
@@ -180,7 +195,8 @@ pub(super) struct Takeover {
     /// claimed here with an older epoch (a later claim elsewhere): answered
     /// once it is done, so the session moves on from here instead of both
     /// going on.
-    deferred: Vec<(NodeId, ClientId, u64, bool)>,
+    /// (from, client, claim, the Take's epoch, clean)
+    deferred: Vec<(NodeId, ClientId, u64, u64, bool)>,
     /// What goes to other nodes.
     pub(super) out: Vec<(NodeId, SessionMsg)>,
     /// Cut off (see [`ShardCore::set_fenced`]): no CONNECT is accepted
@@ -334,6 +350,9 @@ impl ShardCore {
                 connect: Box::new(c),
                 taking: None,
                 epoch: None,
+                ready: false,
+                refused: false,
+                superseded_below: 0,
             },
         );
         if let Some(conn) = self.conns.get_mut(&conn_id) {
@@ -370,56 +389,98 @@ impl ShardCore {
     /// A claim's time is up: its CONNECT is refused (Server Unavailable),
     /// the client retries.
     pub(super) fn claim_timed_out(&mut self, now: Instant, claim: u64) {
-        let Some(p) = self.takeover().and_then(|t| t.claims.remove(&claim)) else {
+        let Some(t) = self.takeover() else { return };
+        let Some(p) = t.claims.get_mut(&claim) else {
             return;
         };
-        // No answer from the client id's owner in time.
-        self.refuse_claimed(now, p);
+        if p.refused {
+            if p.taking.is_some() {
+                // Granted, its Take answered on a link (or its node found
+                // gone): the session is on its way, later claims here wait
+                // for it.
+                self.timers
+                    .push(Reverse((now + CLAIM_FOLLOW, Timer::Claim(claim))));
+                return;
+            }
+            // Followed long enough: the owner never answered.
+            if let Some(p) = t.claims.remove(&claim) {
+                let client = ClientId::new(p.connect.client_id.clone());
+                self.after_claim(now, &client);
+            }
+            return;
+        }
+        // No answer (or no session) in time: the CONNECT is refused, the
+        // claim still followed.
+        p.refused = true;
+        let (conn, protocol) = (p.conn, p.connect.protocol);
+        self.timers
+            .push(Reverse((now + CLAIM_FOLLOW, Timer::Claim(claim))));
+        self.refuse_connect(now, conn, protocol);
     }
 
-    fn refuse_claimed(&mut self, now: Instant, p: PendingClaim) {
-        let client = ClientId::new(p.connect.client_id.clone());
-        if let Some(conn) = self.conns.get_mut(&p.conn) {
-            conn.version = p.connect.protocol;
-            self.send(
-                p.conn,
-                &Packet::ConnAck(ConnAck::refuse(ReasonCode::SERVER_UNAVAILABLE)),
-            );
-            self.close(
-                now,
-                p.conn,
-                CloseReason::Refused(ReasonCode::SERVER_UNAVAILABLE),
-            );
+    fn refuse_connect(&mut self, now: Instant, conn_id: ConnId, protocol: ProtocolVersion) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        if conn.state != ConnState::Claiming {
+            return;
         }
-        self.run_deferred_takes(now, &client);
+        conn.version = protocol;
+        self.send(
+            conn_id,
+            &Packet::ConnAck(ConnAck::refuse(ReasonCode::SERVER_UNAVAILABLE)),
+        );
+        self.close(
+            now,
+            conn_id,
+            CloseReason::Refused(ReasonCode::SERVER_UNAVAILABLE),
+        );
     }
 
     /// Whether a `Take` of `client` granted `epoch` must wait: a claim of
-    /// the same client here was granted before it (a lower epoch), and the
-    /// session is on its way here to be passed on. (A claim here not yet
-    /// granted will be granted later, with a higher epoch: the session is
-    /// handed over at once and taken back then; waiting would deadlock.)
+    /// the same client here was granted before it (a lower epoch: the
+    /// session is on its way here, to be passed on), or is not granted yet
+    /// (its grant, which comes whatever happens elsewhere, says which of
+    /// the two is older; if this one is newer, the session is handed over
+    /// and taken back).
     fn take_waits(&self, client: &ClientId, epoch: u64) -> bool {
         self.cluster.as_ref().is_some_and(|c| {
             c.takeover.claims.values().any(|p| {
-                p.connect.client_id == *client.as_bytestr() && p.epoch.is_some_and(|e| e < epoch)
+                p.connect.client_id == *client.as_bytestr()
+                    && match p.epoch {
+                        Some(e) => e < epoch,
+                        // Not granted yet: its grant says which of the two
+                        // is older (refused ones too: they are followed
+                        // until granted or `CLAIM_FOLLOW`).
+                        None => true,
+                    }
             })
         })
     }
 
     /// The `Take`s of `client` that waited for a claim here.
     fn run_deferred_takes(&mut self, now: Instant, client: &ClientId) {
-        if self.take_waits(client, u64::MAX) {
+        self.after_claim(now, client);
+    }
+
+    /// Answers the oldest waiting `Take` of `client` if nothing older is
+    /// under way here.
+    fn run_one_deferred_take(&mut self, now: Instant, client: &ClientId) {
+        let Some(t) = self.takeover() else { return };
+        let next = t
+            .deferred
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.1 == *client)
+            .min_by_key(|(_, d)| d.3)
+            .map(|(i, d)| (i, d.3));
+        let Some((i, epoch)) = next else { return };
+        if self.take_waits(client, epoch) {
             return;
         }
         let Some(t) = self.takeover() else { return };
-        let (run, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut t.deferred)
-            .into_iter()
-            .partition(|(_, c, _, _)| c == client);
-        t.deferred = keep;
-        for (from, client, claim, clean) in run {
-            self.answer_take(now, from, client, claim, clean);
-        }
+        let (from, client, claim, epoch, clean) = t.deferred.remove(i);
+        self.answer_take(now, from, client, claim, epoch, clean);
     }
 
     fn answer_take(
@@ -428,8 +489,18 @@ impl ShardCore {
         from: NodeId,
         client: ClientId,
         claim: u64,
+        epoch: u64,
         clean: bool,
     ) {
+        // Claims of the client here not granted yet: a grant older than
+        // this Take lost to it (the session left for a later CONNECT).
+        if let Some(t) = self.takeover() {
+            for p in t.claims.values_mut() {
+                if p.connect.client_id == *client.as_bytestr() && p.epoch.is_none() {
+                    p.superseded_below = p.superseded_below.max(epoch);
+                }
+            }
+        }
         let session = self.hand_over(now, &client, clean);
         self.send_to_node(
             now,
@@ -447,7 +518,58 @@ impl ShardCore {
     fn finish_claim(&mut self, now: Instant, p: PendingClaim) {
         let client = ClientId::new(p.connect.client_id.clone());
         self.connect_claimed(now, p);
-        self.run_deferred_takes(now, &client);
+        self.after_claim(now, &client);
+    }
+
+    /// A claim of `client` ended here: later ones that waited for it go
+    /// on (in epoch order), then `Take`s that waited.
+    fn after_claim(&mut self, now: Instant, client: &ClientId) {
+        // Ready claims and waiting Takes of the client, oldest epoch first:
+        // the session goes through them in the order the owner granted.
+        loop {
+            let Some(t) = self.takeover() else { return };
+            let ready = t
+                .claims
+                .iter()
+                .filter(|(_, p)| p.ready && p.connect.client_id == *client.as_bytestr())
+                .map(|(k, p)| (p.epoch.unwrap_or(0), *k))
+                .min();
+            let take = t
+                .deferred
+                .iter()
+                .filter(|d| d.1 == *client)
+                .map(|d| d.3)
+                .min();
+            match (ready, take) {
+                (Some((e, claim)), t) if t.is_none_or(|t| e < t) => {
+                    if self.older_claim_here(client, e) {
+                        return;
+                    }
+                    let Some(p) = self.takeover().and_then(|t| t.claims.remove(&claim)) else {
+                        return;
+                    };
+                    self.connect_claimed(now, p);
+                }
+                (_, Some(_)) => {
+                    let before = self.takeover().map_or(0, |t| t.deferred.len());
+                    self.run_one_deferred_take(now, client);
+                    if self.takeover().map_or(0, |t| t.deferred.len()) == before {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Whether a claim of `client` granted before `epoch` is still under
+    /// way here.
+    fn older_claim_here(&self, client: &ClientId, epoch: u64) -> bool {
+        self.cluster.as_ref().is_some_and(|c| {
+            c.takeover.claims.values().any(|p| {
+                p.connect.client_id == *client.as_bytestr() && p.epoch.is_some_and(|e| e < epoch)
+            })
+        })
     }
 
     fn connect_claimed(&mut self, now: Instant, p: PendingClaim) {
@@ -507,11 +629,11 @@ impl ShardCore {
             } => {
                 if self.take_waits(&client, epoch) {
                     if let Some(t) = self.takeover() {
-                        t.deferred.push((from, client, claim, clean));
+                        t.deferred.push((from, client, claim, epoch, clean));
                     }
                     return;
                 }
-                self.answer_take(now, from, client, claim, clean);
+                self.answer_take(now, from, client, claim, epoch, clean);
             }
             SessionMsg::Handover {
                 client,
@@ -520,6 +642,22 @@ impl ShardCore {
             } => {
                 if let Some(s) = session {
                     self.import_session(now, &client, *s);
+                }
+                // Done, unless an older claim here is still bringing the
+                // session (then this one waits its turn).
+                let epoch = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.takeover.claims.get(&claim))
+                    .and_then(|p| p.epoch);
+                if let Some(e) = epoch {
+                    if self.older_claim_here(&client, e) {
+                        if let Some(p) = self.takeover().and_then(|t| t.claims.get_mut(&claim)) {
+                            p.ready = true;
+                            p.taking = None;
+                        }
+                        return;
+                    }
                 }
                 if let Some(p) = self.takeover().and_then(|t| t.claims.remove(&claim)) {
                     self.finish_claim(now, p);
@@ -605,6 +743,15 @@ impl ShardCore {
             }
             return;
         };
+        if epoch < p.superseded_below {
+            // Granted before a later CONNECT that this node already
+            // handed the session to: this one lost the race.
+            let (conn, protocol) = (p.conn, p.connect.protocol);
+            t.claims.remove(&claim);
+            self.refuse_connect(now, conn, protocol);
+            self.after_claim(now, &client);
+            return;
+        }
         t.epochs.insert(client.clone(), epoch);
         p.epoch = Some(epoch);
         match previous {
@@ -615,7 +762,7 @@ impl ShardCore {
                     now,
                     node,
                     SessionMsg::Take {
-                        client,
+                        client: client.clone(),
                         claim,
                         epoch,
                         clean,
@@ -623,11 +770,20 @@ impl ShardCore {
                 );
             }
             _ => {
-                if let Some(p) = self.takeover().and_then(|t| t.claims.remove(&claim)) {
+                // The session is here (or nowhere): unless an older claim
+                // here is still bringing it.
+                if self.older_claim_here(&client, epoch) {
+                    if let Some(p) = self.takeover().and_then(|t| t.claims.get_mut(&claim)) {
+                        p.ready = true;
+                    }
+                } else if let Some(p) = self.takeover().and_then(|t| t.claims.remove(&claim)) {
                     self.finish_claim(now, p);
+                    return;
                 }
             }
         }
+        // Takes that waited to learn this claim's epoch (older ones go now).
+        self.run_deferred_takes(now, &client);
     }
 
     /// Closes connection `old` of a session taken over (v5: DISCONNECT
@@ -705,8 +861,11 @@ impl ShardCore {
     /// durable here (when it is persistent) before the CONNACK.
     fn import_session(&mut self, now: Instant, client: &ClientId, t: SessionTransfer) {
         if self.sessions.contains_key(client) {
-            // A session of this client appeared here meanwhile (a second
-            // CONNECT here won the race): the newer one stays.
+            // A session of this client is here already (a CONNECT here went
+            // on while this one was on its way: it should not, but nothing
+            // acknowledged may be lost): the messages join it, queued, with
+            // the subscriptions it lacks.
+            self.merge_session(now, client, t);
             return;
         }
         let mut s = Session::new(client.clone(), t.protocol);
@@ -760,6 +919,42 @@ impl ShardCore {
                 at,
                 Timer::SessionExpiry(client.clone(), generation),
             )));
+        }
+    }
+
+    fn merge_session(&mut self, now: Instant, client: &ClientId, t: SessionTransfer) {
+        for (filter, sub) in t.subscriptions {
+            let Some(s) = self.sessions.get_mut(client) else {
+                return;
+            };
+            if s.subscriptions.contains_key(&filter) {
+                continue;
+            }
+            s.subscriptions.insert(filter.clone(), sub);
+            self.stats.subscriptions += 1;
+            if s.stored {
+                self.store.ops.push(StoreOp::PutSubscription {
+                    client_id: client.clone(),
+                    filter: filter.clone(),
+                    sub,
+                });
+            }
+            self.routes.index(client, &filter, sub);
+            if filter.is_shared() {
+                self.group_join(now, client, &filter);
+            }
+            self.add_local_filter(&filter, None);
+        }
+        for e in t.queue {
+            let d = Delivery {
+                msg: e.msg,
+                qos: e.qos,
+                retain: e.retain,
+                sub_ids: e.sub_ids,
+                store: None,
+                group: None,
+            };
+            self.deliver(now, client, d);
         }
     }
 

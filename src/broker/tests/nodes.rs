@@ -8,6 +8,7 @@ use super::*;
 use crate::broker::partition::PartitionMap;
 
 mod takeover;
+mod takeover_sim;
 
 struct Nodes {
     n: Vec<Cluster>,
@@ -21,6 +22,11 @@ struct Nodes {
     next_ticket: u64,
     /// Nodes cut off: nothing reaches them (until [`Nodes::rejoin`]).
     down: HashSet<usize>,
+    /// Hold session messages in `held` instead of delivering them (the
+    /// takeover simulation delivers them in an order of its choosing).
+    hold: bool,
+    /// Session messages on their way: (from, to, message), in send order.
+    held: Vec<(usize, usize, SessionMsg)>,
 }
 
 /// The wall clock every simulated node starts at (unix ms).
@@ -53,6 +59,8 @@ impl Nodes {
             tickets: HashMap::new(),
             next_ticket: 0,
             down: HashSet::new(),
+            hold: false,
+            held: Vec::new(),
         };
         for (i, node) in n.n.iter_mut().enumerate() {
             let now = node.now;
@@ -127,6 +135,10 @@ impl Nodes {
                     assert_ne!(node, me, "handled in place");
                     let to = usize::from(node.0) - 1;
                     if self.down.contains(&to) || self.down.contains(&from) {
+                        continue;
+                    }
+                    if self.hold {
+                        self.held.push((from, to, msg));
                         continue;
                     }
                     let t = &mut self.n[to];
