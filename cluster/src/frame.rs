@@ -377,9 +377,10 @@ fn encode_session(m: &SessionMsg, now: Instant, buf: &mut BytesMut) {
             buf.put_u8(S_RELEASE);
             put_str(buf, client.as_str());
         }
-        SessionMsg::Drop { client } => {
+        SessionMsg::Drop { client, into } => {
             buf.put_u8(S_DROP);
             put_str(buf, client.as_str());
+            buf.put_u16(into.0);
         }
     }
 }
@@ -486,6 +487,7 @@ fn decode_session(b: &mut Bytes, now: Instant) -> Result<SessionMsg, FrameError>
         },
         S_DROP => SessionMsg::Drop {
             client: get_client(b)?,
+            into: NodeId(get_u16(b, "session: node")?),
         },
         kind => {
             return Err(FrameError::UnknownKind {
@@ -894,7 +896,10 @@ mod tests {
             SessionMsg::Release {
                 client: client.clone(),
             },
-            SessionMsg::Drop { client },
+            SessionMsg::Drop {
+                client,
+                into: NodeId(2),
+            },
         ]
     }
 

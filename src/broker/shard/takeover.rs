@@ -102,11 +102,15 @@ pub enum SessionMsg {
         /// The client.
         client: ClientId,
     },
-    /// From the owner: a later session of `client` lives elsewhere; the
-    /// receiver drops its copy.
+    /// From the owner: a later session of `client` lives on `into`; the
+    /// receiver hands what its copy holds there (queued messages, missing
+    /// subscriptions: merged, so nothing acknowledged is lost) and drops
+    /// it.
     Drop {
         /// The client.
         client: ClientId,
+        /// The node with the later session.
+        into: NodeId,
     },
 }
 
@@ -121,7 +125,7 @@ impl SessionMsg {
             | SessionMsg::Handover { client, .. }
             | SessionMsg::Register { client, .. }
             | SessionMsg::Release { client }
-            | SessionMsg::Drop { client } => client,
+            | SessionMsg::Drop { client, .. } => client,
         }
     }
 }
@@ -676,12 +680,14 @@ impl ShardCore {
                 let Some(t) = self.takeover() else { return };
                 match t.registry.reregister(client.as_str(), reg) {
                     Reregistered::Accepted => {}
-                    Reregistered::Refused(_) => {
-                        self.send_to_node(now, from, SessionMsg::Drop { client });
+                    Reregistered::Refused(cur) => {
+                        let into = cur.node;
+                        self.send_to_node(now, from, SessionMsg::Drop { client, into });
                     }
                     Reregistered::Replaced(prev) => {
                         if prev.node != from {
-                            self.send_to_node(now, prev.node, SessionMsg::Drop { client });
+                            let into = from;
+                            self.send_to_node(now, prev.node, SessionMsg::Drop { client, into });
                         }
                     }
                 }
@@ -691,14 +697,21 @@ impl ShardCore {
                     t.registry.release(client.as_str(), from);
                 }
             }
-            SessionMsg::Drop { client } => {
-                if let Some(old) = self.sessions.get_mut(&client).and_then(|s| s.conn.take()) {
-                    self.close_taken_over(now, old);
+            SessionMsg::Drop { client, into } => {
+                // (A clean-start handover of nothing: the later session
+                // gets the messages, merged; claim 0 is no claim.)
+                let session = self.hand_over(now, &client, false);
+                if session.is_some() && into != self.node() {
+                    self.send_to_node(
+                        now,
+                        into,
+                        SessionMsg::Handover {
+                            client,
+                            claim: 0,
+                            session,
+                        },
+                    );
                 }
-                if let Some(t) = self.takeover() {
-                    t.epochs.remove(&client);
-                }
-                self.remove_session(&client);
             }
         }
     }

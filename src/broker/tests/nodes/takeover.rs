@@ -435,3 +435,64 @@ fn a_new_life_registers_its_sessions_again() {
     ns.link();
     assert!(connack(&mut ns, 2, &new).session_present);
 }
+
+/// A node that was away comes back with a session whose client meanwhile
+/// got a fresh one elsewhere: its registration is refused, and what its
+/// copy queued goes to the later session (merged) — nothing acknowledged
+/// is lost.
+#[test]
+fn a_stale_copy_hands_its_messages_to_the_later_session() {
+    let mut ns = three();
+    let dev = ns.connect_pending(0, persistent(V5, "dev"));
+    ns.link();
+    connack(&mut ns, 0, &dev);
+    ns.n[0].subscribe(&dev, "st/#", q(QoS::AtLeastOnce));
+    ns.link();
+    ns.n[0].drop_socket(&dev);
+    let publ = ns.connect_pending(0, Connect::new(V5, "st-pub-local"));
+    ns.link();
+    connack(&mut ns, 0, &publ);
+    ns.n[0].publish(&publ, "st/1", b"kept", QoS::AtLeastOnce, 1);
+    ns.link();
+    assert!(
+        matches!(ns.n[0].recv(&publ)[..], [Packet::PubAck(ref a)] if a.reason == ReasonCode::SUCCESS)
+    );
+    // Node 1 (index 0) goes away; its client gets a fresh session on node 2.
+    ns.down.insert(0);
+    for n in [1, 2] {
+        for c in &mut ns.n[n].cores {
+            c.handle_node_gone(NodeId(1));
+        }
+        ns.n[n].run();
+    }
+    let new = ns.connect_pending(1, persistent(V5, "dev"));
+    ns.link();
+    for n in &mut ns.n {
+        n.advance(CLAIM_TIMEOUT + CLAIM_RETRY);
+    }
+    ns.link();
+    let ack = match ns.n[1].recv(&new).first() {
+        Some(Packet::ConnAck(a)) => a.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        ack.reason == ReasonCode::SUCCESS && !ack.session_present,
+        "{ack:?}"
+    );
+    // It comes back and registers what it has.
+    ns.down.remove(&0);
+    let now = ns.n[0].now;
+    for c in &mut ns.n[0].cores {
+        c.reregister_all(now);
+    }
+    ns.n[0].run();
+    ns.link();
+    let got = ns.n[1].publishes(&new);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(&got[0].payload[..], b"kept");
+    let home = home_shard("dev", 2).get();
+    assert!(
+        ns.n[0].cores[home].session("dev").is_none(),
+        "the stale copy is gone"
+    );
+}

@@ -1,0 +1,64 @@
+# Sourced by the cluster benchmarks and the chaos run: one etcd and vmqtt
+# nodes on 127.0.0.1, all under $OUT, stopped by `local_cluster_stop` (an
+# EXIT trap the caller sets). Needs $BIN (vmqtt-shard) and $OUT.
+#   start_etcd; start_node 1 [TTL]; kill_node 1; start_node 1 [TTL]
+LC_PIDS=()
+declare -A NODE_PID NODE_MQTT NODE_PEER
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+local_cluster_stop() {
+    for p in "${LC_PIDS[@]}" "${NODE_PID[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${LC_PIDS[@]}" "${NODE_PID[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+
+start_etcd() {
+    ETCD_PORT=$(free_port)
+    etcd --name=lc --data-dir="$OUT/etcd" \
+        --listen-client-urls="http://127.0.0.1:$ETCD_PORT" \
+        --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls="http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --initial-advertise-peer-urls="http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --initial-cluster="lc=http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --log-level=warn >"$OUT/etcd.log" 2>&1 &
+    LC_PIDS+=($!)
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$ETCD_PORT") 2>/dev/null && break
+        sleep 0.1
+    done
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$OUT/secret"
+}
+
+# start_node I [TTL]: node I (same ports and data directory on a restart),
+# waits until it has a partition map.
+start_node() {
+    local i=$1 ttl=${2:-3}
+    if [ -z "${NODE_MQTT[$i]:-}" ]; then
+        NODE_MQTT[$i]=$(free_port)
+        NODE_PEER[$i]=$(free_port)
+    fi
+    cat >"$OUT/node$i.toml" <<TOML
+data_dir = "$OUT/data$i"
+[cluster]
+name = "lc"
+node_id = $i
+etcd = ["http://127.0.0.1:$ETCD_PORT"]
+listen = "127.0.0.1:${NODE_PEER[$i]}"
+secret_file = "$OUT/secret"
+lease_ttl_seconds = $ttl
+TOML
+    local log="$OUT/node$i.log"
+    : >"$log.new"
+    "$BIN" --cores 1 --listen "127.0.0.1:${NODE_MQTT[$i]}" --config "$OUT/node$i.toml" >>"$log.new" 2>&1 &
+    NODE_PID[$i]=$!
+    for _ in $(seq 400); do
+        grep -q "partition map: claims" "$log.new" 2>/dev/null && break
+        sleep 0.1
+    done
+    cat "$log.new" >>"$log"
+}
+
+kill_node() {
+    kill -9 "${NODE_PID[$1]}" 2>/dev/null || true
+    wait "${NODE_PID[$1]}" 2>/dev/null || true
+}
