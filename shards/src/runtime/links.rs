@@ -557,6 +557,23 @@ async fn next_frame<R: futures_lite::AsyncRead + Unpin>(
 }
 
 /// Completes tokens and lets the shard act on what that produced.
+/// Publishes with these tokens will not reach their node (it is gone, or
+/// no stream could take them): their publishers' acknowledgements wait no
+/// more, counting them as not delivered.
+pub(super) fn lost(shard: &Rc<Shard>, tokens: Vec<u64>) {
+    if tokens.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    {
+        let mut core = shard.core.borrow_mut();
+        for t in tokens {
+            core.handle_cluster_lost(now, t);
+        }
+    }
+    shard.after();
+}
+
 pub(super) fn complete(shard: &Rc<Shard>, done: Vec<u64>) {
     if done.is_empty() {
         return;

@@ -148,7 +148,7 @@ impl Shard {
             let now = Instant::now();
             let mut core = self.core.borrow_mut();
             for t in done {
-                core.handle_cluster_ack(now, t);
+                core.handle_cluster_lost(now, t);
             }
         }
     }
@@ -399,7 +399,7 @@ pub async fn run(spec: ShardSpec) {
         let first = links.membership();
         let mut done = Vec::new();
         links.on_membership(&shard, first, &mut done);
-        links::complete(&shard, done);
+        links::lost(&shard, done);
         shard.after();
     }
     for (l, tls) in bound.listeners {
@@ -508,7 +508,7 @@ async fn control_loop(
                     if let Some(links) = shard.links.clone() {
                         let mut done = Vec::new();
                         links.on_membership(&shard, m, &mut done);
-                        super::links::complete(&shard, done);
+                        super::links::lost(&shard, done);
                         shard.after();
                     }
                     ack.done(shard.index);

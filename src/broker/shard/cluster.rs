@@ -583,4 +583,13 @@ impl ShardCore {
         self.clock = now;
         self.handle_ack(now, token, true, false);
     }
+
+    /// A publish with `token` will not reach its node (the node is gone,
+    /// no link can take it): the publisher's acknowledgement waits for it
+    /// no more, and counts it as not delivered there (MQTT 5: No matching
+    /// subscribers, unless another target took it).
+    pub fn handle_cluster_lost(&mut self, now: Instant, token: u64) {
+        self.clock = now;
+        self.handle_ack(now, token, false, false);
+    }
 }

@@ -65,6 +65,21 @@ impl Conn {
     }
 }
 
+/// A successful PUBACK or PUBREC like `packet`, with reason 0x10 (no
+/// matching subscribers); anything else as it is.
+pub(super) fn no_subscribers(packet: &Packet) -> Packet {
+    let rc = ReasonCode::NO_MATCHING_SUBSCRIBERS;
+    match packet {
+        Packet::PubAck(r) if r.reason == ReasonCode::SUCCESS => {
+            Packet::PubAck(PubResponse::with_reason(r.packet_id, rc))
+        }
+        Packet::PubRec(r) if r.reason == ReasonCode::SUCCESS => {
+            Packet::PubRec(PubResponse::with_reason(r.packet_id, rc))
+        }
+        other => other.clone(),
+    }
+}
+
 /// A PUBACK or PUBREC like `packet`, with reason 0x97 (quota exceeded).
 pub(super) fn quota_exceeded(packet: &Packet) -> Packet {
     let rc = ReasonCode::QUOTA_EXCEEDED;

@@ -39,7 +39,7 @@ mod timers;
 use cluster::ClusterState;
 pub use cluster::{ClusterOut, ClusterStatus};
 use connect::peek_connect_level;
-use connection::{outbound_publish, quota_exceeded, Conn, ConnState};
+use connection::{no_subscribers, outbound_publish, quota_exceeded, Conn, ConnState};
 use durable::Store;
 pub use groups::{
     glob_match, AcrossNodes, GroupInfo, GroupMsg, MemberState, SharedConfig, Strategy,

@@ -262,6 +262,10 @@ impl ShardCore {
         for packet in &replies {
             if quota {
                 self.send(conn, &quota_exceeded(packet));
+            } else if !p.delivered {
+                // Every target that was to take it did not (a node gone,
+                // subscribers gone meanwhile): MQTT 5 says so.
+                self.send(conn, &no_subscribers(packet));
             } else {
                 self.send(conn, packet);
             }

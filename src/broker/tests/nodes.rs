@@ -319,6 +319,32 @@ fn puback_waits_for_the_link_to_acknowledge() {
     );
 }
 
+/// A publish that will not reach its node (the node is gone, no stream can
+/// take it) is not counted as delivered: MQTT 5 No matching subscribers.
+#[test]
+fn a_publish_lost_with_its_node_is_not_acknowledged_as_delivered() {
+    let mut ns = Nodes::new(2);
+    let _sb = sub_on(&mut ns, 1, "sub-b", "x/#", V5);
+    let pa = ns.n[0].connect(V5, "pub-a");
+    ns.ack_links = false;
+    ns.n[0].publish(&pa, "x/1", b"m", QoS::AtLeastOnce, 7);
+    ns.link();
+    assert!(ns.n[0].recv(&pa).is_empty());
+    let lost = std::mem::take(&mut ns.unacked);
+    assert_eq!(lost.len(), 1);
+    for (node, shard, token) in lost {
+        let n = ns.node(node);
+        let now = n.now;
+        n.cores[shard].handle_cluster_lost(now, token);
+        n.run();
+    }
+    let got = ns.n[0].recv(&pa);
+    assert!(
+        matches!(&got[..], [Packet::PubAck(a)] if a.reason == ReasonCode::NO_MATCHING_SUBSCRIBERS),
+        "{got:?}"
+    );
+}
+
 #[test]
 fn routes_follow_subscriptions_and_leave_with_the_node() {
     let mut ns = Nodes::new(2);
