@@ -15,14 +15,8 @@ cd "$(dirname "$0")/.."
 OUT=${BENCH_OUT:-${TMPDIR:-/tmp}/vmqtt-chaos-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
-    bash scripts/install-build-deps.sh
-    cargo build --release -q -p vmqtt-shard
-fi
-BIN="$CARGO_TARGET_DIR/release/vmqtt-shard"
-command -v etcd >/dev/null || { echo "cluster-chaos: needs etcd (Debian etcd-server)" >&2; exit 1; }
-python3 -c 'import paho.mqtt' 2>/dev/null || { echo "cluster-chaos: needs paho-mqtt" >&2; exit 1; }
 . scripts/local-cluster.sh
+local_cluster_prepare cluster-chaos
 trap local_cluster_stop EXIT INT TERM
 
 start_etcd

@@ -1,9 +1,21 @@
 # Sourced by the cluster benchmarks and the chaos run: one etcd and vmqtt
 # nodes on 127.0.0.1, all under $OUT, stopped by `local_cluster_stop` (an
-# EXIT trap the caller sets). Needs $BIN (vmqtt-shard) and $OUT.
+# EXIT trap the caller sets). Needs $OUT; `local_cluster_prepare` sets $BIN.
 #   start_etcd; start_node 1 [TTL]; kill_node 1; start_node 1 [TTL]
 LC_PIDS=()
 declare -A NODE_PID NODE_MQTT NODE_PEER
+
+# local_cluster_prepare NAME: builds the release binary (unless
+# BENCH_SKIP_BUILD=1), sets $BIN, checks etcd and paho-mqtt are there.
+local_cluster_prepare() {
+    if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+        bash scripts/install-build-deps.sh
+        cargo build --release -q -p vmqtt-shard
+    fi
+    BIN="$CARGO_TARGET_DIR/release/vmqtt-shard"
+    command -v etcd >/dev/null || { echo "$1: needs etcd (Debian etcd-server)" >&2; exit 1; }
+    python3 -c 'import paho.mqtt' 2>/dev/null || { echo "$1: needs paho-mqtt" >&2; exit 1; }
+}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -162,6 +162,22 @@ pub struct TransferEntry {
     pub state: OutState,
 }
 
+impl TransferEntry {
+    /// The delivery it is on the receiving node (not stored yet), and where
+    /// it was in its flow.
+    fn into_delivery(self) -> (Delivery, OutState) {
+        let d = Delivery {
+            msg: self.msg,
+            qos: self.qos,
+            retain: self.retain,
+            sub_ids: self.sub_ids,
+            store: None,
+            group: None,
+        };
+        (d, self.state)
+    }
+}
+
 /// A CONNECT waiting for its claim.
 #[derive(Debug)]
 pub(super) struct PendingClaim {
@@ -890,15 +906,8 @@ impl ShardCore {
         let generation = s.generation;
         s.disconnected_at = Some(now);
         for e in t.queue {
-            let d = Delivery {
-                msg: e.msg,
-                qos: e.qos,
-                retain: e.retain,
-                sub_ids: e.sub_ids,
-                store: None,
-                group: None,
-            };
-            match e.state {
+            let (d, state) = e.into_delivery();
+            match state {
                 OutState::Queued => s.restore_queued(d),
                 OutState::AwaitPubAck(id) => s.restore_inflight(id, d, Stage::AwaitAck),
                 OutState::AwaitPubRec(id) => s.restore_inflight(id, d, Stage::AwaitRec),
@@ -959,15 +968,8 @@ impl ShardCore {
             self.add_local_filter(&filter, None);
         }
         for e in t.queue {
-            let d = Delivery {
-                msg: e.msg,
-                qos: e.qos,
-                retain: e.retain,
-                sub_ids: e.sub_ids,
-                store: None,
-                group: None,
-            };
-            self.deliver(now, client, d);
+            // (Queued anew: its packet id, if any, is this session's to give.)
+            self.deliver(now, client, e.into_delivery().0);
         }
     }
 

@@ -59,6 +59,34 @@ fn read(ns: &mut Nodes, node: usize, c: &Client, got: &mut BTreeSet<String>) -> 
     ns.n[node].closed(c)
 }
 
+/// One session message from node `from` arrives at node `to`.
+fn deliver(ns: &mut Nodes, from: usize, to: usize, msg: SessionMsg) {
+    let t = &mut ns.n[to];
+    let now = t.now;
+    t.cores[0].handle_session_msg(now, NodeId(from as u16 + 1), msg);
+    t.run();
+}
+
+/// The publishers' PUBACKs so far: payloads acknowledged with Success.
+fn collect_acks(
+    ns: &mut Nodes,
+    pubs: &[Client],
+    pid_of: &mut [HashMap<u16, String>],
+    acked: &mut BTreeSet<String>,
+) {
+    for (n, p) in pubs.iter().enumerate() {
+        for pk in ns.n[n].recv(p) {
+            if let Packet::PubAck(a) = pk {
+                if a.reason == ReasonCode::SUCCESS {
+                    if let Some(m) = pid_of[n].remove(&a.packet_id.get()) {
+                        acked.insert(m);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn run_seed(seed: u64) {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut ns = Nodes::with(3, 2, CoreConfig::default());
@@ -138,25 +166,12 @@ fn run_seed(seed: u64) {
                     .unwrap();
                 let (from, to, msg) = ns.held.remove(at);
                 trace!("deliver {from} -> {to}: {msg:?}");
-                let t = &mut ns.n[to];
-                let now = t.now;
-                t.cores[0].handle_session_msg(now, NodeId(from as u16 + 1), msg);
-                t.run();
+                deliver(&mut ns, from, to, msg);
             }
             _ => {}
         }
         ns.link();
-        for (n, p) in pubs.iter().enumerate() {
-            for pk in ns.n[n].recv(p) {
-                if let Packet::PubAck(a) = pk {
-                    if a.reason == ReasonCode::SUCCESS {
-                        if let Some(m) = pid_of[n].remove(&a.packet_id.get()) {
-                            acked.insert(m);
-                        }
-                    }
-                }
-            }
-        }
+        collect_acks(&mut ns, &pubs, &mut pid_of, &mut acked);
         conns.retain(|(node, c)| !read(&mut ns, *node, c, &mut got));
     }
     // Everything delivered, every claim answered or timed out.
@@ -165,10 +180,7 @@ fn run_seed(seed: u64) {
         let held = std::mem::take(&mut ns.held);
         for (from, to, msg) in held {
             trace!("final deliver {from} -> {to}: {msg:?}");
-            let t = &mut ns.n[to];
-            let now = t.now;
-            t.cores[0].handle_session_msg(now, NodeId(from as u16 + 1), msg);
-            t.run();
+            deliver(&mut ns, from, to, msg);
         }
         ns.link();
         for n in &mut ns.n {
@@ -176,17 +188,7 @@ fn run_seed(seed: u64) {
         }
         ns.link();
     }
-    for (n, p) in pubs.iter().enumerate() {
-        for pk in ns.n[n].recv(p) {
-            if let Packet::PubAck(a) = pk {
-                if a.reason == ReasonCode::SUCCESS {
-                    if let Some(m) = pid_of[n].remove(&a.packet_id.get()) {
-                        acked.insert(m);
-                    }
-                }
-            }
-        }
-    }
+    collect_acks(&mut ns, &pubs, &mut pid_of, &mut acked);
     conns.retain(|(node, c)| !read(&mut ns, *node, c, &mut got));
     assert!(
         conns.len() <= 1,
