@@ -764,11 +764,18 @@ impl ShardCore {
         let me = self.node();
         let Some(t) = self.takeover() else { return };
         let Some(p) = t.claims.get_mut(&claim) else {
-            // Timed out meanwhile: the registration is not ours to keep.
-            if let Some(owner) = self.registry_owner(client.as_str()) {
-                if !self.sessions.contains_key(&client) {
-                    self.send_to_node(now, owner, SessionMsg::Release { client });
-                }
+            // No longer followed (its CONNECT long refused): the owner names
+            // this node the holder now, so the session still comes here
+            // (detached, it expires like any other) — the chain of
+            // handovers stays whole.
+            if let Some(node) = previous.filter(|&n| n != me) {
+                let msg = SessionMsg::Take {
+                    client,
+                    claim,
+                    epoch,
+                    clean: false,
+                };
+                self.send_to_node(now, node, msg);
             }
             return;
         };
