@@ -12,16 +12,17 @@ use std::sync::Arc;
 
 use vmqtt::broker::persist::OutState;
 use vmqtt::broker::{
-    Epoch, Message, NodeId, RetainVersion, SessionMsg, SessionTransfer, ShardId, Subscription,
-    TransferEntry,
+    Epoch, Forward, Message, MessageUid, NodeId, RetainVersion, SessionMsg, SessionTransfer,
+    ShardId, Subscription, TransferEntry,
 };
 use vmqtt::codec::{ProtocolVersion, PublishProperties, QoS, RetainHandling, SubscriptionOptions};
 use vmqtt::topic::{TopicFilter, TopicName};
 use vmqtt::{ByteStr, ClientId, PacketId};
 
 /// The link protocol's version, checked in the handshake (4: session
-/// messages).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// messages; 5: message ids, forwarded deliveries, handover
+/// acknowledgements).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The largest frame accepted (a batch of messages): 64 MiB.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -145,6 +146,8 @@ const S_HANDOVER: u8 = 5;
 const S_REGISTER: u8 = 6;
 const S_RELEASE: u8 = 7;
 const S_DROP: u8 = 8;
+const S_TOOK: u8 = 9;
+const S_FORWARD: u8 = 10;
 
 /// No expiry, on the wire.
 const NO_EXPIRY: u64 = u64::MAX;
@@ -382,7 +385,35 @@ fn encode_session(m: &SessionMsg, now: Instant, buf: &mut BytesMut) {
             put_str(buf, client.as_str());
             buf.put_u16(into.0);
         }
+        SessionMsg::Took { client, claim } => {
+            buf.put_u8(S_TOOK);
+            put_str(buf, client.as_str());
+            buf.put_u64(*claim);
+        }
+        SessionMsg::Forward(f) => {
+            buf.put_u8(S_FORWARD);
+            put_str(buf, f.client.as_str());
+            buf.put_u8(f.qos as u8 | u8::from(f.retain) << 2);
+            put_sub_ids(buf, &f.sub_ids);
+            encode_message(&f.msg, now, buf);
+        }
     }
+}
+
+fn put_sub_ids(buf: &mut BytesMut, ids: &[u32]) {
+    buf.put_u32(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+    for i in ids {
+        buf.put_u32(*i);
+    }
+}
+
+fn get_sub_ids(b: &mut Bytes) -> Result<Vec<u32>, FrameError> {
+    let k = get_count(b, 4, "session: subscription ids")?;
+    let mut sub_ids = Vec::with_capacity(k);
+    for _ in 0..k {
+        sub_ids.push(get_u32(b, "session: subscription ids")?);
+    }
+    Ok(sub_ids)
 }
 
 fn encode_transfer(s: &SessionTransfer, now: Instant, buf: &mut BytesMut) {
@@ -411,10 +442,7 @@ fn encode_transfer(s: &SessionTransfer, now: Instant, buf: &mut BytesMut) {
         };
         buf.put_u8(state | (e.qos as u8) << 2 | u8::from(e.retain) << 4);
         buf.put_u16(id);
-        buf.put_u32(u32::try_from(e.sub_ids.len()).unwrap_or(u32::MAX));
-        for i in &e.sub_ids {
-            buf.put_u32(*i);
-        }
+        put_sub_ids(buf, &e.sub_ids);
         encode_message(&e.msg, now, buf);
     }
     buf.put_u32(u32::try_from(s.inbound_qos2.len()).unwrap_or(u32::MAX));
@@ -489,6 +517,25 @@ fn decode_session(b: &mut Bytes, now: Instant) -> Result<SessionMsg, FrameError>
             client: get_client(b)?,
             into: NodeId(get_u16(b, "session: node")?),
         },
+        S_TOOK => SessionMsg::Took {
+            client: get_client(b)?,
+            claim: get_u64(b, "session: claim")?,
+        },
+        S_FORWARD => {
+            let client = get_client(b)?;
+            let flags = get_u8(b, "session: forward")?;
+            let qos = QoS::from_u8(flags & 3)
+                .map_err(|_| FrameError::Malformed("session: forward qos"))?;
+            let sub_ids = get_sub_ids(b)?;
+            let msg = Arc::new(decode_message(b, now)?);
+            SessionMsg::Forward(Box::new(Forward {
+                client,
+                msg,
+                qos,
+                retain: flags & 4 != 0,
+                sub_ids,
+            }))
+        }
         kind => {
             return Err(FrameError::UnknownKind {
                 what: "session message",
@@ -540,11 +587,7 @@ fn decode_transfer(b: &mut Bytes, now: Instant) -> Result<SessionTransfer, Frame
             2 => OutState::AwaitPubRec(id()?),
             _ => OutState::AwaitPubComp(id()?),
         };
-        let k = get_count(b, 4, "session: subscription ids")?;
-        let mut sub_ids = Vec::with_capacity(k);
-        for _ in 0..k {
-            sub_ids.push(get_u32(b, "session: subscription ids")?);
-        }
+        let sub_ids = get_sub_ids(b)?;
         queue.push(TransferEntry {
             msg: Arc::new(decode_message(b, now)?),
             qos,
@@ -610,7 +653,12 @@ fn get_filters(b: &mut Bytes, what: &'static str) -> Result<Vec<TopicFilter>, Fr
 
 fn encode_message(m: &Message, now: Instant, buf: &mut BytesMut) {
     put_str(buf, m.topic.as_str());
-    buf.put_u8(m.qos as u8 | (u8::from(m.retain) << 2));
+    buf.put_u8(m.qos as u8 | (u8::from(m.retain) << 2) | (u8::from(m.uid.is_some()) << 3));
+    if let Some(u) = m.uid {
+        buf.put_u16(u.node);
+        buf.put_u16(u.shard);
+        buf.put_u64(u.seq);
+    }
     let left = m.expires_at.map_or(NO_EXPIRY, |t| {
         let ms = t.saturating_duration_since(now).as_millis();
         u64::try_from(ms)
@@ -641,6 +689,15 @@ fn decode_message(b: &mut Bytes, now: Instant) -> Result<Message, FrameError> {
     let flags = get_u8(b, "message")?;
     let qos = QoS::from_u8(flags & 3).map_err(|_| FrameError::Malformed("message: qos"))?;
     let retain = flags & 4 != 0;
+    let uid = if flags & 8 != 0 {
+        Some(MessageUid {
+            node: get_u16(b, "message: id")?,
+            shard: get_u16(b, "message: id")?,
+            seq: get_u64(b, "message: id")?,
+        })
+    } else {
+        None
+    };
     let left = get_u64(b, "message")?;
     let expires_at = (left != NO_EXPIRY).then(|| now + Duration::from_millis(left));
     let origin = match get_u8(b, "message")? {
@@ -662,6 +719,7 @@ fn decode_message(b: &mut Bytes, now: Instant) -> Result<Message, FrameError> {
         properties,
         expires_at,
         origin,
+        uid,
     })
 }
 
@@ -734,6 +792,7 @@ mod tests {
             properties: PublishProperties::default(),
             expires_at: None,
             origin: Some(ClientId::new("pub-1".into())),
+            uid: None,
         }
     }
 
@@ -897,9 +956,27 @@ mod tests {
                 client: client.clone(),
             },
             SessionMsg::Drop {
-                client,
+                client: client.clone(),
                 into: NodeId(2),
             },
+            SessionMsg::Took {
+                client: client.clone(),
+                claim: 6,
+            },
+            SessionMsg::Forward(Box::new(Forward {
+                client,
+                msg: Arc::new(Message {
+                    uid: Some(MessageUid {
+                        node: 3,
+                        shard: 1,
+                        seq: u64::MAX,
+                    }),
+                    ..msg("t/9")
+                }),
+                qos: QoS::ExactlyOnce,
+                retain: true,
+                sub_ids: vec![4],
+            })),
         ]
     }
 

@@ -423,6 +423,7 @@ mod tests {
                 properties: PublishProperties::default(),
                 expires_at: None,
                 origin: None,
+                uid: None,
             }),
             Vec::new(),
         )

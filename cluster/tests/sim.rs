@@ -44,6 +44,7 @@ fn message(n: u64) -> Arc<Message> {
         properties: PublishProperties::default(),
         expires_at: None,
         origin: None,
+        uid: None,
     })
 }
 

@@ -30,6 +30,7 @@ fn message() -> Arc<Message> {
         properties: PublishProperties::default(),
         expires_at: None,
         origin: None,
+        uid: None,
     })
 }
 

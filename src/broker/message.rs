@@ -33,6 +33,26 @@ pub struct Message {
     /// The publishing client, for No Local; `None` for wills published
     /// after their session ended and for `$SYS` messages.
     pub origin: Option<ClientId>,
+    /// Its identity across a cluster (set where a client published it, in
+    /// a cluster only): lets a session that just moved between nodes take
+    /// a message once when it arrives both directly and forwarded by the
+    /// node it left. `None` on one node, and for messages read back from
+    /// storage.
+    pub uid: Option<MessageUid>,
+}
+
+/// A message's identity across the cluster: the node and shard where a
+/// client published it, and that shard's sequence number (seeded from
+/// the wall clock when the cluster starts, so a node's next life does not
+/// reuse the numbers of its last).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageUid {
+    /// The publishing node.
+    pub node: u16,
+    /// Its shard.
+    pub shard: u16,
+    /// The shard's number for it.
+    pub seq: u64,
 }
 
 impl Message {
@@ -194,6 +214,15 @@ pub enum ShardMsg {
         /// The token to answer with.
         token: u64,
     },
+    /// To the client's home shard: a delivery another node forwarded for
+    /// a session that left it (see `shard/moving.rs`); with `ack`, answered
+    /// with [`ShardMsg::Ack`] once stored.
+    Forwarded {
+        /// The delivery.
+        fwd: Box<super::Forward>,
+        /// The shard and token to answer.
+        ack: Option<(ShardId, u64)>,
+    },
     /// To the home shard of the shared subscription `filter`
     /// (`$share/{group}/{filter}`): a message for one of its members.
     SharedPublish {
@@ -304,6 +333,7 @@ mod tests {
             properties: PublishProperties::default(),
             expires_at: Some(now + Duration::from_millis(1500)),
             origin: None,
+            uid: None,
         };
         assert_eq!(m.remaining_expiry(now), Some(2));
         assert!(!m.is_expired(now));

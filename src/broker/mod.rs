@@ -26,14 +26,15 @@ use std::fmt;
 
 pub use auth::{Authorizer, Identity};
 pub use budget::QueueBudget;
-pub use message::{Limit, Message, ShardMsg, ShardStats};
+pub use message::{Limit, Message, MessageUid, ShardMsg, ShardStats};
 pub use node::{Epoch, NodeId};
 pub use retain::{RetainVersion, RetainedStore, TOMBSTONE_KEEP_MS};
 pub use session::{Session, Subscription};
 pub use shard::{
     glob_match, shrink_if_sparse, AcrossNodes, CloseReason, ClusterOut, ClusterStatus, CoreConfig,
-    GroupInfo, GroupMsg, IoEvent, MemberState, SessionMsg, SessionTransfer, ShardCore,
+    Forward, GroupInfo, GroupMsg, IoEvent, MemberState, SessionMsg, SessionTransfer, ShardCore,
     SharedConfig, Strategy, TransferEntry, CLAIM_RETRY, CLAIM_TIMEOUT, LIMITED_LOG_INTERVAL,
+    MOVE_GRACE,
 };
 
 /// Index of a shard (one per core), `0..shards`.

@@ -204,6 +204,7 @@ mod tests {
             properties: PublishProperties::default(),
             expires_at,
             origin: None,
+            uid: None,
         })
     }
 

@@ -740,6 +740,7 @@ mod tests {
                 properties: PublishProperties::default(),
                 expires_at: None,
                 origin: None,
+                uid: None,
             }),
             qos,
             retain: false,

@@ -1601,6 +1601,7 @@ fn message(t: &str, payload: &'static [u8], qos: QoS) -> Arc<Message> {
         properties: PublishProperties::default(),
         expires_at: None,
         origin: None,
+        uid: None,
     })
 }
 

@@ -122,6 +122,8 @@ impl StoredMessage {
                 .expires_at_ms
                 .map(|t| now + Duration::from_millis(t.saturating_sub(now_ms))),
             origin: self.origin.clone(),
+            // (Not stored: only the handover window deduplicates by it.)
+            uid: None,
         }
     }
 }

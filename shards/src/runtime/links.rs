@@ -469,19 +469,27 @@ impl Links {
 
     /// Puts what the core says about sessions on the streams to their
     /// nodes (one to a node that is not a member is dropped: the claim it
-    /// belonged to times out).
-    pub(super) fn send_sessions(&self, shard: &Rc<Shard>, out: Vec<(NodeId, SessionMsg)>) {
+    /// belonged to times out). Tokens of forwarded deliveries no link will
+    /// carry go to `done`.
+    pub(super) fn send_sessions(
+        &self,
+        shard: &Rc<Shard>,
+        out: Vec<(NodeId, SessionMsg, Option<u64>)>,
+        done: &mut Vec<u64>,
+    ) {
         let peers = self.peers.borrow();
         let mut touched: Vec<Rc<Peer>> = Vec::new();
-        let mut done = Vec::new();
-        for (node, m) in out {
+        for (node, m, token) in out {
             match peers.get(&node) {
-                Some(p) => push(p, OutItem::Session(m), None, &mut done, &mut touched),
-                None => debug!(
-                    node = node.0,
-                    client_id = m.client().as_str(),
-                    "session message for a node that is not a member: dropped"
-                ),
+                Some(p) => push(p, OutItem::Session(m), token, done, &mut touched),
+                None => {
+                    done.extend(token);
+                    debug!(
+                        node = node.0,
+                        client_id = m.client().as_str(),
+                        "session message for a node that is not a member: dropped"
+                    );
+                }
             }
         }
         drop(peers);
@@ -1011,6 +1019,14 @@ fn apply(shard: &Rc<Shard>, links: &Links, key: StreamKey, seq: Seq, items: Vec<
             Item::Routes(all) => node_routes(shard, node, Some(all), Vec::new(), Vec::new()),
             Item::RouteAdd(f) => node_routes(shard, node, None, vec![f], Vec::new()),
             Item::RouteRemove(f) => node_routes(shard, node, None, Vec::new(), vec![f]),
+            Item::Session(SessionMsg::Forward(f)) if f.qos != QoS::AtMostOnce => {
+                awaited += 1;
+                let ticket = links.new_ticket(key, seq);
+                shard
+                    .core
+                    .borrow_mut()
+                    .handle_forward(now, *f, Some(ticket));
+            }
             Item::Session(m) => shard.core.borrow_mut().handle_session_msg(now, node, m),
         }
     }

@@ -245,7 +245,7 @@ impl Shard {
                 links.dispatch(self, out, &mut done);
             }
             if !sessions.is_empty() {
-                links.send_sessions(self, sessions);
+                links.send_sessions(self, sessions, &mut done);
             }
             if !stored.is_empty() {
                 links.tickets_done(stored);

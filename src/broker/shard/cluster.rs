@@ -63,6 +63,8 @@ pub(super) struct ClusterState {
     turns: HashMap<TopicFilter, usize, crate::hash::FastState>,
     /// For groups with the `random` strategy.
     rng: u64,
+    /// The last [`MessageUid`] sequence number given here.
+    uid_seq: u64,
     /// While a message from another node is routed: the groups it is
     /// for here.
     pub(super) serve_groups: Vec<TopicFilter>,
@@ -199,10 +201,26 @@ impl ShardCore {
                 node,
                 rng: 0x9e37_79b9_7f4a_7c15 ^ (u64::from(node.0) << 16) ^ self.id.get() as u64,
                 wall: Some(wall),
+                // Above every number of this shard's earlier lives, as long
+                // as they averaged under a million messages a millisecond.
+                uid_seq: wall.1.saturating_mul(1_000_000),
                 ..ClusterState::default()
             }));
             self.retained.keep_tombstones();
         }
+    }
+
+    /// A new [`MessageUid`] for a message published here (none outside a
+    /// cluster).
+    pub(super) fn next_uid(&mut self) -> Option<MessageUid> {
+        let shard = self.id.get() as u16;
+        let c = self.cluster.as_mut()?;
+        c.uid_seq += 1;
+        Some(MessageUid {
+            node: c.node.0,
+            shard,
+            seq: c.uid_seq,
+        })
     }
 
     /// This node (0 outside a cluster).
@@ -455,7 +473,10 @@ impl ShardCore {
         }
         self.outcome = Outcome::default();
         let token = ticket.map(|_| self.new_token());
+        self.relay = token;
         let (matched, acked) = self.route(now, msg, token);
+        self.relay = None;
+        let acked = acked + self.outcome.forwards as usize;
         if let Some(c) = self.cluster.as_mut() {
             c.from_remote = false;
             c.serve_groups.clear();
@@ -574,6 +595,7 @@ impl ShardCore {
         let now = self.clock;
         self.store.begin_input();
         self.takeover_node_gone(now, node);
+        self.moved_node_gone(now, node);
     }
 
     /// The link to a node acknowledged the batch that carried a publish

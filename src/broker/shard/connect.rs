@@ -85,6 +85,11 @@ impl ShardCore {
             }
             self.remove_session(&client_id);
         }
+        if !self.sessions.contains_key(&client_id) {
+            // (What is left here of an earlier session that left for
+            // another node ends: this one replaces it.)
+            self.end_moved(now, &client_id);
+        }
         let session = self.sessions.entry(client_id.clone()).or_insert_with(|| {
             let mut s = Session::new(client_id.clone(), c.protocol);
             s.budget = self.config.queue_budget.clone();
@@ -275,6 +280,7 @@ impl ShardCore {
 
     pub(super) fn remove_session(&mut self, cid: &ClientId) {
         self.unstore_session(cid);
+        self.forget_seen(cid);
         let Some(session) = self.sessions.get(cid) else {
             return;
         };
@@ -307,6 +313,7 @@ impl ShardCore {
             properties,
             expires_at,
             origin: Some(cid.clone()),
+            uid: self.next_uid(),
         });
         self.publish(now, msg);
     }

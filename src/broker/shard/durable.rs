@@ -160,6 +160,8 @@ impl ShardCore {
                 }
             }
         }
+        self.release_held_session_msgs(durable);
+        let store = &mut self.store;
         let gated: Vec<ConnId> = store.gated.drain().collect();
         for id in gated {
             let Some(conn) = self.conns.get_mut(&id) else {

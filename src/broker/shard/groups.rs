@@ -717,6 +717,7 @@ mod tests {
             properties: PublishProperties::default(),
             expires_at: None,
             origin: Some(cid(from)),
+            uid: None,
         })
     }
     fn state(online: bool, window: u16) -> MemberState {

@@ -11,8 +11,8 @@ use super::alias::{AliasPlan, OutboundAliases};
 use super::persist::{OutState, QueueImage, Restored, SessionImage, StoreOp};
 use super::session::{Delivery, Dropped, Gauges, Rec, Stage, StoreRef, StoredBounds, Subscription};
 use super::{
-    home_shard, Authorizer, ConnId, Identity, Limit, Message, NodeId, QueueBudget, RetainVersion,
-    RetainedStore, Session, ShardId, ShardMsg, ShardStats,
+    home_shard, Authorizer, ConnId, Identity, Limit, Message, MessageUid, NodeId, QueueBudget,
+    RetainVersion, RetainedStore, Session, ShardId, ShardMsg, ShardStats,
 };
 use crate::codec::{
     self, AckProperties, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
@@ -28,6 +28,7 @@ mod connect;
 mod connection;
 mod durable;
 mod groups;
+mod moving;
 mod publish;
 mod router;
 mod shared;
@@ -45,6 +46,8 @@ pub use groups::{
     glob_match, AcrossNodes, GroupInfo, GroupMsg, MemberState, SharedConfig, Strategy,
 };
 use groups::{group_home, Dispatch, GroupTable, Offer};
+pub use moving::{Forward, MOVE_GRACE};
+use moving::{Moved, Seen};
 use publish::Outcome;
 use router::{Agg, Pending, RouteTable, Targets, Waiter};
 use subscribe::same_authorizer;
@@ -260,6 +263,10 @@ pub struct ShardCore {
     store: Store,
     /// The fate of the message routed by the current input.
     outcome: Outcome,
+    /// The token deliveries forwarded to a moved session's new node carry
+    /// during the current input (see `moving.rs`): what waits for the
+    /// input's acknowledgement waits for theirs too.
+    relay: Option<u64>,
     /// Subscriptions the ACL no longer allows, removed and not yet taken by
     /// [`ShardCore::take_revoked`] (for logs), and how many more were.
     revoked: (Vec<(ClientId, TopicFilter)>, u64),
@@ -296,6 +303,7 @@ impl ShardCore {
             started: now,
             scratch: HashMap::default(),
             next_token: 0,
+            relay: None,
             pending: HashMap::default(),
             store: Store {
                 next_batch: BatchId(1),
@@ -535,9 +543,13 @@ impl ShardCore {
                 }
             }
             ShardMsg::PublishAcked { msg, from, token } => {
+                let relay = self.new_token();
+                self.relay = Some(relay);
                 self.deliver_local(now, &msg);
-                self.ack(now, from, Some(token));
+                self.relay = None;
+                self.relay_done(Some(relay), Waiter::Shard { to: from, token });
             }
+            ShardMsg::Forwarded { fwd, ack } => self.handle_forwarded(now, *fwd, ack),
             ShardMsg::SharedPublish { filter, msg, ack } => {
                 self.group_publish(now, &filter, msg, ack);
             }

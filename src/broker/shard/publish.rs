@@ -9,6 +9,9 @@ use super::*;
 pub(super) struct Outcome {
     pub(super) delivered: u32,
     pub(super) refused: u32,
+    /// Deliveries forwarded to a moved session's new node with the
+    /// input's relay token (each acknowledged by that node's link).
+    pub(super) forwards: u32,
 }
 
 impl ShardCore {
@@ -183,12 +186,15 @@ impl ShardCore {
         let token = (wait_replicas || wait_stores).then(|| self.new_token());
         self.outcome = Outcome::default();
         let forwards_before = self.stats.forwarded;
+        self.relay = token.filter(|_| wait_stores);
         let (matched, forwarded) = self.publish_with_token(now, msg, token, wait_stores);
+        self.relay = None;
         let local = self.outcome;
         // Every target says whether it took the message only if each
         // forward is acknowledged.
         let all_report = (self.stats.forwarded - forwards_before) as usize == forwarded;
-        let remaining = forwarded + if wait_replicas { self.shards - 1 } else { 0 };
+        let remaining =
+            forwarded + local.forwards as usize + if wait_replicas { self.shards - 1 } else { 0 };
         let rc = if !v5 {
             ReasonCode::SUCCESS
         } else if !matched {
@@ -226,7 +232,7 @@ impl ShardCore {
     }
 
     pub(super) fn message_from_publish(
-        &self,
+        &mut self,
         now: Instant,
         cid: &ClientId,
         p: Publish,
@@ -245,6 +251,7 @@ impl ShardCore {
             properties,
             expires_at,
             origin: Some(cid.clone()),
+            uid: self.next_uid(),
         })
     }
 
@@ -378,6 +385,19 @@ impl ShardCore {
     }
 
     pub(super) fn deliver(&mut self, now: Instant, cid: &ClientId, d: Delivery) {
+        if !self.sessions.contains_key(cid) {
+            // (A session that just left for another node: its messages
+            // follow it there.)
+            self.forward_moved(cid, &d);
+            return;
+        }
+        if let Some(uid) = d.msg.uid {
+            if self.seen_before(cid, uid) {
+                // Taken already (directly and forwarded, or in its handover).
+                self.outcome.delivered += 1;
+                return;
+            }
+        }
         let Some(session) = self.sessions.get_mut(cid) else {
             return;
         };

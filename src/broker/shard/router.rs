@@ -178,6 +178,9 @@ pub(super) enum Waiter {
     /// A node link: a message another node sent, now stored by every shard
     /// here that took it ([`ShardCore::take_cluster_done`]).
     Node(u64),
+    /// Another shard's request (`token`), answered once what it caused
+    /// here is acknowledged (a delivery forwarded to a moved session).
+    Shard { to: ShardId, token: u64 },
 }
 
 impl ShardCore {
@@ -243,6 +246,25 @@ impl ShardCore {
         let (conn, client, replies, retained_for) = match p.waiter {
             Waiter::Node(ticket) => {
                 self.node_done(ticket, p.after);
+                return;
+            }
+            Waiter::Shard { to, token } => {
+                let ack = ShardMsg::Ack {
+                    token,
+                    delivered: p.delivered,
+                    refused: p.refused,
+                };
+                match p.after {
+                    Some(b) if b > self.store.durable => {
+                        self.store.held_acks.push_back((b, to, ack))
+                    }
+                    _ if to == self.id => self.handle_ack(now, token, p.delivered, p.refused),
+                    _ => {
+                        if let Some(q) = self.outbox.get_mut(to.get()) {
+                            q.push(ack);
+                        }
+                    }
+                }
                 return;
             }
             Waiter::Client {

@@ -197,6 +197,7 @@ impl ShardCore {
             properties: PublishProperties::default(),
             expires_at: None,
             origin: None,
+            uid: None,
         });
         self.publish(now, msg);
     }

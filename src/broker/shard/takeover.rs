@@ -112,6 +112,18 @@ pub enum SessionMsg {
         /// The node with the later session.
         into: NodeId,
     },
+    /// The new holder's answer to a [`SessionMsg::Handover`] of `claim`:
+    /// the session is stored there, the sender of the handover deletes
+    /// its copy.
+    Took {
+        /// The client.
+        client: ClientId,
+        /// The claim the handover answered (0: after a `Drop`).
+        claim: u64,
+    },
+    /// A delivery for a session that left the sending node, to the node it
+    /// went to (see `moving.rs`).
+    Forward(Box<Forward>),
 }
 
 impl SessionMsg {
@@ -125,7 +137,9 @@ impl SessionMsg {
             | SessionMsg::Handover { client, .. }
             | SessionMsg::Register { client, .. }
             | SessionMsg::Release { client }
-            | SessionMsg::Drop { client, .. } => client,
+            | SessionMsg::Drop { client, .. }
+            | SessionMsg::Took { client, .. } => client,
+            SessionMsg::Forward(f) => &f.client,
         }
     }
 }
@@ -217,8 +231,16 @@ pub(super) struct Takeover {
     /// going on.
     /// (from, client, claim, the Take's epoch, clean)
     deferred: Vec<(NodeId, ClientId, u64, u64, bool)>,
-    /// What goes to other nodes.
-    pub(super) out: Vec<(NodeId, SessionMsg)>,
+    /// What goes to other nodes, with the token of a forwarded delivery
+    /// whose acknowledgement something waits for.
+    pub(super) out: Vec<(NodeId, SessionMsg, Option<u64>)>,
+    /// Messages held until storage catches up: `(batch, node, message)`.
+    held: VecDeque<(BatchId, NodeId, SessionMsg)>,
+    /// Sessions that left this shard for another node, for a grace.
+    pub(super) moved: HashMap<ClientId, Moved>,
+    /// Sessions that arrived from another node: the message ids they took
+    /// since.
+    pub(super) seen: HashMap<ClientId, Seen>,
     /// Cut off (see [`ShardCore::set_fenced`]): no CONNECT is accepted
     /// and no claim granted.
     pub(super) fenced: bool,
@@ -251,7 +273,7 @@ impl ShardCore {
     }
 
     /// The node that owns `client`'s registry, while claims are on.
-    fn registry_owner(&self, client: &str) -> Option<NodeId> {
+    pub(super) fn registry_owner(&self, client: &str) -> Option<NodeId> {
         let c = self.cluster.as_ref()?;
         let map = c.takeover.map.as_ref()?;
         Some(map.owner(partition_of(client)).node)
@@ -259,17 +281,46 @@ impl ShardCore {
 
     /// Sends `msg` to `node` (to its home shard of the client), handling it
     /// here when `node` is this one.
-    fn send_to_node(&mut self, now: Instant, node: NodeId, msg: SessionMsg) {
+    pub(super) fn send_to_node(&mut self, now: Instant, node: NodeId, msg: SessionMsg) {
         if node == self.node() {
             self.handle_session_msg(now, node, msg);
         } else if let Some(t) = self.takeover() {
-            t.out.push((node, msg));
+            t.out.push((node, msg, None));
+        }
+    }
+
+    /// [`ShardCore::send_to_node`] once what the current input stored is
+    /// written.
+    fn send_when_stored(&mut self, now: Instant, node: NodeId, msg: SessionMsg) {
+        let durable = self.store.durable;
+        match self.store.own_barrier() {
+            Some(b) if b > durable => {
+                if let Some(t) = self.takeover() {
+                    t.held.push_back((b, node, msg));
+                }
+            }
+            _ => self.send_to_node(now, node, msg),
+        }
+    }
+
+    /// Storage wrote up to `durable`: session messages that waited go.
+    pub(super) fn release_held_session_msgs(&mut self, durable: BatchId) {
+        let now = self.clock;
+        loop {
+            let Some(t) = self.takeover() else { return };
+            if t.held.front().is_none_or(|(b, ..)| *b > durable) {
+                return;
+            }
+            let Some((_, node, msg)) = t.held.pop_front() else {
+                return;
+            };
+            self.send_to_node(now, node, msg);
         }
     }
 
     /// What this shard sends other nodes about sessions (the runtime puts
     /// each on the link to its node).
-    pub fn take_session_out(&mut self) -> Vec<(NodeId, SessionMsg)> {
+    pub fn take_session_out(&mut self) -> Vec<(NodeId, SessionMsg, Option<u64>)> {
         self.takeover()
             .map(|t| std::mem::take(&mut t.out))
             .unwrap_or_default()
@@ -521,7 +572,7 @@ impl ShardCore {
                 }
             }
         }
-        let session = self.hand_over(now, &client, clean);
+        let session = self.hand_over(now, &client, clean, from, claim);
         self.send_to_node(
             now,
             from,
@@ -661,7 +712,7 @@ impl ShardCore {
                 session,
             } => {
                 if let Some(s) = session {
-                    self.import_session(now, &client, *s);
+                    self.import_session(now, Some((from, claim)), &client, *s);
                 }
                 // Done, unless an older claim here is still bringing the
                 // session (then this one waits its turn).
@@ -713,11 +764,16 @@ impl ShardCore {
                     t.registry.release(client.as_str(), from);
                 }
             }
+            SessionMsg::Took { client, claim } => self.on_took(from, &client, claim),
+            SessionMsg::Forward(f) => self.handle_forwarded(now, *f, None),
             SessionMsg::Drop { client, into } => {
                 // (A clean-start handover of nothing: the later session
                 // gets the messages, merged; claim 0 is no claim.)
-                let session = self.hand_over(now, &client, false);
-                if session.is_some() && into != self.node() {
+                if into == self.node() {
+                    return;
+                }
+                let session = self.hand_over(now, &client, false, into, 0);
+                if session.is_some() {
                     self.send_to_node(
                         now,
                         into,
@@ -835,14 +891,16 @@ impl ShardCore {
         }
     }
 
-    /// Another node takes `client` over: its connection here is closed and
-    /// its session leaves this node (a clean start ends it: its will goes
-    /// out). Returns what moves.
+    /// Node `to` takes `client` over (for its `claim`): its connection here
+    /// is closed and its session leaves this node (a clean start ends it:
+    /// its will goes out). Returns what moves.
     fn hand_over(
         &mut self,
         now: Instant,
         client: &ClientId,
         clean: bool,
+        to: NodeId,
+        claim: u64,
     ) -> Option<Box<SessionTransfer>> {
         if let Some(t) = self.takeover() {
             t.epochs.remove(client);
@@ -872,7 +930,7 @@ impl ShardCore {
             inbound_qos2: s.incoming_qos2_ids().collect(),
         };
         self.group_member_offline(now, client);
-        self.remove_session(client);
+        self.leave_for(now, client, to, claim, &transfer);
         Some(Box::new(transfer))
     }
 
@@ -893,9 +951,39 @@ impl ShardCore {
         );
     }
 
-    /// A session handed over from another node becomes this shard's, and
+    /// A session handed over from another node (`from`, answering its
+    /// claim: told once the session is stored) becomes this shard's, and
     /// durable here (when it is persistent) before the CONNACK.
-    fn import_session(&mut self, now: Instant, client: &ClientId, t: SessionTransfer) {
+    pub(super) fn import_session(
+        &mut self,
+        now: Instant,
+        from: Option<(NodeId, u64)>,
+        client: &ClientId,
+        t: SessionTransfer,
+    ) {
+        self.end_moved(now, client);
+        // (Merged into a session here, the messages are delivered anew and
+        // noted then; a session made from them has them all.)
+        let brought: Vec<MessageUid> = if self.sessions.contains_key(client) {
+            Vec::new()
+        } else {
+            t.queue.iter().filter_map(|e| e.msg.uid).collect()
+        };
+        self.begin_seen(now, client, &brought);
+        if let Some((node, claim)) = from {
+            let took = SessionMsg::Took {
+                client: client.clone(),
+                claim,
+            };
+            // (After what this import stores, below, in the same input.)
+            self.import_session_inner(now, client, t);
+            self.send_when_stored(now, node, took);
+        } else {
+            self.import_session_inner(now, client, t);
+        }
+    }
+
+    fn import_session_inner(&mut self, now: Instant, client: &ClientId, t: SessionTransfer) {
         if self.sessions.contains_key(client) {
             // A session of this client is here already (a CONNECT here went
             // on while this one was on its way: it should not, but nothing
@@ -951,7 +1039,7 @@ impl ShardCore {
         }
     }
 
-    fn merge_session(&mut self, now: Instant, client: &ClientId, t: SessionTransfer) {
+    pub(super) fn merge_session(&mut self, now: Instant, client: &ClientId, t: SessionTransfer) {
         for (filter, sub) in t.subscriptions {
             let Some(s) = self.sessions.get_mut(client) else {
                 return;

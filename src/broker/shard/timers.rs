@@ -13,6 +13,11 @@ pub(super) enum Timer {
     Claim(u64),
     /// A claim sent again (after `NotOwner`).
     ClaimRetry(u64),
+    /// The grace of a session that left for another node ends (see
+    /// `moving.rs`).
+    Moved(ClientId, u64),
+    /// A session that arrived from another node stops noting message ids.
+    Seen(ClientId),
     Sys,
 }
 
@@ -73,6 +78,8 @@ impl ShardCore {
             }
             Timer::Claim(claim) => self.claim_timed_out(now, claim),
             Timer::ClaimRetry(claim) => self.retry_claim(now, claim),
+            Timer::Moved(cid, generation) => self.moved_timer(now, &cid, generation),
+            Timer::Seen(cid) => self.seen_timer(now, &cid),
             Timer::Sys => {
                 self.timers
                     .push(Reverse((now + self.config.sys_interval, Timer::Sys)));

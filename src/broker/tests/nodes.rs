@@ -7,6 +7,7 @@
 use super::*;
 use crate::broker::partition::PartitionMap;
 
+mod moving;
 mod takeover;
 mod takeover_sim;
 
@@ -25,9 +26,15 @@ struct Nodes {
     /// Hold session messages in `held` instead of delivering them (the
     /// takeover simulation delivers them in an order of its choosing).
     hold: bool,
-    /// Session messages on their way: (from, to, message), in send order.
-    held: Vec<(usize, usize, SessionMsg)>,
+    /// Session messages on their way: (from, to, message, the sending
+    /// shard and the token a forwarded delivery's sender waits with), in
+    /// send order.
+    held: Vec<Held>,
 }
+
+/// A session message on its way: (from, to, message, sending shard and
+/// token).
+type Held = (usize, usize, SessionMsg, Option<(usize, u64)>);
 
 /// The wall clock every simulated node starts at (unix ms).
 const WALL_MS: u64 = 1_800_000_000_000;
@@ -130,25 +137,55 @@ impl Nodes {
         for from in 0..self.n.len() {
             let me = NodeId(from as u16 + 1);
             for shard in 0..self.n[from].cores.len() {
-                for (node, msg) in self.n[from].cores[shard].take_session_out() {
+                for (node, msg, token) in self.n[from].cores[shard].take_session_out() {
                     moved = true;
                     assert_ne!(node, me, "handled in place");
                     let to = usize::from(node.0) - 1;
+                    let token = token.map(|t| (shard, t));
                     if self.down.contains(&to) || self.down.contains(&from) {
+                        // No link carries it: as the runtime's `lost`.
+                        if let Some((shard, t)) = token {
+                            let n = &mut self.n[from];
+                            let now = n.now;
+                            n.cores[shard].handle_cluster_lost(now, t);
+                            n.run();
+                        }
                         continue;
                     }
                     if self.hold {
-                        self.held.push((from, to, msg));
+                        self.held.push((from, to, msg, token));
                         continue;
                     }
-                    let t = &mut self.n[to];
-                    let now = t.now;
-                    t.cores[0].handle_session_msg(now, me, msg);
-                    t.run();
+                    self.deliver_session((from, to, msg, token));
                 }
             }
         }
         moved
+    }
+
+    /// A session message arrives (a QoS 1/2 forwarded delivery with a
+    /// ticket its link acknowledges, as the runtime's `apply`).
+    fn deliver_session(&mut self, (from, to, msg, token): Held) {
+        let me = NodeId(from as u16 + 1);
+        let ticket = match &msg {
+            SessionMsg::Forward(f) if f.qos != QoS::AtMostOnce => {
+                self.next_ticket += 1;
+                if let Some((shard, t)) = token {
+                    self.tickets.insert(self.next_ticket, (from, shard, t));
+                }
+                Some(self.next_ticket)
+            }
+            _ => None,
+        };
+        let t = &mut self.n[to];
+        let now = t.now;
+        match (msg, ticket) {
+            (SessionMsg::Forward(f), Some(ticket)) => {
+                t.cores[0].handle_forward(now, *f, Some(ticket))
+            }
+            (msg, _) => t.cores[0].handle_session_msg(now, me, msg),
+        }
+        t.run();
     }
 
     /// Moves what crosses between the nodes until nothing does.

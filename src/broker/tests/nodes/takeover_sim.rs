@@ -59,14 +59,6 @@ fn read(ns: &mut Nodes, node: usize, c: &Client, got: &mut BTreeSet<String>) -> 
     ns.n[node].closed(c)
 }
 
-/// One session message from node `from` arrives at node `to`.
-fn deliver(ns: &mut Nodes, from: usize, to: usize, msg: SessionMsg) {
-    let t = &mut ns.n[to];
-    let now = t.now;
-    t.cores[0].handle_session_msg(now, NodeId(from as u16 + 1), msg);
-    t.run();
-}
-
 /// The publishers' PUBACKs so far: payloads acknowledged with Success.
 fn collect_acks(
     ns: &mut Nodes,
@@ -158,15 +150,15 @@ fn run_seed(seed: u64) {
             _ if !ns.held.is_empty() => {
                 // One message of a random pair, the oldest of that pair.
                 let pick = rng.below(ns.held.len());
-                let (from, to, _) = ns.held[pick];
+                let (from, to, ..) = ns.held[pick];
                 let at = ns
                     .held
                     .iter()
-                    .position(|(f, t, _)| (*f, *t) == (from, to))
+                    .position(|(f, t, ..)| (*f, *t) == (from, to))
                     .unwrap();
-                let (from, to, msg) = ns.held.remove(at);
-                trace!("deliver {from} -> {to}: {msg:?}");
-                deliver(&mut ns, from, to, msg);
+                let h = ns.held.remove(at);
+                trace!("deliver {from} -> {to}: {:?}", h.2);
+                ns.deliver_session(h);
             }
             _ => {}
         }
@@ -178,9 +170,9 @@ fn run_seed(seed: u64) {
     ns.hold = false;
     for _ in 0..3 {
         let held = std::mem::take(&mut ns.held);
-        for (from, to, msg) in held {
-            trace!("final deliver {from} -> {to}: {msg:?}");
-            deliver(&mut ns, from, to, msg);
+        for h in held {
+            trace!("final deliver {} -> {}: {:?}", h.0, h.1, h.2);
+            ns.deliver_session(h);
         }
         ns.link();
         for n in &mut ns.n {
