@@ -95,7 +95,8 @@ class Pub:
         self.i = i
         self.nodes = nodes
         self.rate = rate
-        self.acked = set()
+        # number -> (wall time acknowledged, node index published to)
+        self.acked = {}
         self.n = 0
         self.stop = threading.Event()
 
@@ -107,11 +108,11 @@ class Pub:
             pending = {}
             lock = threading.Lock()
 
-            def on_publish(cl, u, mid, reason, props):
+            def on_publish(cl, u, mid, reason, props, node=node):
                 with lock:
                     n = pending.pop(mid, None)
                 if n is not None and (reason is None or reason.value == 0):
-                    self.acked.add(n)
+                    self.acked[n] = (time.time(), node)
 
             c.on_publish = on_publish
             ok = threading.Event()
@@ -198,6 +199,10 @@ def main():
         total["dups"] += dups
         print(f"# sub {s.i}: acked {len(p.acked)} received {len(got)} lost {len(lost)} "
               f"dups {dups}" + (f" first lost {lost[:5]}" if lost else ""), file=sys.stderr, flush=True)
+        for n in lost[:3] + lost[-1:]:
+            at, node = p.acked[n]
+            stamp = time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z"
+            print(f"#   lost {n}: acknowledged {stamp} by node {node + 1}", file=sys.stderr, flush=True)
         s.drop()
     print(f"# total: acked {total['acked']} received {total['received']} lost {total['lost']} "
           f"duplicates {total['dups']}", file=sys.stderr, flush=True)

@@ -59,15 +59,18 @@ listen = "127.0.0.1:${NODE_PEER[$i]}"
 secret_file = "$OUT/secret"
 lease_ttl_seconds = $ttl
 TOML
+    # Every run of a node appends to one log (the chaos run restarts
+    # nodes; what a killed run said is what explains a loss).
     local log="$OUT/node$i.log"
-    : >"$log.new"
-    "$BIN" --cores 1 --listen "127.0.0.1:${NODE_MQTT[$i]}" --config "$OUT/node$i.toml" >>"$log.new" 2>&1 &
+    local from
+    echo "=== start of node $i ($(date -u +%FT%TZ))" >>"$log"
+    from=$(wc -l <"$log")
+    "$BIN" --cores 1 --listen "127.0.0.1:${NODE_MQTT[$i]}" --config "$OUT/node$i.toml" >>"$log" 2>&1 &
     NODE_PID[$i]=$!
     for _ in $(seq 400); do
-        grep -q "partition map: claims" "$log.new" 2>/dev/null && break
+        tail -n +"$from" "$log" | grep -q "partition map: claims" && break
         sleep 0.1
     done
-    cat "$log.new" >>"$log"
 }
 
 kill_node() {

@@ -480,6 +480,7 @@ impl Links {
         let peers = self.peers.borrow();
         let mut touched: Vec<Rc<Peer>> = Vec::new();
         for (node, m, token) in out {
+            debug!(to = node.0, msg = m.summary(), "session message: sent");
             match peers.get(&node) {
                 Some(p) => push(p, OutItem::Session(m), token, done, &mut touched),
                 None => {
@@ -1027,7 +1028,10 @@ fn apply(shard: &Rc<Shard>, links: &Links, key: StreamKey, seq: Seq, items: Vec<
                     .borrow_mut()
                     .handle_forward(now, *f, Some(ticket));
             }
-            Item::Session(m) => shard.core.borrow_mut().handle_session_msg(now, node, m),
+            Item::Session(m) => {
+                debug!(from = node.0, msg = m.summary(), "session message: received");
+                shard.core.borrow_mut().handle_session_msg(now, node, m)
+            }
         }
     }
     awaited

@@ -603,6 +603,7 @@ impl ShardCore {
     /// publisher's acknowledgement waits for one target less.
     pub fn handle_cluster_ack(&mut self, now: Instant, token: u64) {
         self.clock = now;
+        self.forward_settled(token);
         self.handle_ack(now, token, true, false);
     }
 
@@ -612,6 +613,7 @@ impl ShardCore {
     /// subscribers, unless another target took it).
     pub fn handle_cluster_lost(&mut self, now: Instant, token: u64) {
         self.clock = now;
+        self.forward_settled(token);
         self.handle_ack(now, token, false, false);
     }
 }

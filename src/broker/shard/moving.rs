@@ -58,6 +58,10 @@ pub(super) struct Moved {
     /// Past [`MOVE_GRACE`]: its filters are gone; it only passes on
     /// forwarded deliveries that come late.
     trailing: bool,
+    /// While `unacked`: the QoS 1/2 deliveries forwarded to `to` whose
+    /// link has not acknowledged them, with their link tokens. If `to` is
+    /// gone the session comes back here, and these with it.
+    inflight: Vec<(u64, Forward)>,
 }
 
 /// A handed-over session the new node has not yet stored.
@@ -153,6 +157,7 @@ impl ShardCore {
                 unacked,
                 generation,
                 trailing: false,
+                inflight: Vec::new(),
             },
         );
         self.timers.push(Reverse((
@@ -195,6 +200,7 @@ impl ShardCore {
         if m.to != from || m.claim != claim {
             return;
         }
+        m.inflight.clear();
         if let Some(refs) = m.unacked.take().and_then(|u| u.refs) {
             self.unstore_refs(client, refs);
         }
@@ -235,12 +241,14 @@ impl ShardCore {
         }
     }
 
-    /// The stub of `client` ends; an unacknowledged one is restored.
+    /// The stub of `client` ends; an unacknowledged one is restored, with
+    /// the deliveries forwarded to it that its node never acknowledged.
     fn restore_or_end(&mut self, now: Instant, client: &ClientId) {
-        let unacked = self
+        let (unacked, inflight) = self
             .takeover()
             .and_then(|t| t.moved.get_mut(client))
-            .and_then(|m| m.unacked.take());
+            .map(|m| (m.unacked.take(), std::mem::take(&mut m.inflight)))
+            .unwrap_or_default();
         self.end_moved(now, client);
         let Some(u) = unacked else { return };
         if let Some(refs) = u.refs {
@@ -250,12 +258,52 @@ impl ShardCore {
             // (A session of the client is here already: it gets the
             // messages, merged.)
             self.merge_session(now, client, u.transfer);
+        } else {
+            self.import_session(now, None, client, u.transfer);
+            if let Some(owner) = self.registry_owner(client.as_str()) {
+                let client = client.clone();
+                self.send_to_node(now, owner, SessionMsg::Register { client, epoch: 0 });
+            }
+        }
+        self.rescue_forwards(now, inflight);
+    }
+
+    /// Deliveries forwarded to a node that is gone, for a session restored
+    /// here: delivered to it, and their publishers' acknowledgements (which
+    /// the lost link tokens release next) count them as delivered, once
+    /// stored here.
+    fn rescue_forwards(&mut self, now: Instant, inflight: Vec<(u64, Forward)>) {
+        if inflight.is_empty() {
             return;
         }
-        self.import_session(now, None, client, u.transfer);
-        if let Some(owner) = self.registry_owner(client.as_str()) {
-            let client = client.clone();
-            self.send_to_node(now, owner, SessionMsg::Register { client, epoch: 0 });
+        let mut tokens = Vec::with_capacity(inflight.len());
+        for (token, f) in inflight {
+            tokens.push(token);
+            self.deliver_forwarded(now, f);
+        }
+        let after = self.store.own_barrier();
+        for token in tokens {
+            if let Some(p) = self.pending.get_mut(&token) {
+                p.delivered = true;
+                p.after = p.after.max(after);
+            }
+        }
+    }
+
+    /// The link acknowledged (or lost) the forwards sent with `token`:
+    /// their stubs no longer hold them.
+    pub(super) fn forward_settled(&mut self, token: u64) {
+        let Some(t) = self.takeover() else { return };
+        if t.forwarding.is_empty() {
+            return;
+        }
+        let Some(clients) = t.forwarding.remove(&token) else {
+            return;
+        };
+        for c in clients {
+            if let Some(m) = t.moved.get_mut(&c) {
+                m.inflight.retain(|(tk, _)| *tk != token);
+            }
         }
     }
 
@@ -286,7 +334,7 @@ impl ShardCore {
         let Some(t) = self.takeover() else {
             return false;
         };
-        let Some(m) = t.moved.get(client) else {
+        let Some(m) = t.moved.get_mut(client) else {
             return false;
         };
         let fwd = Forward {
@@ -296,6 +344,13 @@ impl ShardCore {
             retain: d.retain,
             sub_ids: d.sub_ids.clone(),
         };
+        if let (Some(token), Some(_)) = (relay, &m.unacked) {
+            m.inflight.push((token, fwd.clone()));
+            let clients = t.forwarding.entry(token).or_default();
+            if clients.last() != Some(client) {
+                clients.push(client.clone());
+            }
+        }
         t.out
             .push((m.to, SessionMsg::Forward(Box::new(fwd)), relay));
         if relay.is_some() {

@@ -142,6 +142,42 @@ impl SessionMsg {
             SessionMsg::Forward(f) => &f.client,
         }
     }
+
+    /// One line about it for a log: its kind, client and numbers, never
+    /// the session's content.
+    pub fn summary(&self) -> String {
+        let c = self.client().as_str();
+        match self {
+            SessionMsg::Claim { claim, .. } => format!("Claim {c} claim={claim}"),
+            SessionMsg::Granted {
+                claim,
+                epoch,
+                previous,
+                ..
+            } => format!(
+                "Granted {c} claim={claim} epoch={epoch} previous={:?}",
+                previous.map(|n| n.0)
+            ),
+            SessionMsg::NotOwner { claim, .. } => format!("NotOwner {c} claim={claim}"),
+            SessionMsg::Take {
+                claim,
+                epoch,
+                clean,
+                ..
+            } => format!("Take {c} claim={claim} epoch={epoch} clean={clean}"),
+            SessionMsg::Handover { claim, session, .. } => format!(
+                "Handover {c} claim={claim} session={} subs={} queued={}",
+                session.is_some(),
+                session.as_ref().map_or(0, |s| s.subscriptions.len()),
+                session.as_ref().map_or(0, |s| s.queue.len())
+            ),
+            SessionMsg::Register { epoch, .. } => format!("Register {c} epoch={epoch}"),
+            SessionMsg::Release { .. } => format!("Release {c}"),
+            SessionMsg::Drop { into, .. } => format!("Drop {c} into={}", into.0),
+            SessionMsg::Took { claim, .. } => format!("Took {c} claim={claim}"),
+            SessionMsg::Forward(_) => format!("Forward {c}"),
+        }
+    }
 }
 
 /// A session as it moves to another node: everything but its will (the new
@@ -244,6 +280,9 @@ pub(super) struct Takeover {
     /// Cut off (see [`ShardCore::set_fenced`]): no CONNECT is accepted
     /// and no claim granted.
     pub(super) fenced: bool,
+    /// Link tokens of QoS 1/2 forwards not yet acknowledged, to the
+    /// clients whose stubs hold them (see `Moved::inflight`).
+    pub(super) forwarding: HashMap<u64, Vec<ClientId>>,
 }
 
 impl ShardCore {

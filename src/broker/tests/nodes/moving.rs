@@ -1,7 +1,8 @@
 //! A session on the move (`shard/moving.rs`): a message that reaches the
 //! node a session just left follows it to the new node, once; the old node
 //! deletes its copy only when the new node has stored the session; a
-//! session handed to a node that dies before storing it comes back.
+//! session handed to a node that dies before storing it comes back, with
+//! what was forwarded to it meanwhile.
 
 use super::*;
 
@@ -230,4 +231,61 @@ fn a_handover_never_acknowledged_keeps_the_stored_copy_until_its_node_is_gone() 
         .map(|p| p.payload)
         .collect();
     assert_eq!(got, [&b"queued"[..]]);
+}
+
+#[test]
+fn a_delivery_forwarded_to_a_node_that_dies_comes_back_with_the_session() {
+    let (mut ns, publ) = setup();
+    let _dev = ns.connect_pending(1, persistent("dev"));
+    until_handover_sent(&mut ns);
+    // The message reaches node 0 after the session left: forwarded to
+    // node 1 (held on the link with the handover).
+    ns.n[2].publish(&publ, "w/1", b"mid", QoS::AtLeastOnce, 1);
+    ns.link();
+    assert!(
+        ns.held
+            .iter()
+            .any(|h| (h.0, h.1) == (0, 1) && matches!(h.2, SessionMsg::Forward(_))),
+        "{:?}",
+        ns.held
+    );
+    assert!(puback(&mut ns, 2, &publ).is_empty());
+    // Node 1 dies with both on their way: node 0's link gives their
+    // tokens up once node 1 is gone (as the runtime does).
+    ns.down.insert(1);
+    let lost: Vec<(usize, u64)> = ns
+        .held
+        .iter()
+        .filter(|h| h.1 == 1)
+        .filter_map(|h| h.3)
+        .collect();
+    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
+    ns.hold = false;
+    for n in [0, 2] {
+        for c in &mut ns.n[n].cores {
+            c.handle_node_gone(NodeId(2));
+        }
+        ns.n[n].run();
+    }
+    let now = ns.n[0].now;
+    for (shard, token) in lost {
+        ns.n[0].cores[shard].handle_cluster_lost(now, token);
+    }
+    ns.n[0].run();
+    ns.set_map();
+    ns.link();
+    assert_eq!(
+        puback(&mut ns, 2, &publ),
+        [ReasonCode::SUCCESS],
+        "acknowledged: it is in the session restored on node 0"
+    );
+    let dev = ns.connect_pending(2, persistent("dev"));
+    ns.link();
+    assert!(connack(&mut ns, 2, &dev).session_present);
+    let got: Vec<Bytes> = ns.n[2]
+        .publishes(&dev)
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    assert_eq!(got, [&b"mid"[..]]);
 }
