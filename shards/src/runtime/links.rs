@@ -1029,7 +1029,11 @@ fn apply(shard: &Rc<Shard>, links: &Links, key: StreamKey, seq: Seq, items: Vec<
                     .handle_forward(now, *f, Some(ticket));
             }
             Item::Session(m) => {
-                debug!(from = node.0, msg = m.summary(), "session message: received");
+                debug!(
+                    from = node.0,
+                    msg = m.summary(),
+                    "session message: received"
+                );
                 shard.core.borrow_mut().handle_session_msg(now, node, m)
             }
         }

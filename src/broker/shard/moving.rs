@@ -58,10 +58,15 @@ pub(super) struct Moved {
     /// Past [`MOVE_GRACE`]: its filters are gone; it only passes on
     /// forwarded deliveries that come late.
     trailing: bool,
-    /// While `unacked`: the QoS 1/2 deliveries forwarded to `to` whose
-    /// link has not acknowledged them, with their link tokens. If `to` is
-    /// gone the session comes back here, and these with it.
+    /// The QoS 1/2 deliveries forwarded to `to` whose link has not
+    /// acknowledged them, with their link tokens. If `to` is gone the
+    /// session comes back here, and these with it.
     inflight: Vec<(u64, Forward)>,
+    /// Once `to` stored the session: what was handed over without its
+    /// messages (they are on `to`'s disk). Should `to` be gone with
+    /// forwards unacknowledged, a session of these subscriptions takes
+    /// them here; it merges with `to`'s copy when `to` returns.
+    took: Option<SessionTransfer>,
 }
 
 /// A handed-over session the new node has not yet stored.
@@ -158,6 +163,7 @@ impl ShardCore {
                 generation,
                 trailing: false,
                 inflight: Vec::new(),
+                took: None,
             },
         );
         self.timers.push(Reverse((
@@ -200,8 +206,12 @@ impl ShardCore {
         if m.to != from || m.claim != claim {
             return;
         }
-        m.inflight.clear();
-        if let Some(refs) = m.unacked.take().and_then(|u| u.refs) {
+        let Some(u) = m.unacked.take() else { return };
+        let mut copy = u.transfer;
+        copy.queue.clear();
+        copy.inbound_qos2.clear();
+        m.took = Some(copy);
+        if let Some(refs) = u.refs {
             self.unstore_refs(client, refs);
         }
     }
@@ -244,13 +254,26 @@ impl ShardCore {
     /// The stub of `client` ends; an unacknowledged one is restored, with
     /// the deliveries forwarded to it that its node never acknowledged.
     fn restore_or_end(&mut self, now: Instant, client: &ClientId) {
-        let (unacked, inflight) = self
+        let (unacked, inflight, took) = self
             .takeover()
             .and_then(|t| t.moved.get_mut(client))
-            .map(|m| (m.unacked.take(), std::mem::take(&mut m.inflight)))
+            .map(|m| {
+                (
+                    m.unacked.take(),
+                    std::mem::take(&mut m.inflight),
+                    m.took.take(),
+                )
+            })
             .unwrap_or_default();
         self.end_moved(now, client);
-        let Some(u) = unacked else { return };
+        let u = match (unacked, took) {
+            (Some(u), _) => u,
+            (None, Some(copy)) if !inflight.is_empty() => Unacked {
+                transfer: copy,
+                refs: None,
+            },
+            _ => return,
+        };
         if let Some(refs) = u.refs {
             self.unstore_refs(client, refs);
         }
@@ -344,7 +367,7 @@ impl ShardCore {
             retain: d.retain,
             sub_ids: d.sub_ids.clone(),
         };
-        if let (Some(token), Some(_)) = (relay, &m.unacked) {
+        if let Some(token) = relay.filter(|_| m.unacked.is_some() || m.took.is_some()) {
             m.inflight.push((token, fwd.clone()));
             let clients = t.forwarding.entry(token).or_default();
             if clients.last() != Some(client) {

@@ -289,3 +289,63 @@ fn a_delivery_forwarded_to_a_node_that_dies_comes_back_with_the_session() {
         .collect();
     assert_eq!(got, [&b"mid"[..]]);
 }
+
+#[test]
+fn a_delivery_forwarded_to_a_node_that_stored_the_session_and_died_is_kept() {
+    let (mut ns, publ) = setup();
+    let _dev = ns.connect_pending(1, persistent("dev"));
+    until_handover_sent(&mut ns);
+    ns.n[2].publish(&publ, "w/1", b"mid", QoS::AtLeastOnce, 1);
+    ns.link();
+    // Node 1 gets the session and stores it, node 0 hears so; the
+    // forward is still on its way when node 1 dies.
+    for _ in 0..10 {
+        let Some(at) = ns
+            .held
+            .iter()
+            .position(|h| matches!(h.2, SessionMsg::Handover { .. } | SessionMsg::Took { .. }))
+        else {
+            break;
+        };
+        let h = ns.held.remove(at);
+        ns.deliver_session(h);
+        ns.link();
+    }
+    let home = home_shard("dev", 2).get();
+    assert!(ns.n[0].cores[home].session("dev").is_none());
+    ns.down.insert(1);
+    let lost: Vec<(usize, u64)> = ns
+        .held
+        .iter()
+        .filter(|h| h.1 == 1)
+        .filter_map(|h| h.3)
+        .collect();
+    assert!(!lost.is_empty(), "the forward is on its way: {:?}", ns.held);
+    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
+    ns.hold = false;
+    for n in [0, 2] {
+        for c in &mut ns.n[n].cores {
+            c.handle_node_gone(NodeId(2));
+        }
+        ns.n[n].run();
+    }
+    let now = ns.n[0].now;
+    for (shard, token) in lost {
+        ns.n[0].cores[shard].handle_cluster_lost(now, token);
+    }
+    ns.n[0].run();
+    ns.set_map();
+    ns.link();
+    assert_eq!(puback(&mut ns, 2, &publ), [ReasonCode::SUCCESS]);
+    // A session of dev's subscriptions holds it on node 0 (it merges with
+    // node 1's copy when node 1 returns).
+    let dev = ns.connect_pending(2, persistent("dev"));
+    ns.link();
+    assert!(connack(&mut ns, 2, &dev).session_present);
+    let got: Vec<Bytes> = ns.n[2]
+        .publishes(&dev)
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    assert_eq!(got, [&b"mid"[..]]);
+}
