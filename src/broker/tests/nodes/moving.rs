@@ -80,6 +80,34 @@ fn puback(ns: &mut Nodes, node: usize, c: &Client) -> Vec<ReasonCode> {
         .collect()
 }
 
+/// Node index 1 dies with what was on its way to it: the others find it
+/// gone, and node 0's link gives up the tokens of what it sent there (as
+/// the runtime does, after the node is gone).
+fn kill_node_1(ns: &mut Nodes) {
+    ns.down.insert(1);
+    let lost: Vec<(usize, u64)> = ns
+        .held
+        .iter()
+        .filter(|h| h.1 == 1)
+        .filter_map(|h| h.3)
+        .collect();
+    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
+    ns.hold = false;
+    for n in [0, 2] {
+        for c in &mut ns.n[n].cores {
+            c.handle_node_gone(NodeId(2));
+        }
+        ns.n[n].run();
+    }
+    let now = ns.n[0].now;
+    for (shard, token) in lost {
+        ns.n[0].cores[shard].handle_cluster_lost(now, token);
+    }
+    ns.n[0].run();
+    ns.set_map();
+    ns.link();
+}
+
 #[test]
 fn a_message_reaching_the_old_node_mid_handover_follows_the_session_once() {
     let (mut ns, publ) = setup();
@@ -252,28 +280,7 @@ fn a_delivery_forwarded_to_a_node_that_dies_comes_back_with_the_session() {
     assert!(puback(&mut ns, 2, &publ).is_empty());
     // Node 1 dies with both on their way: node 0's link gives their
     // tokens up once node 1 is gone (as the runtime does).
-    ns.down.insert(1);
-    let lost: Vec<(usize, u64)> = ns
-        .held
-        .iter()
-        .filter(|h| h.1 == 1)
-        .filter_map(|h| h.3)
-        .collect();
-    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
-    ns.hold = false;
-    for n in [0, 2] {
-        for c in &mut ns.n[n].cores {
-            c.handle_node_gone(NodeId(2));
-        }
-        ns.n[n].run();
-    }
-    let now = ns.n[0].now;
-    for (shard, token) in lost {
-        ns.n[0].cores[shard].handle_cluster_lost(now, token);
-    }
-    ns.n[0].run();
-    ns.set_map();
-    ns.link();
+    kill_node_1(&mut ns);
     assert_eq!(
         puback(&mut ns, 2, &publ),
         [ReasonCode::SUCCESS],
@@ -313,29 +320,14 @@ fn a_delivery_forwarded_to_a_node_that_stored_the_session_and_died_is_kept() {
     }
     let home = home_shard("dev", 2).get();
     assert!(ns.n[0].cores[home].session("dev").is_none());
-    ns.down.insert(1);
-    let lost: Vec<(usize, u64)> = ns
-        .held
-        .iter()
-        .filter(|h| h.1 == 1)
-        .filter_map(|h| h.3)
-        .collect();
-    assert!(!lost.is_empty(), "the forward is on its way: {:?}", ns.held);
-    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
-    ns.hold = false;
-    for n in [0, 2] {
-        for c in &mut ns.n[n].cores {
-            c.handle_node_gone(NodeId(2));
-        }
-        ns.n[n].run();
-    }
-    let now = ns.n[0].now;
-    for (shard, token) in lost {
-        ns.n[0].cores[shard].handle_cluster_lost(now, token);
-    }
-    ns.n[0].run();
-    ns.set_map();
-    ns.link();
+    assert!(
+        ns.held
+            .iter()
+            .any(|h| h.1 == 1 && matches!(h.2, SessionMsg::Forward(_))),
+        "the forward is on its way: {:?}",
+        ns.held
+    );
+    kill_node_1(&mut ns);
     assert_eq!(puback(&mut ns, 2, &publ), [ReasonCode::SUCCESS]);
     // A session of dev's subscriptions holds it on node 0 (it merges with
     // node 1's copy when node 1 returns).
