@@ -80,6 +80,20 @@ fn puback(ns: &mut Nodes, node: usize, c: &Client) -> Vec<ReasonCode> {
         .collect()
 }
 
+/// `dev` reconnects on node index 2: its session is there (session
+/// present), and these are the payloads it gets.
+fn back_on_node_2(ns: &mut Nodes) -> Vec<Bytes> {
+    let dev = ns.connect_pending(2, persistent("dev"));
+    ns.link();
+    assert!(connack(ns, 2, &dev).session_present);
+    let got: Vec<Bytes> = ns.n[2]
+        .publishes(&dev)
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    got
+}
+
 /// Node index 1 dies with what was on its way to it: the others find it
 /// gone, and node 0's link gives up the tokens of what it sent there (as
 /// the runtime does, after the node is gone).
@@ -250,14 +264,7 @@ fn a_handover_never_acknowledged_keeps_the_stored_copy_until_its_node_is_gone() 
     }
     ns.set_map();
     assert!(ns.n[0].cores[home].session("dev").is_some());
-    let dev = ns.connect_pending(2, persistent("dev"));
-    ns.link();
-    assert!(connack(&mut ns, 2, &dev).session_present);
-    let got: Vec<Bytes> = ns.n[2]
-        .publishes(&dev)
-        .into_iter()
-        .map(|p| p.payload)
-        .collect();
+    let got = back_on_node_2(&mut ns);
     assert_eq!(got, [&b"queued"[..]]);
 }
 
@@ -286,14 +293,7 @@ fn a_delivery_forwarded_to_a_node_that_dies_comes_back_with_the_session() {
         [ReasonCode::SUCCESS],
         "acknowledged: it is in the session restored on node 0"
     );
-    let dev = ns.connect_pending(2, persistent("dev"));
-    ns.link();
-    assert!(connack(&mut ns, 2, &dev).session_present);
-    let got: Vec<Bytes> = ns.n[2]
-        .publishes(&dev)
-        .into_iter()
-        .map(|p| p.payload)
-        .collect();
+    let got = back_on_node_2(&mut ns);
     assert_eq!(got, [&b"mid"[..]]);
 }
 
@@ -331,13 +331,6 @@ fn a_delivery_forwarded_to_a_node_that_stored_the_session_and_died_is_kept() {
     assert_eq!(puback(&mut ns, 2, &publ), [ReasonCode::SUCCESS]);
     // A session of dev's subscriptions holds it on node 0 (it merges with
     // node 1's copy when node 1 returns).
-    let dev = ns.connect_pending(2, persistent("dev"));
-    ns.link();
-    assert!(connack(&mut ns, 2, &dev).session_present);
-    let got: Vec<Bytes> = ns.n[2]
-        .publishes(&dev)
-        .into_iter()
-        .map(|p| p.payload)
-        .collect();
+    let got = back_on_node_2(&mut ns);
     assert_eq!(got, [&b"mid"[..]]);
 }
