@@ -34,7 +34,7 @@ pub use shard::{
     glob_match, shrink_if_sparse, AcrossNodes, CloseReason, ClusterOut, ClusterStatus, CoreConfig,
     Forward, GroupInfo, GroupMsg, IoEvent, MemberState, SessionMsg, SessionTransfer, ShardCore,
     SharedConfig, Strategy, TransferEntry, CLAIM_RETRY, CLAIM_TIMEOUT, LIMITED_LOG_INTERVAL,
-    MOVE_GRACE,
+    MOVE_GRACE, REGISTER_RETRY,
 };
 
 /// Index of a shard (one per core), `0..shards`.

@@ -402,6 +402,11 @@ impl Links {
                 core.handle_node_gone(node);
             }
         }
+        {
+            // (After the gone ones: a node's new life is a member again.)
+            let nodes: Vec<NodeId> = new.nodes.keys().copied().collect();
+            shard.core.borrow_mut().set_members(&nodes);
+        }
         if let Some(map) = new_map {
             if shard.index == 0 {
                 info!(

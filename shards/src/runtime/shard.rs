@@ -239,6 +239,9 @@ impl Shard {
             let out = core.take_cluster_out();
             let stored = core.take_cluster_done();
             let sessions = core.take_session_out();
+            for line in core.take_trace() {
+                debug!(target: "vmqtt_shard::runtime::links", shard = self.index, "session: {line}");
+            }
             drop(core);
             drop(conns);
             if !out.is_empty() {
@@ -344,7 +347,13 @@ pub async fn run(spec: ShardSpec) {
             Instant::now(),
             vmqtt_storage::unix_ms(std::time::SystemTime::now()),
         );
-        shard.core.borrow_mut().enable_cluster(node, wall);
+        let mut core = shard.core.borrow_mut();
+        core.enable_cluster(node, wall);
+        // (The session trace is logged with the links' debug lines.)
+        core.trace_sessions(tracing::enabled!(
+            target: "vmqtt_shard::runtime::links",
+            tracing::Level::DEBUG
+        ));
     }
     debug!(
         shard = index,

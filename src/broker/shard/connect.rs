@@ -73,7 +73,13 @@ impl ShardCore {
         {
             self.close_taken_over(now, old);
         }
+        if !self.sessions.contains_key(&client_id) {
+            // (What is left here of an earlier session that left for
+            // another node: ends, or is the session if never taken.)
+            self.reclaim_moved(now, &client_id, c.clean_start);
+        }
         let session_present = !c.clean_start && self.sessions.contains_key(&client_id);
+        self.trace(|| format!("connect {client_id}: session present={session_present}"));
         if c.clean_start {
             // The old session ends: its will (if any) goes out now.
             if let Some(will) = self
@@ -84,11 +90,6 @@ impl ShardCore {
                 self.publish_will(now, &client_id, *will);
             }
             self.remove_session(&client_id);
-        }
-        if !self.sessions.contains_key(&client_id) {
-            // (What is left here of an earlier session that left for
-            // another node ends: this one replaces it.)
-            self.end_moved(now, &client_id);
         }
         let session = self.sessions.entry(client_id.clone()).or_insert_with(|| {
             let mut s = Session::new(client_id.clone(), c.protocol);

@@ -51,7 +51,9 @@ use moving::{Moved, Seen};
 use publish::Outcome;
 use router::{Agg, Pending, RouteTable, Targets, Waiter};
 use subscribe::same_authorizer;
-pub use takeover::{SessionMsg, SessionTransfer, TransferEntry, CLAIM_RETRY, CLAIM_TIMEOUT};
+pub use takeover::{
+    SessionMsg, SessionTransfer, TransferEntry, CLAIM_RETRY, CLAIM_TIMEOUT, REGISTER_RETRY,
+};
 use timers::Timer;
 
 /// Limits and settings of one shard's MQTT behaviour.

@@ -180,6 +180,10 @@ impl ShardCore {
         let Some(m) = self.takeover().and_then(|t| t.moved.remove(client)) else {
             return;
         };
+        if m.unacked.is_some() {
+            let to = m.to.0;
+            self.trace(|| format!("ending {client}'s copy never acknowledged by node {to}"));
+        }
         if let Some(refs) = m.unacked.and_then(|u| u.refs) {
             self.unstore_refs(client, refs);
         }
@@ -251,9 +255,30 @@ impl ShardCore {
         }
     }
 
+    /// A CONNECT of `client` goes on here and finds no session here (its
+    /// claim found no later holder: the owner names none, or this node).
+    /// What is left of a session that left for another node ends, unless
+    /// that node never acknowledged it and the CONNECT does not start
+    /// clean: the copy handed over, with what was forwarded since, is the
+    /// session then.
+    pub(super) fn reclaim_moved(&mut self, now: Instant, client: &ClientId, clean: bool) {
+        let unacked = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.takeover.moved.get(client))
+            .is_some_and(|m| m.unacked.is_some());
+        if unacked && !clean {
+            self.trace(|| format!("connect takes {client}'s copy never acknowledged"));
+            self.restore_or_end(now, client, false);
+        } else {
+            self.end_moved(now, client);
+        }
+    }
+
     /// The stub of `client` ends; an unacknowledged one is restored, with
-    /// the deliveries forwarded to it that its node never acknowledged.
-    fn restore_or_end(&mut self, now: Instant, client: &ClientId) {
+    /// the deliveries forwarded to it that its node never acknowledged
+    /// (and registers with the owner, if `register`).
+    fn restore_or_end(&mut self, now: Instant, client: &ClientId, register: bool) {
         let (unacked, inflight, took) = self
             .takeover()
             .and_then(|t| t.moved.get_mut(client))
@@ -283,7 +308,7 @@ impl ShardCore {
             self.merge_session(now, client, u.transfer);
         } else {
             self.import_session(now, None, client, u.transfer);
-            if let Some(owner) = self.registry_owner(client.as_str()) {
+            if let Some(owner) = self.registry_owner(client.as_str()).filter(|_| register) {
                 let client = client.clone();
                 self.send_to_node(now, owner, SessionMsg::Register { client, epoch: 0 });
             }
@@ -346,7 +371,8 @@ impl ShardCore {
             })
             .unwrap_or_default();
         for client in gone {
-            self.restore_or_end(now, &client);
+            self.trace(|| format!("{client}'s new node {} is gone", node.0));
+            self.restore_or_end(now, &client, true);
         }
     }
 

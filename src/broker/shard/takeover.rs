@@ -33,6 +33,11 @@ pub const CLAIM_FOLLOW: Duration = Duration::from_secs(30);
 /// claimant's map names then.
 pub const CLAIM_RETRY: Duration = Duration::from_millis(100);
 
+/// A session this node kept rather than hand it to a node it knows is
+/// gone (the owner, not knowing yet, named that node): it registers again
+/// this much later, until the owner has forgotten the gone node.
+pub const REGISTER_RETRY: Duration = Duration::from_millis(500);
+
 /// What nodes say to each other about one client's session. Each is about
 /// `client` and goes to its home shard on the receiving node.
 #[derive(Debug, Clone, PartialEq)]
@@ -283,6 +288,12 @@ pub(super) struct Takeover {
     /// Link tokens of QoS 1/2 forwards not yet acknowledged, to the
     /// clients whose stubs hold them (see `Moved::inflight`).
     pub(super) forwarding: HashMap<u64, Vec<ClientId>>,
+    /// Nodes this node found gone (their lives ended) and not seen back
+    /// since (see [`ShardCore::set_members`]): nothing is handed to them.
+    gone: HashSet<NodeId>,
+    /// What happened to sessions here, one line each, while the runtime
+    /// asks for it ([`ShardCore::trace_sessions`]).
+    trace: Option<Vec<String>>,
 }
 
 impl ShardCore {
@@ -299,6 +310,29 @@ impl ShardCore {
             if s != self.id.get() {
                 self.outbox[s].push(ShardMsg::Fenced(fenced));
             }
+        }
+    }
+
+    /// Keeps a line about each thing that happens to a session here
+    /// (taken, handed over, restored, replaced, a message this node sends
+    /// itself) for the runtime's debug log, or stops ([`Self::take_trace`]).
+    pub fn trace_sessions(&mut self, on: bool) {
+        if let Some(t) = self.takeover() {
+            t.trace = on.then(Vec::new);
+        }
+    }
+
+    /// The lines kept since the last call.
+    pub fn take_trace(&mut self) -> Vec<String> {
+        self.takeover()
+            .and_then(|t| t.trace.as_mut().map(std::mem::take))
+            .unwrap_or_default()
+    }
+
+    /// Keeps the line `f` makes, if tracing.
+    pub(super) fn trace(&mut self, f: impl FnOnce() -> String) {
+        if let Some(lines) = self.takeover().and_then(|t| t.trace.as_mut()) {
+            lines.push(f());
         }
     }
 
@@ -322,6 +356,7 @@ impl ShardCore {
     /// here when `node` is this one.
     pub(super) fn send_to_node(&mut self, now: Instant, node: NodeId, msg: SessionMsg) {
         if node == self.node() {
+            self.trace(|| format!("to this node: {}", msg.summary()));
             self.handle_session_msg(now, node, msg);
         } else if let Some(t) = self.takeover() {
             t.out.push((node, msg, None));
@@ -611,6 +646,14 @@ impl ShardCore {
                 }
             }
         }
+        if self.node_gone(from) {
+            // (A Take that waited here for an older claim, from a node
+            // gone since: its claim died with it. The owner forgets that
+            // node; the session stays here and registers again.)
+            self.trace(|| format!("kept {client}: Take from gone node {}", from.0));
+            self.register_later(now, client);
+            return;
+        }
         let session = self.hand_over(now, &client, clean, from, claim);
         self.send_to_node(
             now,
@@ -811,6 +854,13 @@ impl ShardCore {
                 if into == self.node() {
                     return;
                 }
+                if self.node_gone(into) {
+                    // The owner has not learned yet that `into` is gone:
+                    // the session stays here and registers again.
+                    self.trace(|| format!("kept {client}: Drop into gone node {}", into.0));
+                    self.register_later(now, client);
+                    return;
+                }
                 let session = self.hand_over(now, &client, false, into, 0);
                 if session.is_some() {
                     self.send_to_node(
@@ -956,6 +1006,14 @@ impl ShardCore {
             self.remove_session(client);
             return None;
         }
+        let queued = self.sessions.get(client)?.transfer_entries();
+        self.trace(|| {
+            format!(
+                "handing {client} over to node {} claim={claim} queued={}",
+                to.0,
+                queued.len()
+            )
+        });
         let s = self.sessions.get(client)?;
         let transfer = SessionTransfer {
             protocol: s.version,
@@ -965,7 +1023,7 @@ impl ShardCore {
                 .iter()
                 .map(|(f, sub)| (f.clone(), *sub))
                 .collect(),
-            queue: s.transfer_entries(),
+            queue: queued,
             inbound_qos2: s.incoming_qos2_ids().collect(),
         };
         self.group_member_offline(now, client);
@@ -1023,7 +1081,16 @@ impl ShardCore {
     }
 
     fn import_session_inner(&mut self, now: Instant, client: &ClientId, t: SessionTransfer) {
-        if self.sessions.contains_key(client) {
+        let here = self.sessions.contains_key(client);
+        self.trace(|| {
+            format!(
+                "{} {client}: subs={} queued={}",
+                if here { "merging into" } else { "importing" },
+                t.subscriptions.len(),
+                t.queue.len()
+            )
+        });
+        if here {
             // A session of this client is here already (a CONNECT here went
             // on while this one was on its way: it should not, but nothing
             // acknowledged may be lost): the messages join it, queued, with
@@ -1107,11 +1174,55 @@ impl ShardCore {
         }
     }
 
+    /// The nodes of the cluster now (from the runtime, at every change of
+    /// membership): those found gone before and listed again are back (a
+    /// new life), sessions may be handed to them again.
+    pub fn set_members(&mut self, nodes: &[NodeId]) {
+        if let Some(t) = self.takeover() {
+            t.gone.retain(|n| !nodes.contains(n));
+        }
+    }
+
+    /// Whether `node` was found gone and not seen back since.
+    pub(super) fn node_gone(&self, node: NodeId) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.takeover.gone.contains(&node))
+    }
+
+    /// `client`'s session here registers again with its owner after
+    /// [`REGISTER_RETRY`].
+    fn register_later(&mut self, now: Instant, client: ClientId) {
+        if self.sessions.contains_key(&client) {
+            self.timers
+                .push(Reverse((now + REGISTER_RETRY, Timer::Register(client))));
+        }
+    }
+
+    /// A [`Timer::Register`]: `client`'s session, if still here,
+    /// registers with the owner of its partition.
+    pub(super) fn register_again(&mut self, now: Instant, client: &ClientId) {
+        if !self.sessions.contains_key(client) {
+            return;
+        }
+        let Some(owner) = self.registry_owner(client.as_str()) else {
+            return;
+        };
+        let epoch = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.takeover.epochs.get(client).copied())
+            .unwrap_or(0);
+        let client = client.clone();
+        self.send_to_node(now, owner, SessionMsg::Register { client, epoch });
+    }
+
     /// `node` left the cluster: its registrations go, and CONNECTs waiting
     /// for its session go on without it (the session lived only there: the
     /// client gets a fresh one).
     pub(super) fn takeover_node_gone(&mut self, now: Instant, node: NodeId) {
         let Some(t) = self.takeover() else { return };
+        t.gone.insert(node);
         t.registry.forget_node(node);
         let waiting: Vec<u64> = t
             .claims

@@ -18,6 +18,9 @@ pub(super) enum Timer {
     Moved(ClientId, u64),
     /// A session that arrived from another node stops noting message ids.
     Seen(ClientId),
+    /// A session kept here registers again with its owner (see
+    /// `takeover.rs`).
+    Register(ClientId),
     Sys,
 }
 
@@ -80,6 +83,7 @@ impl ShardCore {
             Timer::ClaimRetry(claim) => self.retry_claim(now, claim),
             Timer::Moved(cid, generation) => self.moved_timer(now, &cid, generation),
             Timer::Seen(cid) => self.seen_timer(now, &cid),
+            Timer::Register(cid) => self.register_again(now, &cid),
             Timer::Sys => {
                 self.timers
                     .push(Reverse((now + self.config.sys_interval, Timer::Sys)));

@@ -83,6 +83,12 @@ impl Nodes {
     /// retained replica with the versions.
     fn rejoin(&mut self, i: usize) {
         self.down.remove(&i);
+        let live = self.live();
+        for node in &mut self.n {
+            for c in &mut node.cores {
+                c.set_members(&live);
+            }
+        }
         for j in 0..self.n.len() {
             if j == i || self.down.contains(&j) {
                 continue;
@@ -99,6 +105,14 @@ impl Nodes {
         self.link();
     }
 
+    /// The nodes not down.
+    fn live(&self) -> Vec<NodeId> {
+        (0..self.n.len())
+            .filter(|i| !self.down.contains(i))
+            .map(|i| NodeId(i as u16 + 1))
+            .collect()
+    }
+
     fn node(&mut self, i: usize) -> &mut Cluster {
         &mut self.n[i]
     }
@@ -111,9 +125,11 @@ impl Nodes {
             .map(|i| (NodeId(i as u16 + 1), self.n[i].cores.len() as u16))
             .collect();
         let map = Arc::new(PartitionMap::assign(None, &members).unwrap());
+        let live = self.live();
         for node in &mut self.n {
             let now = node.now;
             for c in &mut node.cores {
+                c.set_members(&live);
                 c.set_partition_map(now, map.clone());
             }
             node.run();

@@ -23,9 +23,14 @@ fn connack(ns: &mut Nodes, node: usize, c: &Client) -> ConnAck {
 /// Three nodes; `dev` subscribed to `w/#` (QoS 1) on node index 0 and
 /// away; a publisher on node index 2.
 fn setup() -> (Nodes, Client) {
+    setup_for("dev")
+}
+
+/// [`setup`] with the client id `id`.
+fn setup_for(id: &str) -> (Nodes, Client) {
     let mut ns = Nodes::with(3, 2, CoreConfig::default());
     ns.set_map();
-    let dev = ns.connect_pending(0, persistent("dev"));
+    let dev = ns.connect_pending(0, persistent(id));
     ns.link();
     connack(&mut ns, 0, &dev);
     ns.n[0].subscribe(&dev, "w/#", q(QoS::AtLeastOnce));
@@ -333,4 +338,127 @@ fn a_delivery_forwarded_to_a_node_that_stored_the_session_and_died_is_kept() {
     // node 1's copy when node 1 returns).
     let got = back_on_node_2(&mut ns);
     assert_eq!(got, [&b"mid"[..]]);
+}
+
+/// A session restored on the node it left (its new node died before
+/// storing it) registers again. The owner, which has not yet learned of
+/// the death, still names the dead node and answers with a `Drop` into
+/// it: the session stays (nothing is handed to a node known gone) and
+/// registers again until the owner takes it, so the client reconnecting
+/// finds it with what was queued meanwhile.
+#[test]
+fn a_restored_session_is_not_dropped_into_a_node_known_gone() {
+    let members = (1..=3u16).map(|i| (NodeId(i), 2u16)).collect();
+    let map = PartitionMap::assign(None, &members).unwrap();
+    // The owner of the client's partition is node index 0.
+    let id = (0..)
+        .map(|i| format!("rg-{i}"))
+        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node == NodeId(1))
+        .unwrap();
+    let mut ns = Nodes::with(3, 2, CoreConfig::default());
+    ns.set_map();
+    let dev = ns.connect_pending(2, persistent(&id));
+    ns.link();
+    connack(&mut ns, 2, &dev);
+    ns.n[2].subscribe(&dev, "rg/#", q(QoS::AtLeastOnce));
+    ns.link();
+    ns.n[2].drop_socket(&dev);
+    ns.link();
+    let publ = ns.connect_pending(0, Connect::new(V5, "rg-pub"));
+    ns.link();
+    connack(&mut ns, 0, &publ);
+    // The client connects on node index 1; the session is on its way
+    // there from node index 2 when node index 1 dies.
+    let _dev = ns.connect_pending(1, persistent(&id));
+    ns.hold = true;
+    ns.link();
+    for _ in 0..50 {
+        if ns
+            .held
+            .iter()
+            .any(|h| (h.0, h.1) == (2, 1) && matches!(h.2, SessionMsg::Handover { .. }))
+        {
+            break;
+        }
+        let h = ns.held.remove(0);
+        ns.deliver_session(h);
+        ns.link();
+    }
+    ns.down.insert(1);
+    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
+    ns.hold = false;
+    // Node index 2 learns it first: the session is restored there and
+    // registers with the owner, which still has node index 1 on record.
+    for c in &mut ns.n[2].cores {
+        c.handle_node_gone(NodeId(2));
+    }
+    ns.n[2].run();
+    ns.link();
+    let home = home_shard(&id, 2).get();
+    assert!(
+        ns.n[2].cores[home].session(&id).is_some(),
+        "kept: not handed to a node known gone"
+    );
+    // Then the owner learns it.
+    for c in &mut ns.n[0].cores {
+        c.handle_node_gone(NodeId(2));
+    }
+    ns.n[0].run();
+    for n in &mut ns.n {
+        n.advance(REGISTER_RETRY);
+    }
+    ns.link();
+    ns.n[0].publish(&publ, "rg/1", b"meanwhile", QoS::AtLeastOnce, 1);
+    ns.link();
+    assert_eq!(puback(&mut ns, 0, &publ), [ReasonCode::SUCCESS]);
+    // The client comes back on the owner's node: its session moves there
+    // with the message.
+    let dev = ns.connect_pending(0, persistent(&id));
+    ns.link();
+    assert!(connack(&mut ns, 0, &dev).session_present);
+    let got: Vec<Bytes> = ns.n[0]
+        .publishes(&dev)
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    assert_eq!(got, [&b"meanwhile"[..]]);
+}
+
+/// The owner learns first that the node a session was handed to died
+/// before storing it: the client reconnecting on the node the session
+/// left, still waiting for that node's answer, gets the copy it kept
+/// (session present, with its messages), not a fresh session over a
+/// deleted copy.
+#[test]
+fn a_connect_on_the_old_node_before_it_learns_of_the_death_takes_the_kept_copy() {
+    // The owner of the client's partition is node index 2.
+    let members = (1..=3u16).map(|i| (NodeId(i), 2u16)).collect();
+    let map = PartitionMap::assign(None, &members).unwrap();
+    let id = (0..)
+        .map(|i| format!("kc-{i}"))
+        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node == NodeId(3))
+        .unwrap();
+    let (mut ns, publ) = setup_for(&id);
+    ns.n[2].publish(&publ, "w/1", b"queued", QoS::AtLeastOnce, 1);
+    ns.link();
+    assert_eq!(puback(&mut ns, 2, &publ), [ReasonCode::SUCCESS]);
+    let _dev = ns.connect_pending(1, persistent(&id));
+    until_handover_sent(&mut ns);
+    ns.down.insert(1);
+    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
+    ns.hold = false;
+    // The owner learns it; node index 0 (where the session was) not yet.
+    for c in &mut ns.n[2].cores {
+        c.handle_node_gone(NodeId(2));
+    }
+    ns.n[2].run();
+    let dev = ns.connect_pending(0, persistent(&id));
+    ns.link();
+    assert!(connack(&mut ns, 0, &dev).session_present);
+    let got: Vec<Bytes> = ns.n[0]
+        .publishes(&dev)
+        .into_iter()
+        .map(|p| p.payload)
+        .collect();
+    assert_eq!(got, [&b"queued"[..]]);
 }
