@@ -302,6 +302,43 @@ impl Outbound {
         self.written = None;
     }
 
+    /// This node began a new life while the peer kept its own: this
+    /// stream ends, but what it holds for the peer goes on the new one
+    /// ([`Outbound::carry`]): publishes, retained updates and session
+    /// messages, with their tokens (not route changes: a new stream starts
+    /// with a snapshot). A batch the peer took before the cut but never
+    /// acknowledged arrives twice.
+    pub fn take_carried(&mut self) -> (Vec<OutItem>, Vec<u64>) {
+        let mut items = Vec::new();
+        let mut tokens = Vec::new();
+        for b in self.unacked.drain(..) {
+            items.extend(b.items.into_iter().filter(|i| !i.is_route()));
+            tokens.extend(b.tokens);
+        }
+        items.extend(
+            std::mem::take(&mut self.open)
+                .into_iter()
+                .filter(|i| !i.is_route()),
+        );
+        tokens.append(&mut self.open_tokens);
+        self.open_bytes = 0;
+        self.held_bytes = 0;
+        self.written = None;
+        (items, tokens)
+    }
+
+    /// What an earlier stream to the peer carried over
+    /// ([`Outbound::take_carried`]): queued first, whatever the limit.
+    pub fn carry(&mut self, items: Vec<OutItem>, tokens: Vec<u64>) {
+        let mut open: Vec<OutItem> = items;
+        open.append(&mut self.open);
+        let mut open_tokens = tokens;
+        open_tokens.append(&mut self.open_tokens);
+        self.open_bytes = open.iter().map(OutItem::size).sum();
+        self.open = open;
+        self.open_tokens = open_tokens;
+    }
+
     /// Its counters.
     pub fn stats(&self) -> OutStats {
         self.stats
@@ -504,6 +541,46 @@ mod tests {
         assert_eq!(frames.len(), 2);
         assert!(matches!(frames[0].1[..], [Item::Publish(..)]));
         assert!(matches!(&frames[1].1[..], [Item::Routes(r)] if r.len() == 1));
+    }
+
+    /// This node's new life: the old stream's publishes (sent or not,
+    /// unacknowledged) go on the new stream with their tokens, its route
+    /// changes do not.
+    #[test]
+    fn a_new_life_carries_unacknowledged_publishes_to_the_new_stream() {
+        let now = Instant::now();
+        let mut old = Outbound::new(1 << 20);
+        old.on_connected(Seq(0), None);
+        old.push(publish(1), Some(1)).unwrap();
+        old.cut();
+        let mut buf = BytesMut::new();
+        old.poll_transmit(now, &mut buf);
+        old.push(OutItem::RouteAdd(TopicFilter::try_from("r").unwrap()), None)
+            .unwrap();
+        old.push(publish(2), Some(2)).unwrap();
+        let (items, tokens) = old.take_carried();
+        assert_eq!(items.len(), 2);
+        assert_eq!(tokens, [1, 2]);
+        assert_eq!(old.held_bytes(), 0);
+        let mut new = Outbound::new(1 << 20);
+        new.push(publish(3), Some(3)).unwrap();
+        new.carry(items, tokens);
+        new.on_connected(Seq(0), Some(vec![TopicFilter::try_from("now/#").unwrap()]));
+        new.cut();
+        let mut buf = BytesMut::new();
+        new.poll_transmit(now, &mut buf);
+        let mut frames = Vec::new();
+        while let Some(Frame::Batch { items, .. }) = Frame::decode(&mut buf, now).unwrap() {
+            frames.push(items);
+        }
+        assert!(matches!(&frames[0][..], [Item::Routes(_)]));
+        assert!(matches!(
+            frames[1][..],
+            [Item::Publish(..), Item::Publish(..), Item::Publish(..)]
+        ));
+        let mut done = Vec::new();
+        new.on_ack(Seq(2), &mut done);
+        assert_eq!(done, [1, 2, 3]);
     }
 
     #[test]

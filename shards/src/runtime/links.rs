@@ -346,6 +346,10 @@ impl Links {
         }
         *self.membership.borrow_mut() = new.clone();
         let mut gone = Vec::new();
+        // This node's new life: what the old streams held for peers still
+        // in theirs goes on the new streams (acknowledged publishes must
+        // reach them after a partition heals).
+        let mut carried = HashMap::new();
         {
             let mut peers = self.peers.borrow_mut();
             peers.retain(|node, p| {
@@ -354,7 +358,11 @@ impl Links {
                     return true;
                 }
                 p.gone.set(true);
-                p.out.borrow_mut().peer_gone(done);
+                if same {
+                    carried.insert(*node, p.out.borrow_mut().take_carried());
+                } else {
+                    p.out.borrow_mut().peer_gone(done);
+                }
                 p.notify.notify();
                 if !same {
                     gone.push(*node);
@@ -381,10 +389,19 @@ impl Links {
                     }),
                 );
             }
+            for (node, (items, tokens)) in carried {
+                match peers.get(&node) {
+                    Some(p) => p.out.borrow_mut().carry(items, tokens),
+                    None => done.extend(tokens),
+                }
+            }
         }
+        // (A new life of this node: every peer starts a new stream to it,
+        // numbered from 1, so nothing of the old streams may count as
+        // received.)
         self.inbound
             .borrow_mut()
-            .retain(|(node, _), s| new.epoch_of(*node) == Some(s.epoch));
+            .retain(|(node, _), s| !mine_changed && new.epoch_of(*node) == Some(s.epoch));
         {
             let inbound = self.inbound.borrow();
             self.tickets
