@@ -19,6 +19,7 @@ use crate::common::process::{
 use crate::common::*;
 
 mod partitions;
+mod split;
 mod takeover;
 
 /// The links' shared secret in the tests.
@@ -33,6 +34,8 @@ struct Cluster {
     peer_ports: Vec<u16>,
     name: String,
     secret: PathBuf,
+    /// The address the nodes' peer ports listen on (outside a namespace).
+    peer_host: std::net::Ipv4Addr,
     // Last: dropped after the nodes, which leave it on their way out.
     etcd: Etcd,
 }
@@ -47,12 +50,12 @@ fn cluster_toml(
     name: &str,
     id: u16,
     etcd: &[String],
-    peer: u16,
+    (host, peer): (std::net::Ipv4Addr, u16),
     secret: &std::path::Path,
 ) -> String {
     format!(
         "[cluster]\nname = {name:?}\nnode_id = {id}\netcd = {etcd:?}\n\
-         listen = \"127.0.0.1:{peer}\"\nsecret_file = {:?}\nlease_ttl_seconds = {TTL}\n",
+         listen = \"{host}:{peer}\"\nsecret_file = {:?}\nlease_ttl_seconds = {TTL}\n",
         secret.display().to_string()
     )
 }
@@ -66,32 +69,53 @@ impl Cluster {
 
     /// Like [`Cluster::start`], on an etcd of `members` members.
     fn start_on(test: &str, n: u16, members: usize) -> Option<Cluster> {
-        if skip_on_mosquitto(test, "a cluster of vmqtt nodes") {
-            return None;
-        }
-        let dir = scratch_dir(test);
-        let etcd = Etcd::start_members(&dir, members);
-        let secret = dir.join("link.secret");
-        std::fs::write(&secret, SECRET).expect("write the secret");
-        let name = test.replace('_', "-");
-        let mut c = Cluster {
-            nodes: Vec::new(),
-            peer_ports: Vec::new(),
-            name,
-            secret,
-            etcd,
-        };
+        let mut c = Cluster::empty(test, members, None)?;
         for id in 1..=n {
             c.add_node(test, id, None);
         }
         Some(c)
     }
 
+    /// etcd (of `members` members, serving also on `host`) and no node yet.
+    fn empty(test: &str, members: usize, host: Option<std::net::Ipv4Addr>) -> Option<Cluster> {
+        if skip_on_mosquitto(test, "a cluster of vmqtt nodes") {
+            return None;
+        }
+        let dir = scratch_dir(test);
+        let etcd = Etcd::start_members_on(&dir, members, host);
+        let secret = dir.join("link.secret");
+        std::fs::write(&secret, SECRET).expect("write the secret");
+        let name = test.replace('_', "-");
+        let c = Cluster {
+            nodes: Vec::new(),
+            peer_ports: Vec::new(),
+            name,
+            secret,
+            peer_host: host.unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+            etcd,
+        };
+        Some(c)
+    }
+
     fn add_node(&mut self, test: &str, id: u16, http_port: Option<u16>) {
+        self.add_node_in(test, id, http_port, None);
+    }
+
+    /// Node `id`, in the network namespace `netns` (name, address) if
+    /// given: its peer port on that address.
+    fn add_node_in(
+        &mut self,
+        test: &str,
+        id: u16,
+        http_port: Option<u16>,
+        netns: Option<(String, std::net::Ipv4Addr)>,
+    ) {
         let peer = free_ports(SHARDS as u16);
+        let host = netns.as_ref().map_or(self.peer_host, |n| n.1);
         let config = BrokerConfig {
-            extra_toml: cluster_toml(&self.name, id, &self.etcd.urls, peer, &self.secret),
+            extra_toml: cluster_toml(&self.name, id, &self.etcd.urls, (host, peer), &self.secret),
             http_port,
+            netns,
             ..BrokerConfig::default()
         };
         let b = Broker::start_with(&format!("{test}-n{id}"), config);
@@ -839,7 +863,7 @@ fn cluster_node_without_etcd_does_not_start() {
                 "nowhere",
                 1,
                 &[format!("http://127.0.0.1:{dead}")],
-                free_ports(SHARDS as u16),
+                (std::net::Ipv4Addr::LOCALHOST, free_ports(SHARDS as u16)),
                 &secret
             )
         ),

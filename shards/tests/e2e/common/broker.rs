@@ -77,6 +77,10 @@ pub struct BrokerConfig {
     /// `data_dir` elsewhere than the broker's temporary directory (vmqtt
     /// only), e.g. on a small file system of the test's own.
     pub data_dir: Option<PathBuf>,
+    /// Run in this network namespace (`ip netns exec`, vmqtt only), the
+    /// MQTT port on every address there, reached from the test at `.1`:
+    /// (namespace, its address).
+    pub netns: Option<(String, std::net::Ipv4Addr)>,
 }
 
 impl BrokerConfig {
@@ -358,11 +362,24 @@ impl Broker {
                 }
                 fs::write(&self.config_path, self.config.vmqtt_toml(&data_dir))
                     .expect("write vmqtt.toml");
-                let mut c = Command::new(env!("CARGO_BIN_EXE_vmqtt-shard"));
+                let bin = env!("CARGO_BIN_EXE_vmqtt-shard");
+                let mut c = match &self.config.netns {
+                    Some((ns, _)) => {
+                        let mut c = Command::new("ip");
+                        c.args(["netns", "exec", ns, bin]);
+                        c
+                    }
+                    None => Command::new(bin),
+                };
+                let host = if self.config.netns.is_some() {
+                    "0.0.0.0"
+                } else {
+                    "127.0.0.1"
+                };
                 c.arg("--cores")
                     .arg(self.cores.to_string())
                     .arg("--listen")
-                    .arg(format!("127.0.0.1:{}", self.port))
+                    .arg(format!("{host}:{}", self.port))
                     .arg("--config")
                     .arg(&self.config_path);
                 if std::env::var_os("RUST_LOG").is_none() {
@@ -410,7 +427,7 @@ impl Broker {
         })?;
         self.child = Some(child);
         let deadline = Instant::now() + timeout;
-        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let addr = self.addr();
         loop {
             if let Some(status) = self.try_wait() {
                 return Err(format!(
@@ -459,6 +476,15 @@ impl Broker {
     /// The TCP port the broker listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Where the test reaches the broker's MQTT port: 127.0.0.1, or its
+    /// namespace's address.
+    pub fn addr(&self) -> SocketAddr {
+        match &self.config.netns {
+            Some((_, ip)) => (*ip, self.port).into(),
+            None => ([127, 0, 0, 1], self.port).into(),
+        }
     }
 
     /// The broker's process id.
@@ -534,7 +560,7 @@ impl Broker {
     /// next broker would find the port taken ("address already in use by
     /// another process").
     fn wait_port_released(&self) {
-        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let addr = self.addr();
         let start = Instant::now();
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             if start.elapsed() > RELEASE_TIMEOUT {

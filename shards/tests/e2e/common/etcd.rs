@@ -81,6 +81,12 @@ impl Etcd {
 
     /// An etcd cluster of `n` members, serving clients (a leader elected).
     pub fn start_members(dir: &Path, n: usize) -> Etcd {
+        Etcd::start_members_on(dir, n, None)
+    }
+
+    /// [`Etcd::start_members`], serving clients also on `host` (an address
+    /// of a test's own network) and telling them that address.
+    pub fn start_members_on(dir: &Path, n: usize, host: Option<std::net::Ipv4Addr>) -> Etcd {
         assert!(
             have_etcd(),
             "etcd is not installed (Debian: etcd-server; run scripts/install-test-deps.sh)"
@@ -100,13 +106,20 @@ impl Etcd {
             let data = dir.join(format!("etcd-data-{i}"));
             let _ = std::fs::remove_dir_all(&data);
             let url = format!("http://127.0.0.1:{client}");
+            let (listen, url) = match host {
+                Some(h) => (
+                    format!("{url},http://{h}:{client}"),
+                    format!("http://{h}:{client}"),
+                ),
+                None => (url.clone(), url),
+            };
             let peer_url = format!("http://127.0.0.1:{peer}");
             let log = dir.join(format!("etcd-{i}.log"));
             let out = std::fs::File::create(&log).expect("etcd log");
             let child = Command::new(etcd_path())
                 .arg(format!("--name=e{i}"))
                 .arg(format!("--data-dir={}", data.display()))
-                .arg(format!("--listen-client-urls={url}"))
+                .arg(format!("--listen-client-urls={listen}"))
                 .arg(format!("--advertise-client-urls={url}"))
                 .arg(format!("--listen-peer-urls={peer_url}"))
                 .arg(format!("--initial-advertise-peer-urls={peer_url}"))
@@ -124,9 +137,10 @@ impl Etcd {
                 log,
             });
         }
+        let host = host.map_or("127.0.0.1".to_owned(), |h| h.to_string());
         let urls: Vec<String> = ports
             .iter()
-            .map(|(c, _)| format!("http://127.0.0.1:{c}"))
+            .map(|(c, _)| format!("http://{host}:{c}"))
             .collect();
         let mut e = Etcd {
             members,
