@@ -6,6 +6,8 @@
 #   - openssl            certificates for the TLS tests and scripts/security-example.sh
 #   - etcd-server        the cluster's coordinator; each cluster test starts its own
 #                        etcd on free ports with a temporary data directory
+#   - iproute2           `ip netns` for the partition test (cluster/split.rs,
+#                        which runs as root and makes its own namespace)
 #   - paho-mqtt 2.1.0    for shards/tests/python/*.py, installed for the
 #                        `python3` first on PATH (the one the tests run)
 #
@@ -27,7 +29,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 missing=()
-for pkg in mosquitto mosquitto-clients python3-pip openssl etcd-server; do
+for pkg in mosquitto mosquitto-clients python3-pip openssl etcd-server iproute2; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
         missing+=("$pkg")
     fi
