@@ -101,6 +101,10 @@ pub enum Item {
     RouteRemove(TopicFilter),
     /// About one client's session: claims, handovers, registrations.
     Session(SessionMsg),
+    /// A message for the receiving node's members of these shared groups
+    /// only (not its plain subscribers): what a member that dropped left
+    /// unfinished, on a node where its group has no member online.
+    GroupPublish(Message, Vec<TopicFilter>),
 }
 
 /// A frame that cannot be read.
@@ -137,6 +141,7 @@ const ROUTES: u8 = 3;
 const ROUTE_ADD: u8 = 4;
 const ROUTE_REMOVE: u8 = 5;
 const SESSION: u8 = 6;
+const GROUP_PUBLISH: u8 = 7;
 
 const S_CLAIM: u8 = 1;
 const S_GRANTED: u8 = 2;
@@ -289,6 +294,11 @@ fn encode_item(item: &Item, now: Instant, buf: &mut BytesMut) {
     match item {
         Item::Publish(m, groups) => {
             buf.put_u8(PUBLISH);
+            encode_message(m, now, buf);
+            put_filters(buf, groups);
+        }
+        Item::GroupPublish(m, groups) => {
+            buf.put_u8(GROUP_PUBLISH);
             encode_message(m, now, buf);
             put_filters(buf, groups);
         }
@@ -629,6 +639,10 @@ fn decode_item(b: &mut Bytes, now: Instant) -> Result<Item, FrameError> {
         ROUTE_ADD => Item::RouteAdd(get_filter(b)?),
         ROUTE_REMOVE => Item::RouteRemove(get_filter(b)?),
         SESSION => Item::Session(decode_session(b, now)?),
+        GROUP_PUBLISH => {
+            let m = decode_message(b, now)?;
+            Item::GroupPublish(m, get_filters(b, "group publish groups")?)
+        }
         kind => return Err(FrameError::UnknownKind { what: "item", kind }),
     })
 }
@@ -1066,6 +1080,7 @@ mod tests {
             seq: Seq(1),
             items: vec![
                 Item::Publish(msg("a/b"), vec!["$share/g/a/#".try_into().unwrap()]),
+                Item::GroupPublish(msg("a/c"), vec!["$share/g/a/#".try_into().unwrap()]),
                 Item::RouteAdd("a/#".try_into().unwrap()),
             ],
         }

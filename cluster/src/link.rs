@@ -37,6 +37,8 @@ pub enum OutItem {
     RouteRemove(TopicFilter),
     /// About one client's session (claims and handovers).
     Session(SessionMsg),
+    /// A message for the peer's members of these groups only.
+    GroupPublish(Arc<Message>, Vec<TopicFilter>),
 }
 
 /// About the bytes a session message takes on the wire.
@@ -64,7 +66,7 @@ fn session_size(m: &SessionMsg) -> usize {
 impl OutItem {
     fn size(&self) -> usize {
         match self {
-            OutItem::Publish(m, groups) => {
+            OutItem::Publish(m, groups) | OutItem::GroupPublish(m, groups) => {
                 36 + m.topic.as_str().len()
                     + m.payload.len()
                     + groups.iter().map(|g| 2 + g.as_str().len()).sum::<usize>()
@@ -91,6 +93,9 @@ impl OutItem {
             OutItem::RouteAdd(f) => Item::RouteAdd(f.clone()),
             OutItem::RouteRemove(f) => Item::RouteRemove(f.clone()),
             OutItem::Session(m) => Item::Session(m.clone()),
+            OutItem::GroupPublish(m, groups) => {
+                Item::GroupPublish(Message::clone(m), groups.clone())
+            }
         }
     }
 }

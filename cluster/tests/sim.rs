@@ -205,7 +205,7 @@ impl Run {
                             Item::RouteRemove(f) => {
                                 self.rx.routes.remove(&f);
                             }
-                            Item::Retain(..) | Item::Session(_) => {}
+                            Item::Retain(..) | Item::Session(_) | Item::GroupPublish(..) => {}
                         }
                     }
                     self.rx.inbound.processed(seq, awaited);

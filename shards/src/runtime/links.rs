@@ -286,6 +286,12 @@ impl Links {
                     Some(p) => push(p, OutItem::Publish(msg, groups), token, done, &mut touched),
                     None => done.extend(token),
                 },
+                ClusterOut::GroupPublish { node, msg, groups } => {
+                    if let Some(p) = peers.get(&node) {
+                        let item = OutItem::GroupPublish(msg, groups);
+                        push(p, item, None, done, &mut touched);
+                    }
+                }
                 ClusterOut::Retain(msg, version) => {
                     for p in peers.values() {
                         let item = OutItem::Retain(msg.clone(), version);
@@ -1034,6 +1040,16 @@ fn apply(shard: &Rc<Shard>, links: &Links, key: StreamKey, seq: Seq, items: Vec<
                     .core
                     .borrow_mut()
                     .handle_cluster_publish(now, msg, ticket, groups);
+            }
+            Item::GroupPublish(msg, groups) => {
+                let ticket = (msg.qos != QoS::AtMostOnce).then(|| {
+                    awaited += 1;
+                    links.new_ticket(key, seq)
+                });
+                shard
+                    .core
+                    .borrow_mut()
+                    .handle_cluster_group_publish(now, msg, ticket, groups);
             }
             Item::Retain(msg, version) => shard
                 .core

@@ -39,6 +39,18 @@ pub enum ClusterOut {
         /// node is to take the message.
         groups: Vec<TopicFilter>,
     },
+    /// For `node`'s members of the shared groups `groups` only (not its
+    /// plain subscribers): what a member here that dropped left unfinished,
+    /// while no member of its group is online on this node. Nothing waits
+    /// for it (its publisher was answered long ago).
+    GroupPublish {
+        /// The node.
+        node: NodeId,
+        /// The message.
+        msg: Arc<Message>,
+        /// The groups.
+        groups: Vec<TopicFilter>,
+    },
     /// A retained update (an empty payload clears the topic) and its
     /// version, for every other node.
     Retain(Arc<Message>, RetainVersion),
@@ -79,6 +91,9 @@ pub(super) struct ClusterState {
     /// Set while a message from another node is routed: it goes to this
     /// node's shards only.
     pub(super) from_remote: bool,
+    /// Set while a [`ClusterOut::GroupPublish`] from another node is
+    /// routed: for the groups named only, not plain subscribers.
+    pub(super) groups_only: bool,
     /// What the runtime last said of the cluster (for `$SYS`).
     pub(super) status: ClusterStatus,
     /// Claims, the registry, sessions moving between nodes.
@@ -498,6 +513,65 @@ impl ShardCore {
             }
         }
         matched
+    }
+
+    /// A message from another node for this node's members of `groups`
+    /// only ([`ClusterOut::GroupPublish`]), acknowledged like
+    /// [`ShardCore::handle_cluster_publish`].
+    pub fn handle_cluster_group_publish(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        ticket: Option<u64>,
+        groups: Vec<TopicFilter>,
+    ) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.groups_only = true;
+        }
+        self.handle_cluster_publish(now, msg, ticket, groups);
+        if let Some(c) = self.cluster.as_mut() {
+            c.groups_only = false;
+        }
+    }
+
+    /// Whether the message being routed is for shared groups only.
+    pub(super) fn groups_only(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.groups_only)
+    }
+
+    /// Another node with members of group `filter` (in turn), if any.
+    pub(super) fn remote_group_node(&mut self, filter: &TopicFilter) -> Option<NodeId> {
+        let c = self.cluster.as_mut()?;
+        let mut nodes: Vec<NodeId> = c
+            .by_node
+            .iter()
+            .filter(|(_, fs)| fs.contains(filter))
+            .map(|(n, _)| *n)
+            .collect();
+        if nodes.is_empty() {
+            return None;
+        }
+        nodes.sort_unstable();
+        let turn = c.turns.entry(filter.clone()).or_insert(0);
+        let node = nodes[*turn % nodes.len()];
+        *turn = turn.wrapping_add(1);
+        Some(node)
+    }
+
+    /// Sends `msg` to `node`'s members of group `filter` only.
+    pub(super) fn cluster_publish_to_group(
+        &mut self,
+        node: NodeId,
+        msg: Arc<Message>,
+        filter: TopicFilter,
+    ) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.out.push(ClusterOut::GroupPublish {
+                node,
+                msg,
+                groups: vec![filter],
+            });
+        }
     }
 
     /// A node link's message is done here once storage batch `after` (if

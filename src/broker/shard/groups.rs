@@ -634,6 +634,18 @@ impl GroupTable {
         }
     }
 
+    /// Whether group `filter` has a member online on this node.
+    pub(super) fn has_online(&self, filter: &TopicFilter) -> bool {
+        self.groups.get(filter).is_some_and(Group::any_online)
+    }
+
+    /// Counts `n` messages of group `filter` redelivered elsewhere.
+    pub(super) fn note_redelivered(&mut self, filter: &TopicFilter, n: u64) {
+        if let Some(g) = self.groups.get_mut(filter) {
+            g.redelivered += n;
+        }
+    }
+
     /// Every group's state.
     pub(super) fn info(&self) -> Vec<GroupInfo> {
         let mut v: Vec<GroupInfo> = self

@@ -312,11 +312,13 @@ impl ShardCore {
             wide,
             shared,
         } = self.routes.targets(&msg.topic);
-        let mut matched = !wide.is_empty();
+        // (A message for other nodes' groups only skips plain subscribers.)
+        let plain = !self.groups_only();
+        let mut matched = plain && !wide.is_empty();
         let targets = (0..self.shards.min(64))
-            .filter(|&s| shards[s])
+            .filter(|&s| plain && shards[s])
             .map(|s| ShardId::new(s as u16))
-            .chain(wide);
+            .chain(wide.into_iter().filter(|_| plain));
         for shard in targets {
             matched = true;
             if shard == self.id {

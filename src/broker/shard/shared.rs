@@ -165,6 +165,9 @@ impl ShardCore {
         }
         self.group_flushing = true;
         while let Some(m) = self.group_local.pop_front() {
+            let Some(m) = self.return_elsewhere(m) else {
+                continue;
+            };
             let mut out = Vec::new();
             let dropped =
                 self.groups
@@ -173,6 +176,31 @@ impl ShardCore {
             self.run_dispatches(now, out);
         }
         self.group_flushing = false;
+    }
+
+    /// What a member that dropped left unfinished (a `Return`), when no
+    /// member of its group is online on this node and another node has
+    /// members: sent to that node's group (its turn, round robin), which
+    /// picks one there. Returns the message if it stays here.
+    fn return_elsewhere(&mut self, m: GroupMsg) -> Option<GroupMsg> {
+        let GroupMsg::Return { filter, .. } = &m else {
+            return Some(m);
+        };
+        if self.groups.has_online(filter) {
+            return Some(m);
+        }
+        let Some(node) = self.remote_group_node(filter) else {
+            return Some(m);
+        };
+        let GroupMsg::Return { filter, msgs, .. } = m else {
+            return None;
+        };
+        let inflight = msgs.iter().filter(|(_, sent)| *sent).count() as u64;
+        self.groups.note_redelivered(&filter, inflight);
+        for (msg, _) in msgs {
+            self.cluster_publish_to_group(node, msg, filter.clone());
+        }
+        None
     }
 
     /// `cid`'s state as a member of group `filter`.

@@ -7,6 +7,7 @@
 use super::*;
 use crate::broker::partition::PartitionMap;
 
+mod groups;
 mod moving;
 mod takeover;
 mod takeover_sim;
@@ -235,6 +236,17 @@ impl Nodes {
                                     now,
                                     Message::clone(&msg),
                                     ticket,
+                                    groups,
+                                );
+                                to.run();
+                            }
+                            ClusterOut::GroupPublish { node, msg, groups } => {
+                                assert_ne!(node, me, "never to itself");
+                                let to = &mut self.n[usize::from(node.0) - 1];
+                                to.cores[0].handle_cluster_group_publish(
+                                    now,
+                                    Message::clone(&msg),
+                                    None,
                                     groups,
                                 );
                                 to.run();

@@ -18,6 +18,7 @@ use crate::common::process::{
 };
 use crate::common::*;
 
+mod groups;
 mod partitions;
 mod split;
 mod takeover;
