@@ -26,12 +26,15 @@ local_cluster_stop() {
 
 start_etcd() {
     ETCD_PORT=$(free_port)
+    # (Its own free port: the one after ETCD_PORT may be a client's.)
+    local peer
+    peer=$(free_port)
     etcd --name=lc --data-dir="$OUT/etcd" \
         --listen-client-urls="http://127.0.0.1:$ETCD_PORT" \
         --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
-        --listen-peer-urls="http://127.0.0.1:$((ETCD_PORT + 1))" \
-        --initial-advertise-peer-urls="http://127.0.0.1:$((ETCD_PORT + 1))" \
-        --initial-cluster="lc=http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --listen-peer-urls="http://127.0.0.1:$peer" \
+        --initial-advertise-peer-urls="http://127.0.0.1:$peer" \
+        --initial-cluster="lc=http://127.0.0.1:$peer" \
         --log-level=warn >"$OUT/etcd.log" 2>&1 &
     LC_PIDS+=($!)
     for _ in $(seq 100); do
