@@ -8,7 +8,9 @@ RATE msg/s each, to a random live node, recording which were acknowledged
 with Success. A node is killed with -9 and restarted every KILL_EVERY
 seconds for DURATION seconds. At the end every subscriber drains, and the
 run reports, per subscriber and in total: acknowledged, received,
-acknowledged but never received (lost), and duplicates.
+acknowledged but never received (lost), and duplicates. A subscriber that
+reconnects to find no session (session present 0: it lived only on a dead
+node) subscribes again; the report counts these as fresh sessions.
 
 The nodes are given as HOST:PORT and restarted by sending a line to the
 wrapper (the wrapper owns the processes): "kill I" / "start I" on stdout,
@@ -38,6 +40,9 @@ class Sub:
         self.got = {}
         self.lock = threading.Lock()
         self.c = None
+        # Reconnects that found no session (session present 0): it lived
+        # only on a dead node; the subscription is made again.
+        self.fresh = 0
 
     def connect(self, first=False):
         for _ in range(200):
@@ -50,6 +55,7 @@ class Sub:
 
             def on_connect(cl, u, flags, reason, props):
                 res["r"] = reason
+                res["present"] = bool(getattr(flags, "session_present", False))
                 ok.set()
 
             c.on_connect = on_connect
@@ -62,7 +68,9 @@ class Sub:
                 continue
             c.loop_start()
             if ok.wait(5) and res.get("r") == 0:
-                if first:
+                if first or not res.get("present"):
+                    if not first:
+                        self.fresh += 1
                     c.subscribe(f"chaos/{self.i}", qos=1)
                     time.sleep(0.5)
                 self.c = c
@@ -198,7 +206,8 @@ def main():
         total["lost"] += len(lost)
         total["dups"] += dups
         print(f"# sub {s.i}: acked {len(p.acked)} received {len(got)} lost {len(lost)} "
-              f"dups {dups}" + (f" first lost {lost[:5]}" if lost else ""), file=sys.stderr, flush=True)
+              f"dups {dups} fresh sessions {s.fresh}" + (f" first lost {lost[:5]}" if lost else ""),
+              file=sys.stderr, flush=True)
         for n in lost[:3] + lost[-1:]:
             at, node = p.acked[n]
             stamp = time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z"
