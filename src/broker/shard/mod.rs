@@ -30,7 +30,9 @@ mod durable;
 mod groups;
 mod moving;
 mod publish;
+mod registration;
 mod router;
+mod session_msg;
 mod shared;
 mod stats;
 mod subscribe;
@@ -50,10 +52,9 @@ pub use moving::{Forward, MOVE_GRACE};
 use moving::{Moved, Seen};
 use publish::Outcome;
 use router::{Agg, Pending, RouteTable, Targets, Waiter};
+pub use session_msg::{SessionMsg, SessionTransfer, TransferEntry};
 use subscribe::same_authorizer;
-pub use takeover::{
-    SessionMsg, SessionTransfer, TransferEntry, CLAIM_RETRY, CLAIM_TIMEOUT, REGISTER_RETRY,
-};
+pub use takeover::{CLAIM_RETRY, CLAIM_TIMEOUT, REGISTER_RETRY};
 use timers::Timer;
 
 /// Limits and settings of one shard's MQTT behaviour.

@@ -16,7 +16,7 @@
 //! CONNACK with session present. One claim per CONNECT, no etcd write.
 
 use super::*;
-use crate::broker::partition::{partition_of, PartitionMap, Registration, Registry, Reregistered};
+use crate::broker::partition::{partition_of, Registration, Registry, Reregistered};
 
 /// How long a CONNECT waits for the owner's answer (and the previous
 /// holder's session) before it is refused with Server Unavailable.
@@ -37,201 +37,6 @@ pub const CLAIM_RETRY: Duration = Duration::from_millis(100);
 /// gone (the owner, not knowing yet, named that node): it registers again
 /// this much later, until the owner has forgotten the gone node.
 pub const REGISTER_RETRY: Duration = Duration::from_millis(500);
-
-/// What nodes say to each other about one client's session. Each is about
-/// `client` and goes to its home shard on the receiving node.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SessionMsg {
-    /// To the owner of the client's partition: the sending node has a
-    /// CONNECT of `client` (its claim number `claim`).
-    Claim {
-        /// The client.
-        client: ClientId,
-        /// The claimant's number for this CONNECT.
-        claim: u64,
-    },
-    /// The owner's answer: the claim holds with `epoch`; `previous` (if
-    /// another node) holds the session now and must hand it over.
-    Granted {
-        /// The client.
-        client: ClientId,
-        /// The claimant's number.
-        claim: u64,
-        /// The session epoch granted.
-        epoch: u64,
-        /// The node that held the client until now.
-        previous: Option<NodeId>,
-    },
-    /// The receiver does not own the client's partition (its map differs,
-    /// one of the two is changing): the claim is sent again shortly, to the
-    /// owner of the claimant's map then.
-    NotOwner {
-        /// The client.
-        client: ClientId,
-        /// The claimant's number.
-        claim: u64,
-    },
-    /// To the previous holder: close the client's connection and hand its
-    /// session to the sender (`clean`: the new CONNECT starts clean, the
-    /// old session ends here).
-    Take {
-        /// The client.
-        client: ClientId,
-        /// The claimant's number.
-        claim: u64,
-        /// The claimant's granted epoch.
-        epoch: u64,
-        /// Clean Start of the new CONNECT.
-        clean: bool,
-    },
-    /// The previous holder's answer: the session, or `None` (none here, or
-    /// a clean start).
-    Handover {
-        /// The client.
-        client: ClientId,
-        /// The claimant's number.
-        claim: u64,
-        /// The session.
-        session: Option<Box<SessionTransfer>>,
-    },
-    /// To the owner: the sender holds a session of `client` (after the
-    /// partition moved, or from its disk at start).
-    Register {
-        /// The client.
-        client: ClientId,
-        /// Its epoch as the sender knows it (0: none known).
-        epoch: u64,
-    },
-    /// To the owner: the sender's session of `client` ended.
-    Release {
-        /// The client.
-        client: ClientId,
-    },
-    /// From the owner: a later session of `client` lives on `into`; the
-    /// receiver hands what its copy holds there (queued messages, missing
-    /// subscriptions: merged, so nothing acknowledged is lost) and drops
-    /// it.
-    Drop {
-        /// The client.
-        client: ClientId,
-        /// The node with the later session.
-        into: NodeId,
-    },
-    /// The new holder's answer to a [`SessionMsg::Handover`] of `claim`:
-    /// the session is stored there, the sender of the handover deletes
-    /// its copy.
-    Took {
-        /// The client.
-        client: ClientId,
-        /// The claim the handover answered (0: after a `Drop`).
-        claim: u64,
-    },
-    /// A delivery for a session that left the sending node, to the node it
-    /// went to (see `moving.rs`).
-    Forward(Box<Forward>),
-}
-
-impl SessionMsg {
-    /// The client it is about.
-    pub fn client(&self) -> &ClientId {
-        match self {
-            SessionMsg::Claim { client, .. }
-            | SessionMsg::Granted { client, .. }
-            | SessionMsg::NotOwner { client, .. }
-            | SessionMsg::Take { client, .. }
-            | SessionMsg::Handover { client, .. }
-            | SessionMsg::Register { client, .. }
-            | SessionMsg::Release { client }
-            | SessionMsg::Drop { client, .. }
-            | SessionMsg::Took { client, .. } => client,
-            SessionMsg::Forward(f) => &f.client,
-        }
-    }
-
-    /// One line about it for a log: its kind, client and numbers, never
-    /// the session's content.
-    pub fn summary(&self) -> String {
-        let c = self.client().as_str();
-        match self {
-            SessionMsg::Claim { claim, .. } => format!("Claim {c} claim={claim}"),
-            SessionMsg::Granted {
-                claim,
-                epoch,
-                previous,
-                ..
-            } => format!(
-                "Granted {c} claim={claim} epoch={epoch} previous={:?}",
-                previous.map(|n| n.0)
-            ),
-            SessionMsg::NotOwner { claim, .. } => format!("NotOwner {c} claim={claim}"),
-            SessionMsg::Take {
-                claim,
-                epoch,
-                clean,
-                ..
-            } => format!("Take {c} claim={claim} epoch={epoch} clean={clean}"),
-            SessionMsg::Handover { claim, session, .. } => format!(
-                "Handover {c} claim={claim} session={} subs={} queued={}",
-                session.is_some(),
-                session.as_ref().map_or(0, |s| s.subscriptions.len()),
-                session.as_ref().map_or(0, |s| s.queue.len())
-            ),
-            SessionMsg::Register { epoch, .. } => format!("Register {c} epoch={epoch}"),
-            SessionMsg::Release { .. } => format!("Release {c}"),
-            SessionMsg::Drop { into, .. } => format!("Drop {c} into={}", into.0),
-            SessionMsg::Took { claim, .. } => format!("Took {c} claim={claim}"),
-            SessionMsg::Forward(_) => format!("Forward {c}"),
-        }
-    }
-}
-
-/// A session as it moves to another node: everything but its will (the new
-/// connection brings its own) and its connection.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SessionTransfer {
-    /// Protocol level of its last connection.
-    pub protocol: ProtocolVersion,
-    /// Session Expiry Interval, seconds.
-    pub expiry_interval: u32,
-    /// Subscriptions by full filter.
-    pub subscriptions: Vec<(TopicFilter, Subscription)>,
-    /// Outbound messages: those in flight first (in the order they were
-    /// sent, with their packet ids), then the queue.
-    pub queue: Vec<TransferEntry>,
-    /// Inbound QoS 2 packet ids awaiting PUBREL.
-    pub inbound_qos2: Vec<PacketId>,
-}
-
-/// One outbound message of a [`SessionTransfer`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct TransferEntry {
-    /// The message.
-    pub msg: Arc<Message>,
-    /// QoS of this delivery.
-    pub qos: QoS,
-    /// RETAIN flag to send.
-    pub retain: bool,
-    /// Subscription identifiers.
-    pub sub_ids: Vec<u32>,
-    /// Where it is in its flow.
-    pub state: OutState,
-}
-
-impl TransferEntry {
-    /// The delivery it is on the receiving node (not stored yet), and where
-    /// it was in its flow.
-    fn into_delivery(self) -> (Delivery, OutState) {
-        let d = Delivery {
-            msg: self.msg,
-            qos: self.qos,
-            retain: self.retain,
-            sub_ids: self.sub_ids,
-            store: None,
-            group: None,
-        };
-        (d, self.state)
-    }
-}
 
 /// A CONNECT waiting for its claim.
 #[derive(Debug)]
@@ -257,15 +62,15 @@ pub(super) struct PendingClaim {
 #[derive(Debug, Default)]
 pub(super) struct Takeover {
     /// The partition map; `None` until the runtime gives one (claims off).
-    map: Option<Arc<PartitionMap>>,
+    pub(super) map: Option<Arc<crate::broker::partition::PartitionMap>>,
     /// The registry of the clients whose partition this node owns and
     /// whose home is this shard.
-    registry: Registry,
+    pub(super) registry: Registry,
     /// CONNECTs waiting, by claim number.
     claims: HashMap<u64, PendingClaim>,
     next_claim: u64,
     /// The epoch of each session held here, as granted.
-    epochs: HashMap<ClientId, u64>,
+    pub(super) epochs: HashMap<ClientId, u64>,
     /// `Take`s that came while a CONNECT of the same client was being
     /// claimed here with an older epoch (a later claim elsewhere): answered
     /// once it is done, so the session moves on from here instead of both
@@ -290,7 +95,7 @@ pub(super) struct Takeover {
     pub(super) forwarding: HashMap<u64, Vec<ClientId>>,
     /// Nodes this node found gone (their lives ended) and not seen back
     /// since (see [`ShardCore::set_members`]): nothing is handed to them.
-    gone: HashSet<NodeId>,
+    pub(super) gone: HashSet<NodeId>,
     /// What happened to sessions here, one line each, while the runtime
     /// asks for it ([`ShardCore::trace_sessions`]).
     trace: Option<Vec<String>>,
@@ -398,76 +203,6 @@ impl ShardCore {
         self.takeover()
             .map(|t| std::mem::take(&mut t.out))
             .unwrap_or_default()
-    }
-
-    /// This node began a new life (its lease was lost and granted again):
-    /// the owners forgot its registrations when its old life left, so every
-    /// session of this shard registers again.
-    pub fn reregister_all(&mut self, now: Instant) {
-        self.clock = now;
-        self.store.begin_input();
-        let Some(map) = self.cluster.as_ref().and_then(|c| c.takeover.map.clone()) else {
-            return;
-        };
-        let msgs: Vec<(NodeId, SessionMsg)> = self
-            .sessions
-            .keys()
-            .map(|cid| {
-                let epoch = self
-                    .cluster
-                    .as_ref()
-                    .and_then(|c| c.takeover.epochs.get(cid).copied())
-                    .unwrap_or(0);
-                (
-                    map.owner(partition_of(cid.as_str())).node,
-                    SessionMsg::Register {
-                        client: cid.clone(),
-                        epoch,
-                    },
-                )
-            })
-            .collect();
-        for (node, msg) in msgs {
-            self.send_to_node(now, node, msg);
-        }
-    }
-
-    /// A new partition map: registrations of partitions this node no
-    /// longer owns are dropped, and every session of this shard whose
-    /// partition has a new owner (all of them, with the first map) is
-    /// registered there.
-    pub fn set_partition_map(&mut self, now: Instant, map: Arc<PartitionMap>) {
-        self.clock = now;
-        self.store.begin_input();
-        let me = self.node();
-        let Some(t) = self.takeover() else {
-            return;
-        };
-        let old = t.map.replace(map.clone());
-        t.registry.keep_only(|p| map.owner(p).node == me);
-        let mut moved: Vec<(NodeId, SessionMsg)> = Vec::new();
-        for cid in self.sessions.keys() {
-            let p = partition_of(cid.as_str());
-            let owner = map.owner(p).node;
-            if old.as_ref().is_some_and(|o| o.owner(p).node == owner) {
-                continue;
-            }
-            let epoch = self
-                .cluster
-                .as_ref()
-                .and_then(|c| c.takeover.epochs.get(cid).copied())
-                .unwrap_or(0);
-            moved.push((
-                owner,
-                SessionMsg::Register {
-                    client: cid.clone(),
-                    epoch,
-                },
-            ));
-        }
-        for (node, msg) in moved {
-            self.send_to_node(now, node, msg);
-        }
     }
 
     /// Whether a CONNECT of `client` must claim it first: claims are on
@@ -1031,23 +766,6 @@ impl ShardCore {
         Some(Box::new(transfer))
     }
 
-    /// A session ended here: the owner forgets it.
-    pub(super) fn released(&mut self, now: Instant, client: &ClientId) {
-        let Some(owner) = self.registry_owner(client.as_str()) else {
-            return;
-        };
-        if let Some(t) = self.takeover() {
-            t.epochs.remove(client);
-        }
-        self.send_to_node(
-            now,
-            owner,
-            SessionMsg::Release {
-                client: client.clone(),
-            },
-        );
-    }
-
     /// A session handed over from another node (`from`, answering its
     /// claim: told once the session is stored) becomes this shard's, and
     /// durable here (when it is persistent) before the CONNACK.
@@ -1174,49 +892,6 @@ impl ShardCore {
         }
     }
 
-    /// The nodes of the cluster now (from the runtime, at every change of
-    /// membership): those found gone before and listed again are back (a
-    /// new life), sessions may be handed to them again.
-    pub fn set_members(&mut self, nodes: &[NodeId]) {
-        if let Some(t) = self.takeover() {
-            t.gone.retain(|n| !nodes.contains(n));
-        }
-    }
-
-    /// Whether `node` was found gone and not seen back since.
-    pub(super) fn node_gone(&self, node: NodeId) -> bool {
-        self.cluster
-            .as_ref()
-            .is_some_and(|c| c.takeover.gone.contains(&node))
-    }
-
-    /// `client`'s session here registers again with its owner after
-    /// [`REGISTER_RETRY`].
-    fn register_later(&mut self, now: Instant, client: ClientId) {
-        if self.sessions.contains_key(&client) {
-            self.timers
-                .push(Reverse((now + REGISTER_RETRY, Timer::Register(client))));
-        }
-    }
-
-    /// A [`Timer::Register`]: `client`'s session, if still here,
-    /// registers with the owner of its partition.
-    pub(super) fn register_again(&mut self, now: Instant, client: &ClientId) {
-        if !self.sessions.contains_key(client) {
-            return;
-        }
-        let Some(owner) = self.registry_owner(client.as_str()) else {
-            return;
-        };
-        let epoch = self
-            .cluster
-            .as_ref()
-            .and_then(|c| c.takeover.epochs.get(client).copied())
-            .unwrap_or(0);
-        let client = client.clone();
-        self.send_to_node(now, owner, SessionMsg::Register { client, epoch });
-    }
-
     /// `node` left the cluster: its registrations go, and CONNECTs waiting
     /// for its session go on without it (the session lived only there: the
     /// client gets a fresh one).
@@ -1235,13 +910,5 @@ impl ShardCore {
                 self.finish_claim(now, p);
             }
         }
-    }
-
-    /// Sessions registered here per node (for `cluster status`).
-    pub fn registered_per_node(&self) -> std::collections::BTreeMap<NodeId, usize> {
-        self.cluster
-            .as_ref()
-            .map(|c| c.takeover.registry.per_node())
-            .unwrap_or_default()
     }
 }
