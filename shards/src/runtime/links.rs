@@ -1032,24 +1032,10 @@ fn apply(shard: &Rc<Shard>, links: &Links, key: StreamKey, seq: Seq, items: Vec<
     for item in items {
         match item {
             Item::Publish(msg, groups) => {
-                let ticket = (msg.qos != QoS::AtMostOnce).then(|| {
-                    awaited += 1;
-                    links.new_ticket(key, seq)
-                });
-                shard
-                    .core
-                    .borrow_mut()
-                    .handle_cluster_publish(now, msg, ticket, groups);
+                awaited += publish_here(shard, links, (key, seq), now, msg, groups, false);
             }
             Item::GroupPublish(msg, groups) => {
-                let ticket = (msg.qos != QoS::AtMostOnce).then(|| {
-                    awaited += 1;
-                    links.new_ticket(key, seq)
-                });
-                shard
-                    .core
-                    .borrow_mut()
-                    .handle_cluster_group_publish(now, msg, ticket, groups);
+                awaited += publish_here(shard, links, (key, seq), now, msg, groups, true);
             }
             Item::Retain(msg, version) => shard
                 .core
@@ -1077,6 +1063,28 @@ fn apply(shard: &Rc<Shard>, links: &Links, key: StreamKey, seq: Seq, items: Vec<
         }
     }
     awaited
+}
+
+/// A message from another node for this node's subscribers (only the
+/// members of `groups`, if `groups_only`); a QoS 1/2 one gets a ticket the
+/// batch's acknowledgement waits for. Returns how many it waits for.
+fn publish_here(
+    shard: &Rc<Shard>,
+    links: &Links,
+    (key, seq): (StreamKey, Seq),
+    now: Instant,
+    msg: Message,
+    groups: Vec<TopicFilter>,
+    groups_only: bool,
+) -> usize {
+    let ticket = (msg.qos != QoS::AtMostOnce).then(|| links.new_ticket(key, seq));
+    let mut core = shard.core.borrow_mut();
+    if groups_only {
+        core.handle_cluster_group_publish(now, msg, ticket, groups);
+    } else {
+        core.handle_cluster_publish(now, msg, ticket, groups);
+    }
+    usize::from(ticket.is_some())
 }
 
 /// Another node's routes: for this shard's core and every other shard's.

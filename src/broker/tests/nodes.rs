@@ -33,6 +33,18 @@ struct Nodes {
     held: Vec<Held>,
 }
 
+/// A client id named `{prefix}-{i}` whose partition `owner` owns in the
+/// map of three nodes of two shards each (as [`Nodes::set_map`] makes it
+/// for [`Nodes::with`]`(3, 2, ..)`).
+fn id_owned_by(prefix: &str, owner: NodeId) -> String {
+    let members = (1..=3u16).map(|i| (NodeId(i), 2u16)).collect();
+    let map = PartitionMap::assign(None, &members).unwrap();
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node == owner)
+        .unwrap()
+}
+
 /// A session message on its way: (from, to, message, sending shard and
 /// token).
 type Held = (usize, usize, SessionMsg, Option<(usize, u64)>);

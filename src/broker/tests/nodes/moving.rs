@@ -46,13 +46,18 @@ fn setup_for(id: &str) -> (Nodes, Client) {
 /// With session messages held: delivers them in order until node index
 /// 0's handover to node index 1 is on its way (not delivered).
 fn until_handover_sent(ns: &mut Nodes) {
+    until_handover_from(ns, 0, 1);
+}
+
+/// [`until_handover_sent`] from node index `from` to node index `to`.
+fn until_handover_from(ns: &mut Nodes, from: usize, to: usize) {
     ns.hold = true;
     ns.link();
     for _ in 0..50 {
         let sent = ns
             .held
             .iter()
-            .any(|h| (h.0, h.1) == (0, 1) && matches!(h.2, SessionMsg::Handover { .. }));
+            .any(|h| (h.0, h.1) == (from, to) && matches!(h.2, SessionMsg::Handover { .. }));
         if sent {
             return;
         }
@@ -348,13 +353,8 @@ fn a_delivery_forwarded_to_a_node_that_stored_the_session_and_died_is_kept() {
 /// finds it with what was queued meanwhile.
 #[test]
 fn a_restored_session_is_not_dropped_into_a_node_known_gone() {
-    let members = (1..=3u16).map(|i| (NodeId(i), 2u16)).collect();
-    let map = PartitionMap::assign(None, &members).unwrap();
     // The owner of the client's partition is node index 0.
-    let id = (0..)
-        .map(|i| format!("rg-{i}"))
-        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node == NodeId(1))
-        .unwrap();
+    let id = id_owned_by("rg", NodeId(1));
     let mut ns = Nodes::with(3, 2, CoreConfig::default());
     ns.set_map();
     let dev = ns.connect_pending(2, persistent(&id));
@@ -370,20 +370,7 @@ fn a_restored_session_is_not_dropped_into_a_node_known_gone() {
     // The client connects on node index 1; the session is on its way
     // there from node index 2 when node index 1 dies.
     let _dev = ns.connect_pending(1, persistent(&id));
-    ns.hold = true;
-    ns.link();
-    for _ in 0..50 {
-        if ns
-            .held
-            .iter()
-            .any(|h| (h.0, h.1) == (2, 1) && matches!(h.2, SessionMsg::Handover { .. }))
-        {
-            break;
-        }
-        let h = ns.held.remove(0);
-        ns.deliver_session(h);
-        ns.link();
-    }
+    until_handover_from(&mut ns, 2, 1);
     ns.down.insert(1);
     ns.held.retain(|h| h.0 != 1 && h.1 != 1);
     ns.hold = false;
@@ -432,12 +419,7 @@ fn a_restored_session_is_not_dropped_into_a_node_known_gone() {
 #[test]
 fn a_connect_on_the_old_node_before_it_learns_of_the_death_takes_the_kept_copy() {
     // The owner of the client's partition is node index 2.
-    let members = (1..=3u16).map(|i| (NodeId(i), 2u16)).collect();
-    let map = PartitionMap::assign(None, &members).unwrap();
-    let id = (0..)
-        .map(|i| format!("kc-{i}"))
-        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node == NodeId(3))
-        .unwrap();
+    let id = id_owned_by("kc", NodeId(3));
     let (mut ns, publ) = setup_for(&id);
     ns.n[2].publish(&publ, "w/1", b"queued", QoS::AtLeastOnce, 1);
     ns.link();

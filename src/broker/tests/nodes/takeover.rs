@@ -303,12 +303,7 @@ fn sessions_register_with_the_new_owner_when_the_map_changes() {
 /// that would deadlock), then takes it back. One session, no refusal.
 #[test]
 fn a_holder_claiming_again_does_not_deadlock_with_an_earlier_claim() {
-    let members = (1..=3u16).map(|i| (NodeId(i), 2u16)).collect();
-    let map = PartitionMap::assign(None, &members).unwrap();
-    let id = (0..)
-        .map(|i| format!("dl-{i}"))
-        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node == NodeId(2))
-        .unwrap();
+    let id = id_owned_by("dl", NodeId(2));
     let mut ns = three();
     let first = ns.connect_pending(0, persistent(V5, &id));
     ns.link();
@@ -363,21 +358,13 @@ fn a_fenced_node_refuses_connects_and_claims() {
     }
     // Claims of client ids whose partition it owns are not granted there:
     // a CONNECT elsewhere keeps asking, and is refused when its time is up.
-    let members = (1..=3u16).map(|i| (NodeId(i), 2u16)).collect();
-    let map = PartitionMap::assign(None, &members).unwrap();
-    let id = (0..)
-        .map(|i| format!("fz-{i}"))
-        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node == NodeId(1))
-        .unwrap();
+    let id = id_owned_by("fz", NodeId(1));
     let other = ns.connect_pending(1, Connect::new(V5, &id));
     ns.link();
     assert!(ns.n[1].recv(&other).is_empty());
     // The connected client still gets its messages (from a publisher
     // whose client id another node owns).
-    let pub_id = (0..)
-        .map(|i| format!("fpub-{i}"))
-        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node != NodeId(1))
-        .unwrap();
+    let pub_id = id_owned_by("fpub", NodeId(2));
     let p = ns.connect_pending(2, Connect::new(V5, &pub_id));
     ns.link();
     connack(&mut ns, 2, &p);
@@ -397,12 +384,7 @@ fn a_fenced_node_refuses_connects_and_claims() {
 /// sessions again: the owners forgot them when its old life left.
 #[test]
 fn a_new_life_registers_its_sessions_again() {
-    let members = (1..=3u16).map(|i| (NodeId(i), 2u16)).collect();
-    let map = PartitionMap::assign(None, &members).unwrap();
-    let id = (0..)
-        .map(|i| format!("life-{i}"))
-        .find(|c| map.owner(crate::broker::partition::partition_of(c)).node == NodeId(2))
-        .unwrap();
+    let id = id_owned_by("life", NodeId(2));
     let mut ns = three();
     let dev = ns.connect_pending(0, persistent(V5, &id));
     ns.link();
