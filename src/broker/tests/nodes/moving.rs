@@ -104,24 +104,35 @@ fn back_on_node_2(ns: &mut Nodes) -> Vec<Bytes> {
     got
 }
 
+/// Node index 1 is cut off: nothing reaches it, what was on its way to
+/// or from it is gone, session messages flow again.
+fn cut_off_node_1(ns: &mut Nodes) {
+    ns.down.insert(1);
+    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
+    ns.hold = false;
+}
+
+/// Node index `n` finds node index 1 gone (its lease ended).
+fn learns_node_1_gone(ns: &mut Nodes, n: usize) {
+    for c in &mut ns.n[n].cores {
+        c.handle_node_gone(NodeId(2));
+    }
+    ns.n[n].run();
+}
+
 /// Node index 1 dies with what was on its way to it: the others find it
 /// gone, and node 0's link gives up the tokens of what it sent there (as
 /// the runtime does, after the node is gone).
 fn kill_node_1(ns: &mut Nodes) {
-    ns.down.insert(1);
     let lost: Vec<(usize, u64)> = ns
         .held
         .iter()
         .filter(|h| h.1 == 1)
         .filter_map(|h| h.3)
         .collect();
-    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
-    ns.hold = false;
+    cut_off_node_1(ns);
     for n in [0, 2] {
-        for c in &mut ns.n[n].cores {
-            c.handle_node_gone(NodeId(2));
-        }
-        ns.n[n].run();
+        learns_node_1_gone(ns, n);
     }
     let now = ns.n[0].now;
     for (shard, token) in lost {
@@ -216,14 +227,9 @@ fn a_session_handed_to_a_node_that_dies_before_storing_it_comes_back() {
     let _dev = ns.connect_pending(1, persistent("dev"));
     until_handover_sent(&mut ns);
     // Node 1 (index 1) dies with the handover on its way.
-    ns.down.insert(1);
-    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
-    ns.hold = false;
+    cut_off_node_1(&mut ns);
     for n in [0, 2] {
-        for c in &mut ns.n[n].cores {
-            c.handle_node_gone(NodeId(2));
-        }
-        ns.n[n].run();
+        learns_node_1_gone(&mut ns, n);
     }
     ns.set_map();
     let home = home_shard("dev", 2).get();
@@ -255,9 +261,7 @@ fn a_handover_never_acknowledged_keeps_the_stored_copy_until_its_node_is_gone() 
     let _dev = ns.connect_pending(1, persistent("dev"));
     until_handover_sent(&mut ns);
     // The handover never arrives (node 1 is cut off, not yet gone).
-    ns.down.insert(1);
-    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
-    ns.hold = false;
+    cut_off_node_1(&mut ns);
     for n in &mut ns.n {
         n.advance(MOVE_GRACE);
     }
@@ -267,10 +271,7 @@ fn a_handover_never_acknowledged_keeps_the_stored_copy_until_its_node_is_gone() 
     // Node 1's lease ends: the session is back on node 0, and a client
     // reconnecting on node 2 gets it with the message.
     for n in [0, 2] {
-        for c in &mut ns.n[n].cores {
-            c.handle_node_gone(NodeId(2));
-        }
-        ns.n[n].run();
+        learns_node_1_gone(&mut ns, n);
     }
     ns.set_map();
     assert!(ns.n[0].cores[home].session("dev").is_some());
@@ -371,15 +372,10 @@ fn a_restored_session_is_not_dropped_into_a_node_known_gone() {
     // there from node index 2 when node index 1 dies.
     let _dev = ns.connect_pending(1, persistent(&id));
     until_handover_from(&mut ns, 2, 1);
-    ns.down.insert(1);
-    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
-    ns.hold = false;
+    cut_off_node_1(&mut ns);
     // Node index 2 learns it first: the session is restored there and
     // registers with the owner, which still has node index 1 on record.
-    for c in &mut ns.n[2].cores {
-        c.handle_node_gone(NodeId(2));
-    }
-    ns.n[2].run();
+    learns_node_1_gone(&mut ns, 2);
     ns.link();
     let home = home_shard(&id, 2).get();
     assert!(
@@ -387,10 +383,7 @@ fn a_restored_session_is_not_dropped_into_a_node_known_gone() {
         "kept: not handed to a node known gone"
     );
     // Then the owner learns it.
-    for c in &mut ns.n[0].cores {
-        c.handle_node_gone(NodeId(2));
-    }
-    ns.n[0].run();
+    learns_node_1_gone(&mut ns, 0);
     for n in &mut ns.n {
         n.advance(REGISTER_RETRY);
     }
@@ -426,14 +419,9 @@ fn a_connect_on_the_old_node_before_it_learns_of_the_death_takes_the_kept_copy()
     assert_eq!(puback(&mut ns, 2, &publ), [ReasonCode::SUCCESS]);
     let _dev = ns.connect_pending(1, persistent(&id));
     until_handover_sent(&mut ns);
-    ns.down.insert(1);
-    ns.held.retain(|h| h.0 != 1 && h.1 != 1);
-    ns.hold = false;
+    cut_off_node_1(&mut ns);
     // The owner learns it; node index 0 (where the session was) not yet.
-    for c in &mut ns.n[2].cores {
-        c.handle_node_gone(NodeId(2));
-    }
-    ns.n[2].run();
+    learns_node_1_gone(&mut ns, 2);
     let dev = ns.connect_pending(0, persistent(&id));
     ns.link();
     assert!(connack(&mut ns, 0, &dev).session_present);
